@@ -1,0 +1,45 @@
+"""Internet checksum (RFC 1071) and its incremental update (RFC 1624).
+
+The forwarding path never recomputes a checksum over a whole packet: a NAT changes a few 16-bit
+words (an address, a port, the TTL), and RFC 1624 eqn. 3, HC' = ~(~HC + ~m + m'), updates the
+stored checksum from the old and new values of just those words.
+"""
+
+import sys
+from array import array
+
+_LITTLE_ENDIAN = sys.byteorder == "little"
+
+
+def _fold(total: int) -> int:
+    while total > 0xFFFF:
+        total = (total & 0xFFFF) + (total >> 16)
+    return total
+
+
+def ones_sum(data: bytes | bytearray | memoryview) -> int:
+    """The 16-bit one's complement sum of `data` (big-endian words, odd length zero-padded)."""
+    if len(data) % 2:
+        data = bytes(data) + b"\x00"
+    words = array("H", bytes(data))
+    total = _fold(sum(words))
+    if _LITTLE_ENDIAN:
+        # The sum of byte-swapped words is the byte-swapped sum (RFC 1071 section 2(B)).
+        total = ((total & 0xFF) << 8) | (total >> 8)
+    return total
+
+
+def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) -> int:
+    """The checksum to store in a header whose checksum field is zero in `data`."""
+    return ~_fold(ones_sum(data) + initial) & 0xFFFF
+
+
+def adjust(check: int, old: bytes | bytearray, new: bytes | bytearray) -> int:
+    """RFC 1624 eqn. 3: the checksum after the words `old` (even length) became `new`."""
+    total = (~check & 0xFFFF) + (~ones_sum(old) & 0xFFFF) + ones_sum(new)
+    return ~_fold(total) & 0xFFFF
+
+
+def adjust_word(check: int, old: int, new: int) -> int:
+    """RFC 1624 eqn. 3 for a single 16-bit word."""
+    return ~_fold((~check & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF

@@ -1,0 +1,634 @@
+"""The NAT engine: one frame in, frames out. Pure: `now` is a parameter, nothing is logged.
+
+Theory of operation. `Nat.handle(side, frame, now)` takes one Ethernet frame received on the
+WAN or LAN side and returns the frames to send, each with its side; a frame that is not forwarded
+leaves a reason in `counters.drops`. `Nat.tick(now)` runs the timers (ARP retries, flow expiry,
+fragment expiry) and returns frames too. The engine is a router with NAPT on its WAN address:
+
+  LAN -> WAN   anti-spoofing, TTL and MTU checks (RFC 1812), then the source becomes the WAN
+               address and a mapped port (flows.py); then to the gateway, or on-link.
+  WAN -> LAN   only traffic to the WAN address that matches a mapping admitted by filtering (or a
+               port forward) gets its destination restored and goes to the LAN host.
+  LAN -> WAN address   hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): translated outbound first,
+               then inbound, so the receiver sees the sender's external address and port.
+  ICMP errors  translated both ways with the embedded header restored (RFC 5508 REQ-3, REQ-4).
+  Own address  ARP and ICMP echo are answered; everything else to the appliance is dropped.
+
+Checksums on the forwarding path are updated incrementally (RFC 1624); checksums of packets the
+appliance builds or whose embedded header it rewrites are computed from scratch.
+"""
+
+import random
+from dataclasses import dataclass, field
+from enum import StrEnum
+from ipaddress import IPv4Network
+
+from appliance.checksum import adjust, ones_sum
+from appliance.config import ApplianceConfig
+from appliance.flows import FlowTable, TableFull
+from appliance.fragments import Reassembler, fragment
+from appliance.neighbours import Neighbours
+from appliance.packet import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST_MAC,
+    CODE_ADMIN_PROHIBITED,
+    CODE_FRAGMENTATION_NEEDED,
+    CODE_NET_UNREACHABLE,
+    ETH_HEADER_LEN,
+    ETHERTYPE_ARP,
+    ETHERTYPE_IPV4,
+    ICMP,
+    ICMP_DEST_UNREACHABLE,
+    ICMP_ECHO_REPLY,
+    ICMP_ECHO_REQUEST,
+    ICMP_ERROR_TYPES,
+    ICMP_TIME_EXCEEDED,
+    IP_OFFSET_MASK,
+    TCP,
+    UDP,
+    Drop,
+    Ipv4,
+    build_arp_frame,
+    build_icmp_error,
+    check_l4,
+    ethernet_header,
+    fill_ip_checksum,
+    fill_l4_checksum,
+    parse_arp,
+    parse_ipv4,
+    proto_name,
+)
+
+
+class Side(StrEnum):
+    WAN = "wan"
+    LAN = "lan"
+
+
+Output = list[tuple[Side, bytes]]
+
+
+@dataclass
+class Counters:
+    frames_in: dict[Side, int] = field(default_factory=lambda: dict.fromkeys(Side, 0))
+    frames_out: dict[Side, int] = field(default_factory=lambda: dict.fromkeys(Side, 0))
+    translated: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("tcp", "udp", "icmp"), 0)
+    )
+    drops: dict[str, int] = field(default_factory=dict)
+    refused: dict[str, int] = field(default_factory=dict)
+    icmp_errors_sent: int = 0
+
+    def drop(self, reason: str) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + 1
+
+    def line(self, flows: int) -> str:
+        """One log line: everything a reader of the console needs to see the NAT working."""
+        parts = [
+            f"{side}_in={self.frames_in[side]} {side}_out={self.frames_out[side]}" for side in Side
+        ]
+        parts.append(f"flows={flows}")
+        parts += [f"nat_{proto}={count}" for proto, count in self.translated.items()]
+        parts.append(f"icmp_errors_sent={self.icmp_errors_sent}")
+        parts += [f"refused_{reason}={count}" for reason, count in sorted(self.refused.items())]
+        parts.append(f"dropped={sum(self.drops.values())}")
+        parts += [f"drop_{reason}={count}" for reason, count in sorted(self.drops.items())]
+        return "stats " + " ".join(parts)
+
+
+class _Subnet:
+    __slots__ = ("broadcast", "mask", "network")
+
+    def __init__(self, network: IPv4Network) -> None:
+        self.network = int(network.network_address)
+        self.mask = int(network.netmask)
+        self.broadcast = int(network.broadcast_address)
+
+    def __contains__(self, addr: bytes) -> bool:
+        return int.from_bytes(addr, "big") & self.mask == self.network
+
+    def is_host(self, addr: bytes) -> bool:
+        value = int.from_bytes(addr, "big")
+        return value & self.mask == self.network and value not in (self.network, self.broadcast)
+
+
+def _is_special(addr: bytes) -> bool:
+    """Addresses that are never a unicast host: this-network, loopback, multicast, class E."""
+    first = addr[0]
+    return first == 0 or first == 127 or first >= 224
+
+
+class Nat:
+    def __init__(
+        self,
+        config: ApplianceConfig,
+        wan_mac: bytes,
+        lan_mac: bytes,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.config = config
+        self.wan_ip = config.wan.address.ip.packed
+        self.lan_ip = config.lan.address.ip.packed
+        self.gateway = None if config.wan.gateway is None else config.wan.gateway.packed
+        self.wan_net = _Subnet(config.wan.address.network)
+        self.lan_net = _Subnet(config.lan.address.network)
+        self.mtu = config.nat.mtu
+        self.macs = {Side.WAN: wan_mac, Side.LAN: lan_mac}
+        self.neighbours = {
+            Side.WAN: Neighbours(wan_mac, self.wan_ip),
+            Side.LAN: Neighbours(lan_mac, self.lan_ip),
+        }
+        self.table = FlowTable(config.nat, rng)
+        self.reassembler = Reassembler()
+        self.counters = Counters()
+        self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
+        self._out: Output = []
+
+    # -- entry points ----------------------------------------------------------------------
+
+    def handle(self, side: Side, frame: bytes, now: float) -> Output:
+        """Process one received frame; returns the frames to send."""
+        out: Output = []
+        self._out = out
+        self.counters.frames_in[side] += 1
+        try:
+            self._frame(side, frame, now)
+        except Drop as drop:
+            self.counters.drop(drop.reason)
+        return out
+
+    def start(self, now: float) -> Output:
+        """Frames to send at start-up: a gratuitous ARP on each side (so neighbours that cached
+        an earlier incarnation update at once) and a request for the gateway."""
+        out: Output = []
+        self._out = out
+        for side, neighbours in self.neighbours.items():
+            self._emit(side, neighbours.request_frame(neighbours.ip))
+        if self.gateway is not None:
+            self._emit(Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
+        return out
+
+    def tick(self, now: float) -> Output:
+        """Run the timers; call about once a second. Returns the frames to send."""
+        out: Output = []
+        self._out = out
+        for side, neighbours in self.neighbours.items():
+            before = neighbours.dropped
+            for frame in neighbours.tick(now):
+                self._emit(side, frame)
+            if neighbours.dropped > before:
+                self.counters.drops["arp-unresolved"] = (
+                    self.counters.drops.get("arp-unresolved", 0) + neighbours.dropped - before
+                )
+        self.table.expire(now)
+        self.reassembler.expire(now)
+        return out
+
+    # -- link layer ------------------------------------------------------------------------
+
+    def _frame(self, side: Side, frame: bytes, now: float) -> None:
+        if len(frame) < ETH_HEADER_LEN:
+            raise Drop("truncated-ethernet")
+        dst_mac = frame[:6]
+        if dst_mac != self.macs[side] and dst_mac != BROADCAST_MAC:
+            raise Drop("not-our-mac")
+        ethertype = (frame[12] << 8) | frame[13]
+        if ethertype == ETHERTYPE_IPV4:
+            ip = parse_ipv4(bytearray(frame[ETH_HEADER_LEN:]))
+            if side is Side.LAN:
+                self._from_lan(ip, now)
+            else:
+                self._from_wan(ip, now)
+        elif ethertype == ETHERTYPE_ARP:
+            self._arp(side, frame[ETH_HEADER_LEN:], now)
+        else:
+            raise Drop("unsupported-ethertype")
+
+    def _arp(self, side: Side, payload: bytes, now: float) -> None:
+        arp = parse_arp(payload)
+        neighbours = self.neighbours[side]
+        subnet = self.wan_net if side is Side.WAN else self.lan_net
+        if not subnet.is_host(arp.sender_ip):
+            raise Drop("arp-foreign-sender")
+        if arp.sender_ip == neighbours.ip:
+            raise Drop("arp-address-conflict")
+        for_us = arp.target_ip == neighbours.ip
+        if for_us or neighbours.knows(arp.sender_ip):
+            for mac, packet in neighbours.learn(arp.sender_ip, arp.sender_mac, now):
+                self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + packet)
+        if not for_us:
+            raise Drop("arp-not-for-us")
+        if arp.op == ARP_REQUEST:
+            self._emit(
+                side,
+                build_arp_frame(
+                    ARP_REPLY, neighbours.mac, neighbours.ip, arp.sender_mac, arp.sender_ip
+                ),
+            )
+
+    def _emit(self, side: Side, frame: bytes) -> None:
+        self.counters.frames_out[side] += 1
+        self._out.append((side, frame))
+
+    def _send_ip(self, side: Side, ip: Ipv4, next_hop: bytes, now: float) -> None:
+        """Send on `side` via `next_hop`, fragmenting over the MTU (only DF-clear gets here)."""
+        pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
+        neighbours = self.neighbours[side]
+        mac = neighbours.lookup(next_hop, now)
+        for piece in pieces:
+            if mac is not None:
+                self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
+                continue
+            before = neighbours.dropped
+            for request in neighbours.enqueue(next_hop, bytes(piece), now):
+                self._emit(side, request)
+            if neighbours.dropped > before:
+                self.counters.drop("arp-queue-full")
+
+    def _wan_next_hop(self, dst: bytes) -> bytes | None:
+        return dst if dst in self.wan_net else self.gateway
+
+    # -- IP: from the LAN ------------------------------------------------------------------
+
+    def _from_lan(self, ip: Ipv4, now: float) -> None:
+        if not self.lan_net.is_host(ip.src) or ip.src == self.lan_ip:
+            raise Drop("spoofed-source")
+        dst = ip.dst
+        if (
+            _is_special(dst)
+            or dst == b"\xff\xff\xff\xff"
+            or (dst in self.lan_net and not (self.lan_net.is_host(dst)))
+        ):
+            raise Drop("broadcast-or-multicast")
+        whole = self._whole(ip, now)
+        if whole is None:
+            return
+        ip = whole
+        check_l4(ip)
+        if dst == self.lan_ip or (dst == self.wan_ip and _is_echo_request(ip)):
+            self._to_self(Side.LAN, ip, now)
+        elif dst in self.lan_net:
+            raise Drop("lan-to-lan")
+        else:
+            self._forward_out(ip, now)
+
+    def _forward_out(self, ip: Ipv4, now: float) -> None:
+        if ip.ttl <= 1:
+            self._icmp_error(Side.LAN, ICMP_TIME_EXCEEDED, 0, ip, self.lan_ip, now)
+            return
+        hairpin = ip.dst == self.wan_ip
+        next_hop = None if hairpin else self._wan_next_hop(ip.dst)
+        if not hairpin and next_hop is None:
+            self._icmp_error(
+                Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, self.lan_ip, now
+            )
+            return
+        if len(ip.buf) > self.mtu and ip.dont_fragment:
+            self._icmp_error(
+                Side.LAN,
+                ICMP_DEST_UNREACHABLE,
+                CODE_FRAGMENTATION_NEEDED,
+                ip,
+                self.lan_ip,
+                now,
+                rest_of_header=self.mtu,
+            )
+            return
+        if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
+            self._error_out(ip, now)
+            return
+        int_port, remote_port, flags = _query_ports(ip)
+        try:
+            session = self.table.outbound(
+                ip.proto, ip.src, int_port, ip.dst, remote_port, now, flags
+            )
+        except TableFull as refusal:
+            self.counters.refused[refusal.reason] = self.counters.refused.get(refusal.reason, 0) + 1
+            self._icmp_error(
+                Side.LAN, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, self.lan_ip, now
+            )
+            return
+        _rewrite_endpoint(ip, 12, self.wan_ip, _source_port_offset(ip), session.mapping.ext_port)
+        _decrement_ttl(ip)
+        self.counters.translated[proto_name(ip.proto)] += 1
+        if hairpin:
+            self._translate_in(ip, now, hairpin=True)
+        else:
+            assert next_hop is not None
+            self._send_ip(Side.WAN, ip, next_hop, now)
+
+    def _error_out(self, ip: Ipv4, now: float) -> None:
+        """RFC 5508 REQ-4: an error from a LAN host about a packet that came in through the NAT."""
+        inner = _embedded(ip)
+        if inner.dst != ip.src:
+            raise Drop("icmp-error-mismatch")
+        int_port, remote_port = _embedded_ports(inner, receiver=True)
+        mapping = self.table.find_internal(inner.proto, inner.dst, int_port)
+        if mapping is None or (inner.src, remote_port) not in mapping.sessions:
+            raise Drop("icmp-error-no-mapping")
+        _rewrite_embedded(ip, inner, 16, self.wan_ip, _dst_port_offset(inner), mapping.ext_port)
+        _rewrite_endpoint(ip, 12, self.wan_ip, None, 0)
+        _decrement_ttl(ip)
+        self.counters.translated["icmp"] += 1
+        if ip.dst == self.wan_ip:
+            self._translate_in(ip, now, hairpin=True)
+            return
+        next_hop = self._wan_next_hop(ip.dst)
+        if next_hop is None:
+            raise Drop("no-route")
+        self._send_ip(Side.WAN, ip, next_hop, now)
+
+    # -- IP: from the WAN ------------------------------------------------------------------
+
+    def _from_wan(self, ip: Ipv4, now: float) -> None:
+        src = ip.src
+        if (
+            src in self.lan_net
+            or src in (self.wan_ip, self.lan_ip)
+            or _is_special(src)
+            or src == b"\xff\xff\xff\xff"
+        ):
+            raise Drop("spoofed-source")
+        if ip.dst != self.wan_ip:
+            raise Drop("not-for-us")
+        whole = self._whole(ip, now)
+        if whole is None:
+            return
+        check_l4(whole)
+        if _is_echo_request(whole):
+            if not self.config.nat.ping_on_wan:
+                raise Drop("ping-on-wan-disabled")
+            self._to_self(Side.WAN, whole, now)
+            return
+        self._translate_in(whole, now, hairpin=False)
+
+    def _translate_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
+        """Inbound translation of a packet to the WAN address (from the WAN, or hairpinned)."""
+        if not hairpin and ip.ttl <= 1:
+            self._icmp_error(Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
+            return
+        if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
+            self._error_in(ip, now, hairpin)
+            return
+        if ip.proto == ICMP and ip.buf[ip.header_len] != ICMP_ECHO_REPLY:
+            raise Drop("unsupported-icmp")
+        ext_port, remote_port, flags = _reply_ports(ip)
+        session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
+        if session is None:
+            raise Drop("filtered")
+        mapping = session.mapping
+        if not hairpin and len(ip.buf) > self.mtu and ip.dont_fragment:
+            self._icmp_error(
+                Side.WAN,
+                ICMP_DEST_UNREACHABLE,
+                CODE_FRAGMENTATION_NEEDED,
+                ip,
+                self.wan_ip,
+                now,
+                rest_of_header=self.mtu,
+            )
+            return
+        _rewrite_endpoint(ip, 16, mapping.int_addr, _dst_port_offset(ip), mapping.int_port)
+        if not hairpin:
+            _decrement_ttl(ip)
+            self.counters.translated[proto_name(ip.proto)] += 1
+        self._send_ip(Side.LAN, ip, mapping.int_addr, now)
+
+    def _error_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
+        """RFC 5508 REQ-3: an error about a packet we sent out; restore it for the LAN host."""
+        if not hairpin and ip.ttl <= 1:
+            raise Drop("ttl-expired-icmp-error")
+        inner = _embedded(ip)
+        if inner.src != self.wan_ip:
+            raise Drop("icmp-error-mismatch")
+        ext_port, remote_port = _embedded_ports(inner, receiver=False)
+        session = self.table.find_external(inner.proto, ext_port, inner.dst, remote_port)
+        if session is None:
+            raise Drop("icmp-error-no-mapping")
+        mapping = session.mapping
+        _rewrite_embedded(
+            ip, inner, 12, mapping.int_addr, _source_port_offset(inner), mapping.int_port
+        )
+        _rewrite_endpoint(ip, 16, mapping.int_addr, None, 0)
+        if not hairpin:
+            _decrement_ttl(ip)
+            self.counters.translated["icmp"] += 1
+        self._send_ip(Side.LAN, ip, mapping.int_addr, now)
+
+    # -- the appliance's own traffic -------------------------------------------------------
+
+    def _to_self(self, side: Side, ip: Ipv4, now: float) -> None:
+        if not _is_echo_request(ip):
+            raise Drop("to-appliance")
+        reply = bytearray(ip.buf)
+        reply[12:16], reply[16:20] = ip.dst, ip.src
+        reply[8] = 64
+        header_len = ip.header_len
+        reply[header_len] = ICMP_ECHO_REPLY
+        answer = Ipv4(reply, header_len, ICMP, ip.dst, ip.src, 64, 0, ip.ident)
+        fill_ip_checksum(reply, header_len)
+        fill_l4_checksum(answer)
+        next_hop = ip.src if side is Side.LAN else self._wan_next_hop(ip.src)
+        if next_hop is None:
+            raise Drop("no-route")
+        self._send_ip(side, answer, next_hop, now)
+
+    def _icmp_error(
+        self,
+        side: Side,
+        icmp_type: int,
+        code: int,
+        original: Ipv4,
+        src: bytes,
+        now: float,
+        rest_of_header: int = 0,
+    ) -> None:
+        """Answer `original` with an ICMP error from the appliance (RFC 1812 4.3.2.7 limits)."""
+        reason = f"icmp-{'time-exceeded' if icmp_type == ICMP_TIME_EXCEEDED else 'unreachable'}"
+        self.counters.drop(reason)
+        if original.flags_offset & IP_OFFSET_MASK or _is_icmp_error(original):
+            return  # never an error about a later fragment or about an error
+        if not self._icmp_allowed(now):
+            self.counters.drop("icmp-rate-limited")
+            return
+        error = build_icmp_error(icmp_type, code, src, original.buf, rest_of_header)
+        next_hop = original.src if side is Side.LAN else self._wan_next_hop(original.src)
+        if next_hop is None:
+            return
+        self.counters.icmp_errors_sent += 1
+        self._send_ip(side, error, next_hop, now)
+
+    def _icmp_allowed(self, now: float) -> bool:
+        # A token bucket (RFC 1812 4.3.2.8 rate limiting), so a flood of expiring or oversize
+        # packets cannot turn the appliance into an amplifier.
+        elapsed = max(0.0, now - self._icmp_refilled)
+        self._icmp_tokens = min(_ICMP_BURST, self._icmp_tokens + elapsed * _ICMP_RATE)
+        self._icmp_refilled = now
+        if self._icmp_tokens < 1:
+            return False
+        self._icmp_tokens -= 1
+        return True
+
+    def _whole(self, ip: Ipv4, now: float) -> Ipv4 | None:
+        if not ip.is_fragment:
+            return ip
+        datagram = self.reassembler.add(ip, now)
+        return None if datagram is None else parse_ipv4(datagram)
+
+
+_ICMP_RATE = 100.0  # errors per second
+_ICMP_BURST = 200.0
+
+
+# -- rewriting helpers (RFC 1624 incremental checksums) ------------------------------------
+
+
+def _is_echo_request(ip: Ipv4) -> bool:
+    return ip.proto == ICMP and ip.buf[ip.header_len] == ICMP_ECHO_REQUEST
+
+
+def _is_icmp_error(ip: Ipv4) -> bool:
+    if ip.proto != ICMP:
+        return False
+    return len(ip.buf) <= ip.header_len or ip.buf[ip.header_len] in ICMP_ERROR_TYPES
+
+
+def _word(buf: bytearray, offset: int) -> int:
+    return (buf[offset] << 8) | buf[offset + 1]
+
+
+def _query_ports(ip: Ipv4) -> tuple[int, int, int]:
+    """(internal port or echo id, remote port, TCP flags) of a packet leaving the LAN."""
+    start = ip.header_len
+    if ip.proto == ICMP:
+        if ip.buf[start] != ICMP_ECHO_REQUEST:
+            raise Drop("unsupported-icmp")
+        return _word(ip.buf, start + 4), 0, 0
+    flags = ip.buf[start + 13] if ip.proto == TCP else 0
+    return _word(ip.buf, start), _word(ip.buf, start + 2), flags
+
+
+def _reply_ports(ip: Ipv4) -> tuple[int, int, int]:
+    """(external port or echo id, remote port, TCP flags) of a packet to the WAN address."""
+    start = ip.header_len
+    if ip.proto == ICMP:
+        return _word(ip.buf, start + 4), 0, 0
+    flags = ip.buf[start + 13] if ip.proto == TCP else 0
+    return _word(ip.buf, start + 2), _word(ip.buf, start), flags
+
+
+def _source_port_offset(ip: Ipv4) -> int | None:
+    return ip.header_len + (4 if ip.proto == ICMP else 0)
+
+
+def _dst_port_offset(ip: Ipv4) -> int | None:
+    return ip.header_len + (4 if ip.proto == ICMP else 2)
+
+
+def _l4_checksum_offset(ip: Ipv4) -> int | None:
+    """Where the L4 checksum is, if present in the bytes we have and in use."""
+    offset = ip.header_len + {TCP: 16, UDP: 6, ICMP: 2}[ip.proto]
+    if offset + 2 > len(ip.buf):
+        return None
+    if ip.proto == UDP and ip.buf[offset] == 0 and ip.buf[offset + 1] == 0:
+        return None
+    return offset
+
+
+def _patch(
+    buf: bytearray,
+    offset: int,
+    new: bytes,
+    checksums: tuple[int | None, ...],
+    udp_checksum: int | None = None,
+) -> None:
+    old = bytes(buf[offset : offset + len(new)])
+    if old == new:
+        return
+    buf[offset : offset + len(new)] = new
+    for check in checksums:
+        if check is None:
+            continue
+        value = adjust(_word(buf, check), old, new)
+        if check == udp_checksum and value == 0:
+            value = 0xFFFF
+        buf[check : check + 2] = value.to_bytes(2, "big")
+
+
+def _rewrite_endpoint(
+    ip: Ipv4, addr_offset: int, addr: bytes, port_offset: int | None, port: int
+) -> None:
+    """Set the source (12) or destination (16) address and port, fixing the checksums."""
+    buf = ip.buf
+    l4_check = _l4_checksum_offset(ip)
+    udp_check = l4_check if ip.proto == UDP else None
+    # The ICMP checksum has no pseudo-header: an address change does not touch it.
+    addr_checks = (10,) if ip.proto == ICMP else (10, l4_check)
+    _patch(buf, addr_offset, addr, addr_checks, udp_check)
+    if port_offset is not None:
+        _patch(buf, port_offset, port.to_bytes(2, "big"), (l4_check,), udp_check)
+    if addr_offset == 12:
+        ip.src = addr
+    else:
+        ip.dst = addr
+
+
+def _decrement_ttl(ip: Ipv4) -> None:
+    ip.ttl -= 1
+    _patch(ip.buf, 8, bytes((ip.ttl, ip.proto)), (10,))
+
+
+def _embedded(ip: Ipv4) -> Ipv4:
+    """The IP packet quoted in an ICMP error: its header validated (RFC 5508 REQ-3a, 3b)."""
+    start = ip.header_len + 8
+    quoted = ip.buf[start:]
+    if len(quoted) < 20:
+        raise Drop("truncated-icmp-error")
+    header_len = (quoted[0] & 0x0F) * 4
+    if quoted[0] >> 4 != 4 or header_len < 20 or len(quoted) < header_len + 8:
+        raise Drop("truncated-icmp-error")
+    if ones_sum(quoted[:header_len]) != 0xFFFF:
+        raise Drop("bad-embedded-ip-checksum")
+    proto = quoted[9]
+    if proto not in (TCP, UDP, ICMP):
+        raise Drop("unsupported-embedded-protocol")
+    inner = Ipv4(
+        quoted,
+        header_len,
+        proto,
+        bytes(quoted[12:16]),
+        bytes(quoted[16:20]),
+        quoted[8],
+        _word(quoted, 6),
+        _word(quoted, 4),
+    )
+    if proto == ICMP and quoted[header_len] not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
+        raise Drop("unsupported-embedded-icmp")
+    return inner
+
+
+def _embedded_ports(inner: Ipv4, receiver: bool) -> tuple[int, int]:
+    """(our side's port, remote port) of a quoted packet; `receiver`: the LAN host received it."""
+    start, buf = inner.header_len, inner.buf
+    if inner.proto == ICMP:
+        return _word(buf, start + 4), 0
+    src_port, dst_port = _word(buf, start), _word(buf, start + 2)
+    return (dst_port, src_port) if receiver else (src_port, dst_port)
+
+
+def _rewrite_embedded(
+    ip: Ipv4, inner: Ipv4, addr_offset: int, addr: bytes, port_offset: int | None, port: int
+) -> None:
+    """Rewrite the quoted packet (its IP and L4 checksums incrementally, RFC 5508 REQ-3d)
+    and then recompute the outer ICMP checksum, which covers it."""
+    if inner.proto == ICMP:
+        # An echo id is covered by the quoted ICMP checksum only; addresses are not.
+        _patch(inner.buf, addr_offset, addr, (10,))
+        if port_offset is not None:
+            _patch(inner.buf, port_offset, port.to_bytes(2, "big"), (_l4_checksum_offset(inner),))
+    else:
+        _rewrite_endpoint(inner, addr_offset, addr, port_offset, port)
+    start = ip.header_len + 8
+    ip.buf[start:] = inner.buf
+    fill_l4_checksum(ip)

@@ -1,0 +1,402 @@
+"""The translation table: mappings, sessions, filtering, TCP state and expiry.
+
+Rules (RFC 4787 UDP, RFC 5382 TCP, RFC 5508 ICMP query, RFC 6888, RFC 7857):
+- A *mapping* binds an internal endpoint (protocol, LAN address, port or echo id) to one external
+  port on the WAN address, whatever the destination: endpoint-independent mapping (4787 REQ-1,
+  5382 REQ-1, 5508 REQ-1a). An external port belongs to at most one mapping: no port overloading
+  (4787 REQ-3). The internal port is kept when free (port preservation), else a free port of the
+  same parity is chosen (4787 REQ-4), from the same range class (below 1024 or not; REQ-3a).
+- A *session* is one remote endpoint of a mapping. Filtering compares an inbound packet's source
+  with the mapping's sessions: endpoint-independent (anyone), address-dependent (a remote address
+  the internal endpoint has sent to) or address-and-port-dependent (4787 REQ-8, 5382 REQ-3).
+- Each session has its own idle timer, refreshed by traffic in either direction (outbound refresh
+  is required by 4787 REQ-6; inbound refresh is allowed); ICMP errors never refresh (5508 REQ-3c).
+  A mapping lives while any of its sessions does. TCP sessions follow a state table: established
+  connections get the long timeout, opening and closing ones the transitory one (5382 REQ-5).
+- Nothing from the WAN creates a mapping, except a configured port forward, which is a mapping
+  with a fixed external port and endpoint-independent filtering.
+- The table is bounded in total and per LAN host; a refused flow is the caller's to report.
+- Expiry is incremental: each session has one entry in a heap keyed by the time it was due, and
+  refreshing only moves `expires` forward; `expire(now)` pops due entries and re-queues the
+  refreshed ones, so no packet ever pays for a scan.
+- A freed external port rests for `port_reuse_delay` before reuse (RFC 6888 REQ-8).
+"""
+
+import heapq
+import random
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum
+
+from appliance.config import Filtering, NatSettings, PortForward, Protocol
+from appliance.packet import ICMP, TCP, TCP_FIN, TCP_RST, TCP_SYN, UDP
+
+_FORWARD_PROTOCOLS = {TCP: Protocol.TCP, UDP: Protocol.UDP}
+
+
+class TcpState(IntEnum):
+    NONE = 0  # not TCP
+    SYN_OUT = 1  # SYN seen from the LAN side only
+    SYN_IN = 2  # SYN seen from the WAN side only
+    ESTABLISHED = 3
+    FIN_OUT = 4
+    FIN_IN = 5
+    CLOSING = 6  # FIN seen both ways
+    CLOSED = 7  # RST seen
+
+
+class TcpEvent(IntEnum):
+    OUT_SYN = 0
+    IN_SYN = 1
+    OUT_FIN = 2
+    IN_FIN = 3
+    RST = 4
+    OTHER = 5
+
+
+# (state, event) -> next state; pairs not listed keep the state. Simultaneous open (5382 REQ-2)
+# is SYN_OUT + IN_SYN, the same as a SYN-ACK answer.
+_TCP_TRANSITIONS = {
+    (TcpState.NONE, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
+    (TcpState.NONE, TcpEvent.IN_SYN): TcpState.SYN_IN,
+    (TcpState.NONE, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
+    (TcpState.NONE, TcpEvent.IN_FIN): TcpState.FIN_IN,
+    (TcpState.NONE, TcpEvent.OTHER): TcpState.ESTABLISHED,  # picked up mid-stream
+    (TcpState.SYN_OUT, TcpEvent.IN_SYN): TcpState.ESTABLISHED,
+    (TcpState.SYN_IN, TcpEvent.OUT_SYN): TcpState.ESTABLISHED,
+    (TcpState.ESTABLISHED, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
+    (TcpState.ESTABLISHED, TcpEvent.IN_FIN): TcpState.FIN_IN,
+    (TcpState.FIN_OUT, TcpEvent.IN_FIN): TcpState.CLOSING,
+    (TcpState.FIN_IN, TcpEvent.OUT_FIN): TcpState.CLOSING,
+    (TcpState.CLOSING, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
+    (TcpState.CLOSED, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
+    (TcpState.CLOSED, TcpEvent.IN_SYN): TcpState.SYN_IN,
+}
+for _state in TcpState:
+    if _state is not TcpState.NONE:
+        _TCP_TRANSITIONS[(_state, TcpEvent.RST)] = TcpState.CLOSED
+_TCP_TRANSITIONS[(TcpState.NONE, TcpEvent.RST)] = TcpState.CLOSED
+
+
+def tcp_event(flags: int, outbound: bool) -> TcpEvent:
+    if flags & TCP_RST:
+        return TcpEvent.RST
+    if flags & TCP_SYN:
+        return TcpEvent.OUT_SYN if outbound else TcpEvent.IN_SYN
+    if flags & TCP_FIN:
+        return TcpEvent.OUT_FIN if outbound else TcpEvent.IN_FIN
+    return TcpEvent.OTHER
+
+
+class Mapping:
+    __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "proto", "sessions")
+
+    def __init__(
+        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
+    ) -> None:
+        self.proto = proto
+        self.int_addr = int_addr
+        self.int_port = int_port
+        self.ext_port = ext_port
+        self.forwarded = forwarded
+        self.sessions: dict[tuple[bytes, int], Session] = {}
+
+
+class Session:
+    __slots__ = ("due", "expires", "mapping", "remote_addr", "remote_port", "state")
+
+    def __init__(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> None:
+        self.mapping = mapping
+        self.remote_addr = remote_addr
+        self.remote_port = remote_port
+        self.state = TcpState.NONE
+        self.expires = 0.0
+        self.due = 0.0  # the time of this session's entry in the expiry heap
+
+
+class TableFull(Exception):
+    """A new flow was refused: `reason` is "table-full", "host-limit" or "no-free-port"."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class PortAllocator:
+    """Chooses external ports: the internal one when free, else a random one of the same parity.
+
+    The random source is injected so tests are deterministic.
+    """
+
+    def __init__(self, first: int, last: int, rng: random.Random) -> None:
+        self.first, self.last, self.rng = first, last, rng
+
+    def choose(self, wanted: int, is_free: Callable[[int], bool]) -> int | None:
+        low, high = self._range_class(wanted)
+        if low <= wanted <= high and is_free(wanted):
+            return wanted
+        span = (high - low) // 2 + 1
+        start = self.rng.randrange(span)
+        base = low + ((low ^ wanted) & 1)  # first port in [low, high] with the wanted parity
+        for step in range(span):
+            port = base + 2 * ((start + step) % span)
+            if port <= high and is_free(port):
+                return port
+        return None
+
+    def _range_class(self, wanted: int) -> tuple[int, int]:
+        # RFC 4787 REQ-3a: ports below 1024 map below 1024 and others above, where the range allows.
+        if wanted < 1024 and self.first < 1024:
+            return self.first, min(self.last, 1023)
+        if wanted >= 1024 and self.last >= 1024:
+            return max(self.first, 1024), self.last
+        return self.first, self.last
+
+
+class FlowTable:
+    def __init__(self, settings: NatSettings, rng: random.Random | None = None) -> None:
+        self.settings = settings
+        self.allocator = PortAllocator(
+            settings.port_first, settings.port_last, rng or random.Random(0)
+        )
+        self.by_internal: dict[tuple[int, bytes, int], Mapping] = {}
+        self.by_external: dict[tuple[int, int], Mapping] = {}
+        self.sessions_per_host: dict[bytes, int] = {}
+        self.session_count = 0
+        self._heap: list[tuple[float, int, Session]] = []
+        self._heap_seq = 0
+        self._resting: deque[tuple[float, int, int]] = deque()  # (free at, proto, port)
+        self._resting_ports: set[tuple[int, int]] = set()
+        t = settings.timeouts
+        self._timeouts = {UDP: t.udp, ICMP: t.icmp_query}
+        self._tcp_established, self._tcp_transitory = t.tcp_established, t.tcp_transitory
+
+    # -- lookups ---------------------------------------------------------------------------
+
+    def outbound(
+        self,
+        proto: int,
+        int_addr: bytes,
+        int_port: int,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        tcp_flags: int = 0,
+    ) -> Session:
+        """The session for a packet leaving the LAN, created if new; raises TableFull."""
+        mapping = self.by_internal.get((proto, int_addr, int_port))
+        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        if session is None:
+            self._check_room(int_addr, now)
+            if mapping is None:
+                mapping = self._new_mapping(proto, int_addr, int_port)
+            session = self._new_session(mapping, remote_addr, remote_port)
+        self._touch(session, now, tcp_flags, outbound=True)
+        return session
+
+    def inbound(
+        self,
+        proto: int,
+        ext_port: int,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        tcp_flags: int = 0,
+    ) -> Session | None:
+        """The session an inbound packet belongs to, or None when filtering drops it."""
+        mapping = self.by_external.get((proto, ext_port))
+        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        if session is None:
+            session = self._inbound_session(
+                proto, ext_port, mapping, remote_addr, remote_port, now, tcp_flags
+            )
+            if session is None:
+                return None
+        self._touch(session, now, tcp_flags, outbound=False)
+        return session
+
+    def _inbound_session(
+        self,
+        proto: int,
+        ext_port: int,
+        mapping: Mapping | None,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        tcp_flags: int,
+    ) -> Session | None:
+        forward = None
+        if mapping is None:
+            forward = self._forward_for_external(proto, ext_port)
+            if forward is None:
+                return None
+        elif not self._admits(mapping, remote_addr):
+            return None
+        if proto == TCP and not tcp_flags & TCP_SYN:
+            return None  # only a SYN may open a TCP session from outside
+        if mapping is not None:
+            int_addr = mapping.int_addr
+        else:
+            assert forward is not None
+            int_addr = forward.lan_host.packed
+        try:
+            self._check_room(int_addr, now)
+        except TableFull:
+            return None
+        if mapping is None:
+            assert forward is not None
+            lan_port = forward.lan_port(ext_port)
+            assert lan_port is not None
+            mapping = self._insert_mapping(proto, int_addr, lan_port, ext_port, forwarded=True)
+        return self._new_session(mapping, remote_addr, remote_port)
+
+    def find_external(
+        self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int
+    ) -> Session | None:
+        """The existing session for an ICMP error about a packet we sent out; never refreshes."""
+        mapping = self.by_external.get((proto, ext_port))
+        return None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+
+    def find_internal(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
+        """The mapping of an internal endpoint, for a LAN host's ICMP error; never refreshes."""
+        return self.by_internal.get((proto, int_addr, int_port))
+
+    def __len__(self) -> int:
+        return self.session_count
+
+    # -- expiry ----------------------------------------------------------------------------
+
+    def expire(self, now: float, budget: int = 10000) -> int:
+        """Remove up to `budget` sessions whose timers ran out; returns how many went."""
+        removed = 0
+        heap = self._heap
+        while heap and heap[0][0] <= now and budget > 0:
+            due, _, session = heapq.heappop(heap)
+            if due != session.due:
+                continue  # a stale entry: the session was re-queued earlier or removed
+            if session.expires > now:
+                self._queue(session, session.expires)
+            else:
+                self._remove_session(session, now)
+                removed += 1
+                budget -= 1
+        resting = self._resting
+        while resting and resting[0][0] <= now:
+            _, proto, port = resting.popleft()
+            self._resting_ports.discard((proto, port))
+        return removed
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _check_room(self, int_addr: bytes, now: float) -> None:
+        if self.session_count >= self.settings.max_flows:
+            self.expire(now)
+            if self.session_count >= self.settings.max_flows:
+                raise TableFull("table-full")
+        if self.sessions_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
+            raise TableFull("host-limit")
+
+    def _new_mapping(self, proto: int, int_addr: bytes, int_port: int) -> Mapping:
+        forward = self._forward_for_internal(proto, int_addr, int_port)
+        if forward is not None:
+            # The forwarded host's own traffic from the forwarded port leaves from the forward's
+            # external port: one mapping per internal endpoint, whichever side opened it.
+            return self._insert_mapping(proto, int_addr, int_port, forward[1], forwarded=True)
+        ext_port = self.allocator.choose(int_port, lambda port: self._port_free(proto, port))
+        if ext_port is None:
+            raise TableFull("no-free-port")
+        return self._insert_mapping(proto, int_addr, int_port, ext_port, forwarded=False)
+
+    def _insert_mapping(
+        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
+    ) -> Mapping:
+        mapping = Mapping(proto, int_addr, int_port, ext_port, forwarded)
+        self.by_internal[(proto, int_addr, int_port)] = mapping
+        self.by_external[(proto, ext_port)] = mapping
+        return mapping
+
+    def _port_free(self, proto: int, port: int) -> bool:
+        return (
+            (proto, port) not in self.by_external
+            and (proto, port) not in self._resting_ports
+            and self._forward_for_external(proto, port) is None
+        )
+
+    def _forward_for_external(self, proto: int, ext_port: int) -> PortForward | None:
+        wanted = _FORWARD_PROTOCOLS.get(proto)
+        for forward in self.settings.port_forwards:
+            if (
+                forward.protocol == wanted
+                and forward.external_first <= ext_port <= forward.external_last
+            ):
+                return forward
+        return None
+
+    def _forward_for_internal(
+        self, proto: int, int_addr: bytes, int_port: int
+    ) -> tuple[PortForward, int] | None:
+        wanted = _FORWARD_PROTOCOLS.get(proto)
+        for forward in self.settings.port_forwards:
+            if forward.protocol != wanted or forward.lan_host.packed != int_addr:
+                continue
+            ext_port = forward.external_first + int_port - forward.lan_first
+            if forward.external_first <= ext_port <= forward.external_last:
+                return forward, ext_port
+        return None
+
+    def _admits(self, mapping: Mapping, remote_addr: bytes) -> bool:
+        filtering = self.settings.filtering
+        if mapping.forwarded or filtering is Filtering.ENDPOINT_INDEPENDENT:
+            return True
+        if filtering is Filtering.ADDRESS_DEPENDENT:
+            return any(addr == remote_addr for addr, _ in mapping.sessions)
+        return False  # address-and-port dependent: only an existing session admits
+
+    def _new_session(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> Session:
+        session = Session(mapping, remote_addr, remote_port)
+        mapping.sessions[(remote_addr, remote_port)] = session
+        self.session_count += 1
+        host = mapping.int_addr
+        self.sessions_per_host[host] = self.sessions_per_host.get(host, 0) + 1
+        return session
+
+    def _touch(self, session: Session, now: float, tcp_flags: int, outbound: bool) -> None:
+        proto = session.mapping.proto
+        if proto == TCP:
+            event = tcp_event(tcp_flags, outbound)
+            session.state = _TCP_TRANSITIONS.get((session.state, event), session.state)
+            timeout = (
+                self._tcp_established
+                if session.state is TcpState.ESTABLISHED
+                else self._tcp_transitory
+            )
+        else:
+            timeout = self._timeouts[proto]
+        session.expires = now + timeout
+        if session.due == 0.0 or session.expires < session.due:
+            self._queue(session, session.expires)
+
+    def _queue(self, session: Session, due: float) -> None:
+        session.due = due
+        self._heap_seq += 1
+        heapq.heappush(self._heap, (due, self._heap_seq, session))
+
+    def _remove_session(self, session: Session, now: float) -> None:
+        session.due = -1.0  # any heap entry left for it is stale
+        mapping = session.mapping
+        del mapping.sessions[(session.remote_addr, session.remote_port)]
+        self.session_count -= 1
+        host = mapping.int_addr
+        left = self.sessions_per_host[host] - 1
+        if left:
+            self.sessions_per_host[host] = left
+        else:
+            del self.sessions_per_host[host]
+        if not mapping.sessions:
+            del self.by_internal[(mapping.proto, mapping.int_addr, mapping.int_port)]
+            del self.by_external[(mapping.proto, mapping.ext_port)]
+            if not mapping.forwarded:
+                self._resting.append(
+                    (now + self.settings.port_reuse_delay, mapping.proto, mapping.ext_port)
+                )
+                self._resting_ports.add((mapping.proto, mapping.ext_port))

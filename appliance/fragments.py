@@ -1,0 +1,147 @@
+"""IPv4 fragments: reassembly with bounded memory, and fragmentation on egress (RFC 791).
+
+A NAT must translate fragments that arrive in any order (RFC 4787 REQ-14) without letting a
+fragment flood hurt unfragmented traffic (REQ-14a). The appliance reassembles: at most
+`max_datagrams` partial datagrams of at most 65535 bytes each, each dropped `timeout` seconds after
+its first fragment, the oldest evicted first when full. Overlapping fragments discard the datagram
+(they are an evasion technique, not something a sane sender produces). The whole datagram is then
+translated like any other and fragmented again if it does not fit the egress MTU.
+"""
+
+from dataclasses import dataclass, field
+
+from appliance.packet import IP_MF, IP_OFFSET_MASK, Drop, Ipv4, fill_ip_checksum
+
+_MAX_DATAGRAM = 65535
+
+
+@dataclass(slots=True)
+class _Partial:
+    expires: float
+    header: bytes | None = None  # the header of the fragment at offset 0
+    pieces: dict[int, bytes] = field(default_factory=dict)  # offset -> payload
+    total: int | None = None  # payload length, known once the last fragment is seen
+    received: int = 0
+
+
+class Reassembler:
+    def __init__(self, max_datagrams: int = 64, timeout: float = 30.0) -> None:
+        self.max_datagrams, self.timeout = max_datagrams, timeout
+        self._partials: dict[tuple[bytes, bytes, int, int], _Partial] = {}
+        self.dropped = 0  # datagrams given up: timed out, evicted, overlapping or too large
+
+    def __len__(self) -> int:
+        return len(self._partials)
+
+    def add(self, ip: Ipv4, now: float) -> bytearray | None:
+        """Store a fragment; returns the whole datagram once every piece is in, else None."""
+        key = (ip.src, ip.dst, ip.proto, ip.ident)
+        partial = self._partials.get(key)
+        if partial is None:
+            self._make_room(now)
+            partial = self._partials[key] = _Partial(now + self.timeout)
+        try:
+            self._insert(partial, ip)
+        except Drop:
+            del self._partials[key]
+            self.dropped += 1
+            raise
+        if partial.total is None or partial.received < partial.total or partial.header is None:
+            return None
+        del self._partials[key]
+        return _join(partial)
+
+    def expire(self, now: float) -> None:
+        for key in [k for k, p in self._partials.items() if p.expires <= now]:
+            del self._partials[key]
+            self.dropped += 1
+
+    def _make_room(self, now: float) -> None:
+        self.expire(now)
+        if len(self._partials) >= self.max_datagrams:
+            del self._partials[next(iter(self._partials))]
+            self.dropped += 1
+
+    @staticmethod
+    def _insert(partial: _Partial, ip: Ipv4) -> None:
+        offset = (ip.flags_offset & IP_OFFSET_MASK) * 8
+        payload = bytes(ip.buf[ip.header_len :])
+        end = offset + len(payload)
+        more = bool(ip.flags_offset & IP_MF)
+        if end + 20 > _MAX_DATAGRAM or (more and len(payload) % 8):
+            raise Drop("bad-fragment")
+        if any(offset < o + len(p) and o < end for o, p in partial.pieces.items()):
+            raise Drop("fragment-overlap")
+        if not more:
+            if partial.total is not None or any(
+                o + len(p) > end for o, p in partial.pieces.items()
+            ):
+                raise Drop("fragment-overlap")
+            partial.total = end
+        elif partial.total is not None and end > partial.total:
+            raise Drop("fragment-overlap")
+        if offset == 0:
+            partial.header = bytes(ip.buf[: ip.header_len])
+        partial.pieces[offset] = payload
+        partial.received += len(payload)
+
+
+def _join(partial: _Partial) -> bytearray:
+    assert partial.header is not None and partial.total is not None
+    header = bytearray(partial.header)
+    payload = b"".join(partial.pieces[offset] for offset in sorted(partial.pieces))
+    total = len(header) + len(payload)
+    header[2:4] = total.to_bytes(2, "big")
+    header[6:8] = b"\x00\x00"  # flags and offset: a whole datagram again
+    fill_ip_checksum(header, len(header))
+    return header + payload
+
+
+def _copied_options(header: bytes) -> bytes:
+    """The options with the copy flag set (RFC 791), padded to 32 bits, for later fragments."""
+    options, out, i = header[20:], bytearray(), 0
+    while i < len(options):
+        kind = options[i]
+        if kind == 0:
+            break
+        if kind == 1:
+            i += 1
+            continue
+        length = options[i + 1] if i + 1 < len(options) else 0
+        if length < 2:
+            break
+        if kind & 0x80:
+            out += options[i : i + length]
+        i += length
+    out += bytes(-len(out) % 4)
+    return bytes(out)
+
+
+def fragment(ip: Ipv4, mtu: int) -> list[bytearray]:
+    """Split a datagram (DF clear) into fragments of at most `mtu` bytes."""
+    buf, header_len = ip.buf, ip.header_len
+    first_header = bytes(buf[:header_len])
+    later_options = _copied_options(first_header)
+    payload = memoryview(buf)[header_len:]
+    base_offset = (ip.flags_offset & IP_OFFSET_MASK) * 8
+    last_has_more = bool(ip.flags_offset & IP_MF)
+    fragments, position = [], 0
+    while position < len(payload):
+        header = first_header if position == 0 else _later_header(first_header, later_options)
+        size = (mtu - len(header)) // 8 * 8
+        chunk = payload[position : position + size]
+        more = position + len(chunk) < len(payload) or last_has_more
+        piece = bytearray(header) + chunk
+        flags_offset = ((base_offset + position) // 8) | (IP_MF if more else 0)
+        piece[2:4] = len(piece).to_bytes(2, "big")
+        piece[6:8] = flags_offset.to_bytes(2, "big")
+        fill_ip_checksum(piece, len(header))
+        fragments.append(piece)
+        position += len(chunk)
+    return fragments
+
+
+def _later_header(first_header: bytes, options: bytes) -> bytes:
+    header = bytearray(first_header[:20]) + options
+    header[0] = 0x40 | (len(header) // 4)
+    return bytes(header)

@@ -1,0 +1,210 @@
+"""PID 1 in the image: the duties an init system would have, then the appliance itself.
+
+Theory of operation: the kernel runs /init (a Python script) with the console as stdio; it calls
+`main`, which mounts /proc, /sys and /dev, loads the kernel modules listed in load order at
+build time (`finit_module`, as there is no modprobe), waits for the NICs, names the first WAN
+and the second LAN (by bus address order: PCI under QEMU, vif number under Xen), brings them up
+with *no* IP configuration and sysctls that keep the kernel's own stack off them, reads the baked
+ops-config.json with `natvm.*` overrides from the kernel command line, and runs the shell.
+
+Rules: PID 1 must never hang and never exit silently. Any failure is logged in one line and the
+VM reboots (`reboot(RB_AUTOBOOT)`), so the hypervisor sees it and restarts it; `panic=-1` on the
+command line covers a crash of this process itself. A clean stop (SIGTERM, handled by the shell)
+powers the VM off. Boot entropy: /dev/urandom exists in the initramfs before /dev is mounted (so
+Python's hash seed never waits), and virtio-rng feeds the kernel under QEMU.
+
+Everything here imports at module level: the image builder finds the stdlib modules the image
+needs by importing this module.
+"""
+
+import ctypes
+import fcntl
+import os
+import re
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from appliance import config as config_module
+from appliance import shell
+
+CONFIG_FILE = Path("/etc/natvm/ops-config.json")
+MODULE_LIST = Path("/etc/natvm/modules")
+NIC_WAIT_SECONDS = 30.0
+REBOOT_DELAY_SECONDS = 3.0
+
+_MOUNTS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"))
+_MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
+_SYS_FINIT_MODULE = 313  # x86_64
+_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+_RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
+_EEXIST, _ENODEV = 17, 19
+
+# Written before a NIC goes up: no IPv6 (no SLAAC, DAD or router solicitations), never answer
+# ARP, never forward or answer ICMP. The NICs have no address, so this is a second fence.
+_GLOBAL_SYSCTLS = {
+    "net/ipv6/conf/all/disable_ipv6": "1",
+    "net/ipv6/conf/default/disable_ipv6": "1",
+    "net/ipv4/conf/all/arp_ignore": "8",
+    "net/ipv4/ip_forward": "0",
+    "net/ipv4/icmp_echo_ignore_all": "1",
+}
+_NIC_SYSCTLS = ("net/ipv6/conf/{}/disable_ipv6=1", "net/ipv4/conf/{}/arp_ignore=8")
+
+
+class InitError(Exception):
+    """A failure of PID 1's duties, with a one-line reason."""
+
+
+def log(message: str) -> None:
+    print(f"natvm: {message}", flush=True)
+
+
+def uptime() -> float:
+    return float(Path("/proc/uptime").read_text().split()[0])
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        error = ctypes.get_errno()
+        raise InitError(f"{what}: {os.strerror(error)}")
+
+
+def mount_filesystems() -> None:
+    libc = _libc()
+    for source, target, fstype in _MOUNTS:
+        os.makedirs(target, exist_ok=True)
+        flags = _MS_NOSUID | (0 if fstype == "devtmpfs" else _MS_NODEV | _MS_NOEXEC)
+        result = libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None)
+        _check(result, f"mount {fstype} on {target}")
+
+
+def load_module(path: str) -> str:
+    """Load one .ko; returns "loaded", "present" (built in or loaded) or "no device"."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        result = _libc().syscall(_SYS_FINIT_MODULE, fd, b"", 0)
+    finally:
+        os.close(fd)
+    if result == 0:
+        return "loaded"
+    error = ctypes.get_errno()
+    if error == _EEXIST:
+        return "present"
+    if error == _ENODEV:  # xen-netfront outside Xen
+        return "no device"
+    raise InitError(f"loading {path}: {os.strerror(error)}")
+
+
+def load_modules(listing: Path = MODULE_LIST) -> list[str]:
+    """Load every module listed (dependencies first); returns the names loaded."""
+    loaded = []
+    for path in listing.read_text().split():
+        if load_module(path) == "loaded":
+            loaded.append(Path(path).stem)
+    return loaded
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key that puts "vif-2" before "vif-10" and "0000:00:03.0" before "0000:00:10.0"."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p)
+
+
+def order_nics(devices: dict[str, str]) -> list[str]:
+    """NIC names ordered by their device path (PCI address, or Xen vif number), then name."""
+    return sorted(devices, key=lambda name: (natural_key(devices[name]), natural_key(name)))
+
+
+def _device_paths(sysfs: Path) -> dict[str, str]:
+    found = {}
+    for link in sysfs.iterdir():
+        if (link / "device").exists():
+            found[link.name] = str((link / "device").resolve())
+    return found
+
+
+def wait_for_nics(count: int, sysfs: Path = Path("/sys/class/net")) -> list[str]:
+    deadline = time.monotonic() + NIC_WAIT_SECONDS
+    while True:
+        devices = _device_paths(sysfs)
+        if len(devices) >= count:
+            return order_nics(devices)[:count]
+        if time.monotonic() > deadline:
+            names = ", ".join(sorted(devices)) or "none"
+            raise InitError(
+                f"found {len(devices)} NIC(s) ({names}) after "
+                f"{NIC_WAIT_SECONDS:.0f} s, need {count} (WAN, LAN)"
+            )
+        time.sleep(0.05)
+
+
+def nic_sysctls(names: Iterable[str]) -> dict[str, str]:
+    """The sysctls (path under /proc/sys -> value) that keep the kernel off the NICs."""
+    settings = dict(_GLOBAL_SYSCTLS)
+    for name in names:
+        for template in _NIC_SYSCTLS:
+            key, value = template.format(name).split("=")
+            settings[key] = value
+    return settings
+
+
+def write_sysctls(settings: dict[str, str], proc_sys: Path = Path("/proc/sys")) -> None:
+    for key, value in settings.items():
+        target = proc_sys / key
+        if target.exists():  # no IPv6 in the kernel means nothing to disable
+            target.write_text(value)
+
+
+def bring_up(name: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", name.encode(), 0)
+        (flags,) = struct.unpack_from("16xH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))
+        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
+
+
+def load_configuration() -> config_module.ApplianceConfig:
+    baked = config_module.load_config(CONFIG_FILE)
+    cmdline = Path("/proc/cmdline").read_text()
+    return config_module.apply_overrides(baked, config_module.parse_kernel_cmdline(cmdline))
+
+
+def boot() -> None:
+    """PID 1's duties, then the appliance; returns when the appliance stops cleanly."""
+    mount_filesystems()
+    log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
+    log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
+    config = load_configuration()
+    wan, lan = wait_for_nics(2)
+    write_sysctls(nic_sysctls((wan, lan)))
+    for name in (wan, lan):
+        bring_up(name)
+    log(f"WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}  ({uptime():.2f} s)")
+    shell.run(config, wan, lan)
+
+
+def _restart(action: int, libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:
+    os.sync()
+    libc_factory().reboot(action)
+
+
+def main() -> None:
+    """The entry point /init calls. Never returns: the VM powers off or reboots."""
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    try:
+        boot()
+    except Exception as error:  # PID 1 must turn every failure into a reboot
+        if not isinstance(error, InitError | OSError | ValueError):
+            traceback.print_exc()
+        log(f"fatal: {error}; rebooting in {REBOOT_DELAY_SECONDS:.0f} s")
+        time.sleep(REBOOT_DELAY_SECONDS)
+        _restart(_RB_AUTOBOOT)
+    log("stopped; powering off")
+    _restart(_RB_POWER_OFF)

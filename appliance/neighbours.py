@@ -1,0 +1,108 @@
+"""ARP neighbour resolution for one interface (RFC 826), bounded.
+
+Theory of operation: a resolved neighbour is kept for `reachable_time` seconds after it last
+spoke ARP to us. A packet for a next hop whose link address is unknown waits in a small per-hop
+queue (at most `queue_per_hop` packets, at most `max_pending` hops), while a request is sent every
+`retry_interval` seconds up to `max_tries` times; then the queued packets are dropped. All of it
+is driven by `now`, passed in.
+"""
+
+from dataclasses import dataclass, field
+
+from appliance.packet import ARP_REQUEST, BROADCAST_MAC, build_arp_frame
+
+
+@dataclass(slots=True)
+class _Pending:
+    packets: list[bytes] = field(default_factory=list)
+    next_try: float = 0.0
+    tries: int = 0
+
+
+class Neighbours:
+    def __init__(
+        self,
+        mac: bytes,
+        ip: bytes,
+        reachable_time: float = 300.0,
+        retry_interval: float = 1.0,
+        max_tries: int = 3,
+        queue_per_hop: int = 8,
+        max_pending: int = 256,
+        max_entries: int = 4096,
+    ) -> None:
+        self.mac, self.ip = mac, ip
+        self.reachable_time, self.retry_interval, self.max_tries = (
+            reachable_time,
+            retry_interval,
+            max_tries,
+        )
+        self.queue_per_hop, self.max_pending, self.max_entries = (
+            queue_per_hop,
+            max_pending,
+            max_entries,
+        )
+        self._cache: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
+        self._pending: dict[bytes, _Pending] = {}
+        self.dropped = 0  # packets given up on: queue full or next hop silent
+
+    def lookup(self, ip: bytes, now: float) -> bytes | None:
+        entry = self._cache.get(ip)
+        if entry is None or entry[1] < now:
+            return None
+        return entry[0]
+
+    def learn(self, ip: bytes, mac: bytes, now: float) -> list[tuple[bytes, bytes]]:
+        """Record `ip` at `mac`; returns the (mac, packet) pairs that were waiting for it."""
+        if len(self._cache) >= self.max_entries and ip not in self._cache:
+            self._evict(now)
+        self._cache[ip] = (mac, now + self.reachable_time)
+        pending = self._pending.pop(ip, None)
+        return [] if pending is None else [(mac, packet) for packet in pending.packets]
+
+    def knows(self, ip: bytes) -> bool:
+        """Whether `ip` is cached or being resolved (RFC 826: update only entries we hold)."""
+        return ip in self._cache or ip in self._pending
+
+    def enqueue(self, ip: bytes, packet: bytes, now: float) -> list[bytes]:
+        """Hold `packet` for `ip`; returns ARP request frames to send now."""
+        pending = self._pending.get(ip)
+        if pending is None:
+            if len(self._pending) >= self.max_pending:
+                self.dropped += 1
+                return []
+            pending = self._pending[ip] = _Pending()
+        if len(pending.packets) >= self.queue_per_hop:
+            self.dropped += 1
+            return []
+        pending.packets.append(packet)
+        return self._maybe_request(ip, pending, now)
+
+    def tick(self, now: float) -> list[bytes]:
+        """Retry or give up on pending resolutions; returns ARP request frames to send."""
+        frames: list[bytes] = []
+        for ip, pending in list(self._pending.items()):
+            if pending.next_try > now:
+                continue
+            if pending.tries >= self.max_tries:
+                self.dropped += len(pending.packets)
+                del self._pending[ip]
+                continue
+            frames.extend(self._maybe_request(ip, pending, now))
+        return frames
+
+    def request_frame(self, ip: bytes) -> bytes:
+        return build_arp_frame(ARP_REQUEST, self.mac, self.ip, BROADCAST_MAC, ip)
+
+    def _maybe_request(self, ip: bytes, pending: _Pending, now: float) -> list[bytes]:
+        if pending.next_try > now or pending.tries >= self.max_tries:
+            return []
+        pending.tries += 1
+        pending.next_try = now + self.retry_interval
+        return [self.request_frame(ip)]
+
+    def _evict(self, now: float) -> None:
+        for ip in [ip for ip, (_, expires) in self._cache.items() if expires < now]:
+            del self._cache[ip]
+        if len(self._cache) >= self.max_entries:
+            del self._cache[next(iter(self._cache))]  # the oldest learned

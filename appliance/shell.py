@@ -1,0 +1,249 @@
+"""The I/O shell: AF_PACKET sockets on two interfaces, a poll loop, the clock and the log.
+
+Everything that decides anything lives in the engine; this module only moves frames between the
+kernel and `Nat.handle`, runs `Nat.tick` about once a second, prints a stats line periodically and
+turns OS failures into one-line `ShellError`s. It is the same in the image (called by init) and on
+a host (called by cli). A frame never kills it: an unexpected exception while handling one is
+counted and logged (rate-limited), and the loop goes on.
+"""
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from types import FrameType
+
+from appliance.config import ApplianceConfig
+from appliance.engine import Nat, Side
+from appliance.packet import complete_l4_checksum
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_AUXDATA = 8
+PACKET_IGNORE_OUTGOING = 23
+PACKET_OUTGOING = 4
+TP_STATUS_CSUMNOTREADY = 1 << 3
+SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCETHTOOL = 0x8913, 0x8914, 0x8946
+IFF_UP = 0x1
+# Offloads that would hand the appliance merged super-frames or leave checksums unfinished.
+ETHTOOL_SGRO, ETHTOOL_SRXCSUM, ETHTOOL_SFLAGS, ETHTOOL_GFLAGS = 0x2C, 0x15, 0x26, 0x25
+ETH_FLAG_LRO = 1 << 15
+
+RECV_BATCH = 64  # frames drained from one socket before looking at the other
+FRAME_BUFFER = 65536 + 64
+_AUX_SPACE = socket.CMSG_SPACE(struct.calcsize("IIIHHHH"))
+
+
+class ShellError(Exception):
+    """A fatal condition the operator can fix, as one line."""
+
+
+Log = Callable[[str], None]
+
+
+def log_line(line: str) -> None:
+    print(line, flush=True)
+
+
+class RateLimitedLog:
+    """At most `burst` lines per `interval` seconds per key, so a flood cannot flood the console."""
+
+    def __init__(self, log: Log, interval: float = 10.0, burst: int = 3) -> None:
+        self.log, self.interval, self.burst = log, interval, burst
+        self._windows: dict[str, tuple[float, int]] = {}
+
+    def __call__(self, key: str, line: str, now: float) -> None:
+        start, count = self._windows.get(key, (now, 0))
+        if now - start >= self.interval:
+            start, count = now, 0
+        if count < self.burst:
+            self.log(line)
+        self._windows[key] = (start, count + 1)
+
+
+def open_interface(name: str) -> tuple[socket.socket, bytes]:
+    """An AF_PACKET socket bound to `name`, the interface up with offloads off; and its MAC."""
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        raise ShellError(f"no network interface named {name!r}") from None
+    try:
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    except PermissionError:
+        raise ShellError("opening an AF_PACKET socket needs root (CAP_NET_RAW)") from None
+    try:
+        sock.bind((name, ETH_P_ALL))
+        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        # Before Linux 4.20 this option is missing: outgoing frames are skipped by pkttype.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+        sock.setblocking(False)
+        _bring_up(sock, name)
+        _disable_offloads(sock, name)
+    except OSError as error:
+        sock.close()
+        raise ShellError(f"cannot use interface {name!r}: {error.strerror}") from None
+    mac = sock.getsockname()[4]
+    if len(mac) != 6:
+        sock.close()
+        raise ShellError(f"interface {name!r} is not an Ethernet interface")
+    return sock, bytes(mac)
+
+
+def _ifreq(name: str, payload: bytes) -> bytes:
+    return struct.pack("16s", name.encode()) + payload.ljust(24, b"\x00")
+
+
+def _bring_up(sock: socket.socket, name: str) -> None:
+    flags = struct.unpack_from("H", fcntl.ioctl(sock, SIOCGIFFLAGS, _ifreq(name, b"")), 16)[0]
+    if not flags & IFF_UP:
+        fcntl.ioctl(sock, SIOCSIFFLAGS, _ifreq(name, struct.pack("H", flags | IFF_UP)))
+
+
+def _ethtool(sock: socket.socket, name: str, command: int, value: int = 0) -> int | None:
+    request = ctypes.create_string_buffer(struct.pack("II", command, value))
+    try:
+        fcntl.ioctl(sock, SIOCETHTOOL, _ifreq(name, struct.pack("P", ctypes.addressof(request))))
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
+            return None  # the driver has no such offload: nothing to turn off
+        raise
+    return int(struct.unpack("II", request.raw)[1])
+
+
+def _disable_offloads(sock: socket.socket, name: str) -> None:
+    # GRO/LRO would merge received TCP segments into frames far over the MTU, which cannot be
+    # sent back out through AF_PACKET (DESIGN.md, known pitfalls).
+    _ethtool(sock, name, ETHTOOL_SGRO, 0)
+    flags = _ethtool(sock, name, ETHTOOL_GFLAGS)
+    if flags is not None and flags & ETH_FLAG_LRO:
+        _ethtool(sock, name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
+
+
+def _checksum_not_ready(ancillary: list[tuple[int, int, bytes]]) -> bool:
+    for level, kind, data in ancillary:
+        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 4:
+            return bool(struct.unpack_from("I", data)[0] & TP_STATUS_CSUMNOTREADY)
+    return False
+
+
+class Shell:
+    def __init__(
+        self, nat: Nat, sockets: dict[Side, socket.socket], log: Log, stats_interval: float
+    ) -> None:
+        self.nat, self.sockets, self.log = nat, sockets, log
+        self.stats_interval = stats_interval
+        self.errors = RateLimitedLog(log)
+        self.stopping = False
+        self.tx_errors = 0
+
+    def serve(self) -> None:
+        poller = select.poll()
+        by_fd = {sock.fileno(): side for side, sock in self.sockets.items()}
+        for fd in by_fd:
+            poller.register(fd, select.POLLIN)
+        wake_read, wake_write = os.pipe()
+        os.set_blocking(wake_write, False)
+        poller.register(wake_read, select.POLLIN)
+        previous = signal.set_wakeup_fd(wake_write)
+        next_tick = next_stats = time.monotonic()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_tick:
+                    self._send(self.nat.tick(now))
+                    next_tick = now + 1.0
+                if now >= next_stats:
+                    self.log(self.stats_line())
+                    next_stats = now + self.stats_interval
+                timeout_ms = max(0, int((min(next_tick, next_stats) - now) * 1000)) + 1
+                for fd, _ in poller.poll(timeout_ms):
+                    side = by_fd.get(fd)
+                    if side is not None:
+                        self._drain(side)
+        finally:
+            signal.set_wakeup_fd(previous)
+            os.close(wake_read)
+            os.close(wake_write)
+
+    def stats_line(self) -> str:
+        return self.nat.counters.line(len(self.nat.table)) + f" tx_errors={self.tx_errors}"
+
+    def _drain(self, side: Side) -> None:
+        sock = self.sockets[side]
+        for _ in range(RECV_BATCH):
+            try:
+                frame, ancillary, _, address = sock.recvmsg(FRAME_BUFFER, _AUX_SPACE)
+            except (BlockingIOError, InterruptedError):
+                return
+            if address[2] == PACKET_OUTGOING:
+                continue
+            now = time.monotonic()
+            if _checksum_not_ready(ancillary):
+                # The sender's stack left the L4 checksum to hardware that never ran (a local
+                # veth or tap peer): finish it, or the engine would reject a valid frame.
+                frame = complete_l4_checksum(frame)
+            try:
+                out = self.nat.handle(side, frame, now)
+            except Exception:  # the appliance must outlive any frame
+                self.nat.counters.drop("internal-error")
+                detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
+                self.errors("internal", f"error: frame from {side} raised: {detail}", now)
+                continue
+            self._send(out)
+
+    def _send(self, out: list[tuple[Side, bytes]]) -> None:
+        for side, frame in out:
+            try:
+                self.sockets[side].send(frame)
+            except OSError as error:
+                self.tx_errors += 1
+                self.errors(
+                    f"tx-{error.errno}",
+                    f"error: send on {side}: {error.strerror}",
+                    time.monotonic(),
+                )
+
+
+def run(
+    config: ApplianceConfig,
+    wan_ifname: str,
+    lan_ifname: str,
+    stats_interval: float = 10.0,
+    log: Log = log_line,
+) -> None:
+    """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
+    if wan_ifname == lan_ifname:
+        raise ShellError("the WAN and LAN interfaces must differ")
+    wan_sock, wan_mac = open_interface(wan_ifname)
+    lan_sock, lan_mac = open_interface(lan_ifname)
+    nat = Nat(config, wan_mac, lan_mac)
+    shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        shell.stopping = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    shell._send(nat.start(time.monotonic()))
+    log(
+        f"READY wan={wan_ifname} {config.wan.address} mac={wan_mac.hex(':')} "
+        f"lan={lan_ifname} {config.lan.address} mac={lan_mac.hex(':')}"
+    )
+    try:
+        shell.serve()
+    finally:
+        log(shell.stats_line())
+        log("stopped")
+        wan_sock.close()
+        lan_sock.close()
+        sys.stdout.flush()

@@ -1,0 +1,123 @@
+"""`invoke build`: a flat list of named steps, each taking the one `Build` context.
+
+Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deployment files
+(libvirt.xml, xen.cfg, qubes/, run-qemu.sh). Nothing in the outputs depends on the time or the
+host, so a rebuild from the same lock and sources is byte-identical.
+"""
+
+import hashlib
+import json
+import shlex
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from image import cpio, debs, deploy, initramfs, kconfig, lock, qemu
+from image.lock import Pin
+
+SOURCE = Path(__file__).resolve().parent.parent
+OUTPUT = SOURCE / "build"
+DEMO_TAPS = ("natvm-wan0", "natvm-lan0")
+
+
+@dataclass
+class Build:
+    """The context every step reads and fills in."""
+
+    config: Path
+    vm: deploy.Deployment
+    out: Path = OUTPUT
+    source: Path = SOURCE
+    pins: list[Pin] = field(default_factory=list)
+    root: Path = Path()
+    kernel_release: str = ""
+    xen_missing: list[str] = field(default_factory=list)
+    contents: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def packages(b: Build) -> None:
+    b.pins = lock.load()
+    b.root = debs.extract(b.pins)
+
+
+def kernel(b: Build) -> None:
+    vmlinuz = sorted((b.root / "boot").glob("vmlinuz-*"))[0]
+    b.kernel_release = vmlinuz.name.removeprefix("vmlinuz-")
+    b.xen_missing = kconfig.check(b.root / "boot" / f"config-{b.kernel_release}")
+    shutil.copyfile(vmlinuz, b.out / "vmlinuz")
+
+
+def _category(path: str) -> str:
+    """What an initramfs entry is, for the report of what takes the space."""
+    for prefix, name in (("lib/modules", "kernel modules"), ("usr/bin", "python3.11 binary"),
+                         ("usr/lib/python3.11/lib-dynload", "stdlib extensions (.so)"),
+                         ("usr/lib/python3.11", "stdlib bytecode"), ("opt/natvm", "appliance")):
+        if path.startswith(prefix):
+            return name
+    return "shared libraries" if ".so" in path else "other"  # fmt: skip
+
+
+def image(b: Build) -> None:
+    with tempfile.TemporaryDirectory(prefix="natvm-pyc-") as scratch:
+        inputs = initramfs.Inputs(b.root, b.source, b.config, Path(scratch))
+        entries = initramfs.entries(inputs)
+    archive = cpio.archive(entries)
+    (b.out / "initramfs").write_bytes(initramfs.compress(archive))
+    counts: Counter[str] = Counter()
+    for entry in {e.path: e for e in entries}.values():
+        counts[_category(entry.path)] += len(entry.data)
+    b.contents = dict(counts.most_common())
+    b.sizes["initramfs uncompressed"] = len(archive)
+
+
+def deployment(b: Build) -> None:
+    (b.out / "libvirt.xml").write_text(deploy.libvirt_xml(b.vm))
+    (b.out / "xen.cfg").write_text(deploy.xl_config(b.vm))
+    kernels = b.out / "qubes" / "vm-kernels" / deploy.NAME
+    kernels.mkdir(parents=True, exist_ok=True)
+    for name in ("vmlinuz", "initramfs"):
+        shutil.copyfile(b.out / name, kernels / name)
+    (b.out / "qubes" / "install.sh").write_text(deploy.qubes_script(b.vm))
+    machine = qemu.Machine(b.out / "vmlinuz", b.out / "initramfs", b.vm.memory_mib, b.vm.cpus,
+                           DEMO_TAPS)  # fmt: skip
+    lines = " \\\n  ".join(shlex.quote(arg) for arg in qemu.command(machine))
+    script = f"#!/bin/sh\n# Boot natvm on existing taps {' and '.join(DEMO_TAPS)}.\nexec {lines}\n"
+    (b.out / "run-qemu.sh").write_text(script)
+    (b.out / "run-qemu.sh").chmod(0o755)
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def manifest(b: Build) -> None:
+    sums = {name: _sha256(b.out / name) for name in OUTPUTS}
+    document = {
+        "name": deploy.NAME,
+        "kernel": {"release": b.kernel_release, "xen_options_missing": b.xen_missing},
+        "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in b.pins],
+        "files": {name: {"sha256": s, "size": (b.out / name).stat().st_size}
+                  for name, s in sums.items()},  # fmt: skip
+        "initramfs": {"compression": "gzip -9", **b.sizes, "contents": b.contents},
+    }
+    (b.out / "manifest.json").write_text(json.dumps(document, indent=2) + "\n")
+    (b.out / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for n, s in sums.items()))
+
+
+OUTPUTS = ("vmlinuz", "initramfs", "libvirt.xml", "xen.cfg", "run-qemu.sh", "qubes/install.sh",
+           "qubes/vm-kernels/natvm/vmlinuz", "qubes/vm-kernels/natvm/initramfs")  # fmt: skip
+STEPS: tuple[Callable[[Build], None], ...] = (packages, kernel, image, deployment, manifest)
+
+
+def run(b: Build, progress: Callable[[str, float], None]) -> None:
+    """Run every step, reporting each one's name and duration."""
+    b.out.mkdir(parents=True, exist_ok=True)
+    for step in STEPS:
+        started = time.monotonic()
+        step(b)
+        progress(step.__name__, time.monotonic() - started)

@@ -1,0 +1,129 @@
+"""Deployment files for the built kernel + initramfs: libvirt, Xen `xl`, and QubesOS.
+
+All are generated from one `Deployment` (taken from ops-config.json by the caller): memory,
+CPUs, the bridges of the WAN and LAN NICs (`RunConfig.Nics[].BridgeName`). NIC order is the role:
+the first interface is WAN, the second LAN, as the image's init maps them.
+"""
+
+import shlex
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from image import qemu
+
+NAME = "natvm"
+XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
+XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet")
+QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    memory_mib: int
+    cpus: int
+    bridges: tuple[str, str]  # WAN, LAN
+    kernel: Path  # where the files are (or will be) on the hypervisor host
+    initrd: Path
+
+
+def _element(parent: ET.Element, tag: str, text: str = "", **attributes: str) -> ET.Element:
+    child = ET.SubElement(parent, tag, attributes)
+    if text:
+        child.text = text
+    return child
+
+
+def libvirt_xml(vm: Deployment) -> str:
+    """A libvirt domain: direct kernel boot, two virtio NICs on bridges, serial console."""
+    domain = ET.Element("domain", type="kvm")
+    _element(domain, "name", NAME)
+    _element(domain, "memory", str(vm.memory_mib), unit="MiB")
+    _element(domain, "vcpu", str(vm.cpus))
+    os_ = _element(domain, "os")
+    _element(os_, "type", "hvm", arch="x86_64", machine="pc")
+    _element(os_, "kernel", str(vm.kernel))
+    _element(os_, "initrd", str(vm.initrd))
+    _element(os_, "cmdline", qemu.kernel_cmdline())
+    for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "restart")):
+        _element(domain, f"on_{event}", action)
+    devices = _element(domain, "devices")
+    for bridge, mac in zip(vm.bridges, qemu.MACS, strict=True):
+        interface = _element(devices, "interface", type="bridge")
+        _element(interface, "source", bridge=bridge)
+        _element(interface, "mac", address=mac)
+        _element(interface, "model", type="virtio")
+        _element(interface, "rom", enabled="no")
+    serial = _element(devices, "serial", type="pty")
+    _element(serial, "target", port="0")
+    console = _element(devices, "console", type="pty")
+    _element(console, "target", type="serial", port="0")
+    rng = _element(devices, "rng", model="virtio")
+    _element(rng, "backend", "/dev/urandom", model="random")
+    _element(devices, "memballoon", model="none")
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def _quoted(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def xl_config(vm: Deployment) -> str:
+    """An `xl` config for a PVH guest: the same kernel and initramfs, console on hvc0."""
+    vifs = ", ".join(
+        _quoted(f"mac={mac},bridge={bridge}")
+        for bridge, mac in zip(vm.bridges, XEN_MACS, strict=True)
+    )
+    lines = [
+        f"name = {_quoted(NAME)}",
+        'type = "pvh"',
+        f"kernel = {_quoted(str(vm.kernel))}",
+        f"ramdisk = {_quoted(str(vm.initrd))}",
+        f"cmdline = {_quoted(' '.join(XEN_CMDLINE))}",
+        f"memory = {vm.memory_mib}",
+        f"maxmem = {vm.memory_mib}",
+        f"vcpus = {vm.cpus}",
+        f"vif = [ {vifs} ]",
+        'on_poweroff = "destroy"',
+        'on_reboot = "restart"',
+        'on_crash = "restart"',
+    ]
+    return "".join(line + "\n" for line in lines)
+
+
+def qubes_commands(vm: Deployment, name: str = NAME) -> list[list[str]]:
+    """The dom0 commands that create the net VM (after the kernel folder is installed)."""
+    properties = {
+        "kernel": NAME,
+        "kernelopts": " ".join(XEN_CMDLINE),
+        "memory": str(vm.memory_mib),
+        "maxmem": str(vm.memory_mib),
+        "vcpus": str(vm.cpus),
+        "virt_mode": "pvh",
+        "provides_network": "True",
+        "netvm": "sys-net",
+    }
+    create = ["qvm-create", "--class", "StandaloneVM", "--label", "green"]
+    for key, value in properties.items():
+        create += ["--property", f"{key}={value}"]
+    return [
+        [*create, name],
+        ["qvm-features", name, "qubes-firewall", "1"],
+        ["qvm-features", name, "no-default-kernelopts", "1"],
+    ]
+
+
+def qubes_script(vm: Deployment) -> str:
+    """install.sh for dom0: copies vm-kernels/natvm into place and creates the VM."""
+    commands = "\n".join(shlex.join(argv) for argv in qubes_commands(vm))
+    return f"""#!/bin/sh
+# Install natvm as a QubesOS net VM. Run in dom0, from this folder, after copying it there:
+#   qvm-run --pass-io BUILDVM 'tar -C natvm/build -c qubes' | tar -x && sh qubes/install.sh
+set -eu
+cd "$(dirname "$0")"
+sudo mkdir -p {QUBES_KERNEL_DIR}/{NAME}
+sudo cp vm-kernels/{NAME}/vmlinuz vm-kernels/{NAME}/initramfs {QUBES_KERNEL_DIR}/{NAME}/
+{commands}
+echo "created {NAME}: start it with 'qvm-start {NAME}', then set it as the netvm of your VMs"
+"""

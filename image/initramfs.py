@@ -1,0 +1,119 @@
+"""The initramfs: the appliance, the Python runtime it needs, kernel modules, config, /init.
+
+Assembled in small steps, each returning cpio entries; `archive` sorts and writes them
+deterministically and compresses with gzip (mtime 0), which every kernel can unpack.
+Layout in the image:
+  /init                       a Python script: hands over to appliance.init (PID 1 duties)
+  /usr/bin/python3.11, /lib*  the interpreter, its loader and libraries (Debian packages)
+  /usr/lib/python3.11         sourceless .pyc of the stdlib modules the appliance loads
+  /opt/natvm/appliance        the appliance, as .pyc
+  /lib/modules/<ver>/...      the .ko files; /etc/natvm/modules lists them in load order
+  /etc/natvm/ops-config.json  the baked configuration
+  /dev/console, /dev/urandom  so Python has a console and randomness before /dev is mounted
+"""
+
+import gzip
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from image import cpio, kmod, runtime
+from image.elf import Elf
+
+CONFIG_PATH = "etc/natvm/ops-config.json"
+MODULE_LIST = "etc/natvm/modules"
+ENTRY = ("appliance.init",)
+INIT = """#!/usr/bin/python3.11 -SI
+# natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).
+import sys
+sys.path.insert(0, "/opt/natvm")
+from appliance.init import main
+main()
+"""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What goes in: the extracted packages, the tree holding `appliance/`, the config."""
+
+    root: Path
+    source: Path
+    config: Path
+    scratch: Path  # compiled bytecode is written here before it is archived
+
+
+def _copy(root: Path, path: str) -> Iterator[cpio.Entry]:
+    """The entry for `root/path` with its permissions, following symlinks inside `root`."""
+    real = root / path
+    while real.is_symlink():
+        target = os.readlink(real)
+        yield cpio.symlink(str(real.relative_to(root)), target)
+        real = (root / target.lstrip("/")) if target.startswith("/") else real.parent / target
+    yield cpio.file(str(real.relative_to(root)), real.read_bytes(), real.stat().st_mode & 0o7777)
+
+
+def skeleton(_inputs: Inputs) -> list[cpio.Entry]:
+    return [
+        cpio.directory("proc"),
+        cpio.directory("sys"),
+        cpio.directory("tmp", 0o1777),
+        cpio.char_device("dev/console", 5, 1),
+        cpio.char_device("dev/null", 1, 3, 0o666),
+        cpio.char_device("dev/urandom", 1, 9, 0o444),
+        cpio.file("init", INIT.encode(), 0o755),
+    ]
+
+
+def _image_path(inputs: Inputs, file: Path) -> str:
+    """Where module source `file` goes in the image (as .pyc, or as-is for extensions)."""
+    if file.is_relative_to(inputs.source):
+        relative = str(Path(runtime.APP_DIR) / file.relative_to(inputs.source))
+    else:
+        relative = str(file.relative_to(inputs.root))
+    return relative + "c" if relative.endswith(".py") else relative
+
+
+def python(inputs: Inputs) -> list[cpio.Entry]:
+    """The interpreter, its libraries, the stdlib modules and the appliance, compiled."""
+    found = runtime.modules(inputs.root, inputs.source, ENTRY)
+    sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
+    compiled = sorted(f for f in sources if f.suffix == ".py")
+    extensions = sorted(f for f in sources if f.suffix == ".so")
+    jobs = [(f, inputs.scratch / _image_path(inputs, f), "/" + _image_path(inputs, f)[:-1]) for f in compiled]
+    runtime.compile_to(inputs.root, jobs)
+    binary = inputs.root / runtime.PYTHON
+    interpreter = Elf(binary.read_bytes()).interpreter() or ""
+    entries = [*_copy(inputs.root, runtime.PYTHON), *_copy(inputs.root, interpreter.lstrip("/"))]
+    for library in runtime.libraries(inputs.root, [binary, *extensions]):
+        entries += _copy(inputs.root, str(library.relative_to(inputs.root)))
+    entries += [cpio.file(_image_path(inputs, f), f.read_bytes()) for f in extensions]
+    entries += [cpio.file(_image_path(inputs, f), (inputs.scratch / _image_path(inputs, f)).read_bytes()) for f in compiled]
+    entries.append(cpio.directory(runtime.STDLIB + "/lib-dynload"))  # exec-prefix landmark
+    return entries
+
+
+def modules(inputs: Inputs) -> list[cpio.Entry]:
+    moddir = kmod.modules_dir(inputs.root)
+    order = kmod.load_order(moddir)
+    paths = [str(ko.relative_to(inputs.root)) for ko in order]
+    listing = "".join(f"/{p}\n" for p in paths).encode()
+    return [cpio.file(MODULE_LIST, listing), *(cpio.file(p, (inputs.root / p).read_bytes()) for p in paths)]
+
+
+def configuration(inputs: Inputs) -> list[cpio.Entry]:
+    return [cpio.file(CONFIG_PATH, inputs.config.read_bytes())]
+
+
+STEPS = (skeleton, python, modules, configuration)
+
+
+def entries(inputs: Inputs) -> list[cpio.Entry]:
+    out: list[cpio.Entry] = []
+    for step in STEPS:
+        out += step(inputs)
+    return out
+
+
+def compress(archive: bytes) -> bytes:
+    return gzip.compress(archive, compresslevel=9, mtime=0)

@@ -1,0 +1,51 @@
+"""The kernel modules the image loads, and the order to load them in.
+
+Debian's kernel package ships no `modules.dep` (depmod makes it at install time), so the
+dependencies come from each module's own `.modinfo` (`depends=`), which is what depmod reads too.
+The result is the order `modules.dep` implies: every module after the modules it needs.
+"""
+
+from pathlib import Path
+
+from image.elf import Elf
+from image.errors import ImageError
+
+# virtio_net and virtio_pci for QEMU/libvirt, virtio-rng for boot entropy, xen-netfront for Xen.
+WANTED = ("virtio_pci", "virtio_net", "virtio_rng", "xen_netfront")
+
+
+def modules_dir(root: Path) -> Path:
+    """The one `lib/modules/<version>` of the extracted kernel package."""
+    found = sorted((root / "lib" / "modules").glob("*/kernel"))
+    if len(found) != 1:
+        raise ImageError(f"expected one kernel under {root}/lib/modules, found {len(found)}")
+    return found[0].parent
+
+
+def _index(moddir: Path) -> dict[str, Path]:
+    """Module name (dashes as underscores, as the kernel names them) -> its .ko file."""
+    return {ko.name[:-3].replace("-", "_"): ko for ko in sorted(moddir.rglob("*.ko"))}
+
+
+def _depends(ko: Path) -> list[str]:
+    value = Elf(ko.read_bytes()).modinfo().get("depends", "")
+    return [name for name in value.split(",") if name]
+
+
+def load_order(moddir: Path, wanted: tuple[str, ...] = WANTED) -> list[Path]:
+    """The .ko files of `wanted` and everything they depend on, dependencies first."""
+    index = _index(moddir)
+    order: list[Path] = []
+
+    def visit(name: str, chain: tuple[str, ...]) -> None:
+        if name not in index:
+            raise ImageError(f"kernel module {name} (needed by {chain or 'the image'}) not found")
+        if index[name] in order:
+            return
+        for dep in _depends(index[name]):
+            visit(dep, (*chain, name))
+        order.append(index[name])
+
+    for name in wanted:
+        visit(name, ())
+    return order

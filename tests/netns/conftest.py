@@ -1,0 +1,56 @@
+"""Namespace tier: the appliance as a host process in the router namespace, on veth pairs.
+
+``NATVM_TEST_REFERENCE=kernel`` puts Linux's own NAT there instead (see ``routers.KernelNat``):
+that validates the topology and the tests, not the appliance.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from routers import REPO, HostAppliance, KernelNat
+from topology import Attach, Topology, session_prefix
+from topology import topology as built_topology
+
+REFERENCE_VARIABLE = "NATVM_TEST_REFERENCE"
+STARTERS = {
+    "": lambda topo: HostAppliance(topo, REPO / "ops-config.json"),
+    "kernel": KernelNat,
+}
+
+
+@pytest.fixture(scope="session")
+def topology(required_tools: None) -> Iterator[Topology]:
+    with built_topology(session_prefix(), Attach.VETH) as topo:
+        yield topo
+
+
+@pytest.fixture(scope="session")
+def nat(topology: Topology) -> Iterator[HostAppliance | KernelNat]:
+    """What forwards for the whole session; its clean exit on SIGTERM is checked at the end."""
+    reference = os.environ.get(REFERENCE_VARIABLE, "")
+    if reference not in STARTERS:
+        pytest.fail(f"{REFERENCE_VARIABLE}={reference!r}: expected unset or 'kernel'")
+    router = STARTERS[reference](topology)
+    router.start()
+    yield router
+    status = router.stop()
+    assert status == 0, f"exit status {status} on SIGTERM; output:\n" + "\n".join(router.output())
+
+
+@pytest.fixture(autouse=True)
+def nat_alive(nat: HostAppliance | KernelNat) -> Iterator[None]:
+    """Every test starts and ends with the NAT alive; a death is blamed on the test that saw it."""
+    assert nat.alive(), "the NAT was dead before this test"
+    yield
+    tail = "\n".join(nat.output()[-20:])
+    assert nat.alive(), f"the NAT died during this test; its last output:\n{tail}"
+
+
+@pytest.fixture
+def appliance_only(nat: HostAppliance | KernelNat) -> None:
+    """Skip where the kernel reference is known to behave otherwise than ops-config.json asks."""
+    if nat.kind == "kernel":
+        pytest.skip("Linux conntrack filters address-and-port-dependently")

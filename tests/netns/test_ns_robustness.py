@@ -1,0 +1,12 @@
+"""Bad input on both NICs leaves the appliance alive and forwarding."""
+
+import pytest
+import traffic
+from routers import HostAppliance, KernelNat
+from topology import Topology
+
+pytestmark = pytest.mark.netns
+
+
+def test_malformed_burst(topology: Topology, nat: HostAppliance | KernelNat) -> None:
+    traffic.check_malformed_burst(topology, nat.alive)

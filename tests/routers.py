@@ -1,0 +1,165 @@
+"""What sits in the router namespace between the LAN and WAN bridges of a ``Topology``.
+
+- ``HostAppliance``: the appliance as a host process (``python -m appliance``), the netns tier.
+- ``KernelNat``: Linux's own NAT (nftables) on the same two interfaces. It is a reference, not a
+  product: it validates the topology and the tests themselves (``NATVM_TEST_REFERENCE=kernel``),
+  and is the baseline for benchmarks. Its filtering is address-and-port-dependent, so the tests
+  of address-dependent filtering do not apply to it.
+
+Both offer the same small interface: ``start()``, ``alive()``, ``output()``, ``stop()``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from topology import (
+    APPLIANCE_LAN,
+    APPLIANCE_WAN,
+    CLIENT_A,
+    GATEWAY,
+    LAN_NETWORK,
+    Topology,
+    stop_process,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+READY_TIMEOUT = 30.0
+
+
+class HostAppliance:
+    """``python -m appliance`` in the router namespace, its stdout and stderr kept line by line."""
+
+    kind = "appliance"
+
+    def __init__(self, topology: Topology, config: Path) -> None:
+        self.topology = topology
+        self.command = [
+            sys.executable,
+            "-u",
+            "-m",
+            "appliance",
+            "--config",
+            str(config),
+            "--wan",
+            topology.appliance_wan,
+            "--lan",
+            topology.appliance_lan,
+        ]
+        self._lines: list[str] = []
+        self._ready = threading.Event()
+        self._process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> None:
+        """Start it and wait for its ``READY`` line; fail with its output if it never comes."""
+        self._process = self.topology.spawn(
+            self.topology.router,
+            *self.command,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self._ready.wait(0.05):
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise AssertionError(
+                    f"no READY from {shlex.join(self.command)} (exit {self.returncode}):\n"
+                    + "\n".join(self._lines)
+                )
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for raw in self._process.stdout:
+            line = raw.decode(errors="replace").rstrip("\n")
+            self._lines.append(line)
+            if line.startswith("READY"):
+                self._ready.set()
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def output(self) -> list[str]:
+        """Every line it has printed so far (stdout and stderr)."""
+        return list(self._lines)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit status (``None`` if it never started)."""
+        if self._process is not None and self.returncode is None:
+            self.returncode = stop_process(self._process)
+        return self.returncode
+
+
+class KernelNat:
+    """Linux's NAT configured in the router namespace like ``ops-config.json`` configures ours."""
+
+    kind = "kernel"
+    TABLE = "natvm_reference"
+
+    def __init__(self, topology: Topology) -> None:
+        self.topology = topology
+        self.returncode: int | None = None
+
+    def _ruleset(self) -> str:
+        wan, lan = self.topology.appliance_wan, self.topology.appliance_lan
+        return f"""
+table ip {self.TABLE} {{
+    chain prerouting {{
+        type nat hook prerouting priority dstnat; policy accept;
+        ip daddr {APPLIANCE_WAN} tcp dport 8080 dnat to {CLIENT_A}:80
+        ip daddr {APPLIANCE_WAN} udp dport 5353 dnat to {CLIENT_A}:53
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname "{wan}" masquerade
+        oifname "{lan}" ip saddr {LAN_NETWORK} ct status dnat snat to {APPLIANCE_WAN}
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy drop;
+        ct state established,related accept
+        iifname "{lan}" oifname "{wan}" accept
+        ct status dnat accept
+    }}
+}}
+"""
+
+    def start(self) -> None:
+        topo, router = self.topology, self.topology.router
+        wan, lan = topo.appliance_wan, topo.appliance_lan
+        # Hairpinned flows leave the interface they came in on: no redirects for them.
+        topo.run(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+        topo.run(router, "sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=0")
+        topo.run(router, "sysctl", "-q", "-w", f"net.ipv4.conf.{lan}.send_redirects=0")
+        topo.run(router, "ip", "address", "add", f"{APPLIANCE_WAN}/24", "dev", wan)
+        topo.run(router, "ip", "address", "add", f"{APPLIANCE_LAN}/24", "dev", lan)
+        topo.run(router, "ip", "route", "add", "default", "via", GATEWAY)
+        subprocess.run(
+            ["ip", "netns", "exec", router, "nft", "-f", "-"],
+            input=self._ruleset(),
+            text=True,
+            check=True,
+        )
+
+    def alive(self) -> bool:
+        listed = self.topology.run(self.topology.router, "nft", "list", "tables").stdout
+        return self.TABLE in listed
+
+    def output(self) -> list[str]:
+        return []
+
+    def stop(self) -> int | None:
+        if self.returncode is None:
+            topo = self.topology
+            topo.run(topo.router, "nft", "delete", "table", "ip", self.TABLE, check=False)
+            topo.run(topo.router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+            for ifname in (topo.appliance_wan, topo.appliance_lan):
+                topo.run(topo.router, "ip", "address", "flush", "dev", ifname)
+            self.returncode = 0
+        return self.returncode

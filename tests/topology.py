@@ -1,0 +1,396 @@
+"""Test hosts in network namespaces, wired to the appliance's two NICs.
+
+Theory of operation
+-------------------
+Every host is a network namespace named ``PREFIX + role`` (the prefix is unique per test session,
+``natvm-t<pid>-``), so two sessions never collide and leftovers are easy to find::
+
+    lan-a  10.77.0.10 eth0 --+                                 +-- eth0 192.0.2.1/24    wan
+    lan-b  10.77.0.11 eth0 --+-- br-lan --[lan NIC]  [wan NIC]-- br-wan       lo 198.51.100.10/32
+                                 `------------ router ------------'               203.0.113.10/32
+
+The two bridges live in the router namespace; what plugs the appliance into them is the only thing
+that differs between tiers (``Attach``):
+
+- ``VETH`` (host mode): veth pairs ``wan0``/``wan0-br`` and ``lan0``/``lan0-br``; the appliance runs
+  as a host process in the router namespace and opens ``wan0`` and ``lan0``.
+- ``TAP`` (VM mode): persistent taps ``tap-wan`` and ``tap-lan`` enslaved to the bridges; QEMU,
+  started with ``ip netns exec ROUTER``, opens them.
+
+The WAN namespace is the gateway host and the servers at once: the server addresses are local to it
+(on lo), it has no default route, and it reaches 192.0.2.0/24 on link. Nothing routes out
+of the machine: no namespace has a link to the root namespace.
+
+Rules
+-----
+- Checksum offload, TSO, GSO and GRO are off on every veth end: the appliance reads frames with
+  AF_PACKET and must see complete checksums and MTU-sized frames (DESIGN.md, known pitfalls).
+- IPv6 is off in every namespace before any link exists, so raised links make no IPv6 noise.
+- Namespaces are created explicitly and opened with ``flags=0``: a typo fails instead of creating
+  an empty namespace. Links are waited for by state, never by sleeping.
+- ``Topology.destroy`` ends every process started with ``spawn`` and removes every namespace, which
+  takes every veth, bridge and tap with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import os
+import re
+import select
+import shlex
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+from pyroute2 import IPRoute, netns
+from scapy.layers.l2 import Ether
+
+LAN_NETWORK = "10.77.0.0/24"
+APPLIANCE_LAN = "10.77.0.1"
+APPLIANCE_WAN = "192.0.2.2"
+GATEWAY = "192.0.2.1"
+CLIENT_A = "10.77.0.10"
+CLIENT_B = "10.77.0.11"
+SERVER_A = "198.51.100.10"
+SERVER_B = "203.0.113.10"
+
+SESSION_PREFIX_PATTERN = re.compile(r"^natvm-t(\d+)-")
+LINK_TIMEOUT = 5.0
+ETH_P_ALL = 0x0003
+PACKET_OUTGOING = 4
+SO_RCVBUFFORCE = 33  # not in the socket module; root may exceed rmem_max with it
+OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+
+
+class Attach(enum.StrEnum):
+    """How the appliance's two NICs are plugged into the router namespace's bridges."""
+
+    VETH = "veth"
+    TAP = "tap"
+
+
+@dataclass(frozen=True)
+class Host:
+    """A test host: its namespace, its one interface, its address and MAC address."""
+
+    ns: str
+    ifname: str
+    address: str
+    mac: str
+
+
+@dataclass
+class Topology:
+    """The namespaces of one test session; see the module docstring for the wiring."""
+
+    prefix: str
+    attach: Attach
+    router: str
+    lan_a: Host
+    lan_b: Host
+    wan: Host
+    appliance_wan: str
+    appliance_lan: str
+    processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.router, self.wan.ns, self.lan_a.ns, self.lan_b.ns]
+
+    def run(
+        self, ns: str, *argv: str, timeout: float = 30, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        """Run a command to completion in namespace ``ns``; a failure names the whole command."""
+        command = ["ip", "netns", "exec", ns, *argv]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(
+                f"{shlex.join(command)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
+            )
+        return result
+
+    def spawn(self, ns: str, *argv: str, **popen_args: object) -> subprocess.Popen[bytes]:
+        """Start a long-running process in ``ns``; ``destroy`` ends it if the caller does not."""
+        # `ip netns exec` execs the command, so the Popen's pid is the command's own.
+        process = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **popen_args)  # type: ignore[call-overload]
+        self.processes.append(process)
+        return process
+
+    def socket(self, ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+        """A socket living in namespace ``ns``, usable from this process."""
+        return netns.create_socket(ns, family, kind, proto, flags=0)
+
+    def destroy(self) -> None:
+        """End the processes, then remove the namespaces (and with them every link)."""
+        for process in self.processes:
+            stop_process(process)
+        self.processes.clear()
+        for name in self.namespaces:
+            with contextlib.suppress(FileNotFoundError):
+                netns.remove(name)
+
+
+def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> int:
+    """SIGTERM, then SIGKILL after ``grace`` seconds; returns the exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
+def session_prefix() -> str:
+    return f"natvm-t{os.getpid()}-"
+
+
+def build(prefix: str, attach: Attach) -> Topology:
+    """Create the namespaces and links; on any failure, remove what was made and re-raise."""
+    remove_stale_namespaces()
+    names = {role: prefix + role for role in ("router", "wan", "lan-a", "lan-b")}
+    created: list[str] = []
+    try:
+        for name in names.values():
+            netns.create(name)
+            created.append(name)
+            _set_sysctls(name)
+        appliance_wan, appliance_lan = _wire_router(names, attach)
+        lan_a = _configure_lan_host(names["lan-a"], CLIENT_A)
+        lan_b = _configure_lan_host(names["lan-b"], CLIENT_B)
+        wan = _configure_wan_host(names["wan"])
+    except BaseException:
+        for name in created:
+            netns.remove(name)
+        raise
+    return Topology(
+        prefix=prefix,
+        attach=attach,
+        router=names["router"],
+        lan_a=lan_a,
+        lan_b=lan_b,
+        wan=wan,
+        appliance_wan=appliance_wan,
+        appliance_lan=appliance_lan,
+    )
+
+
+def remove_stale_namespaces() -> None:
+    """Remove namespaces left by test sessions whose process is gone (a crash, a kill -9)."""
+    for name in netns.listnetns():
+        match = SESSION_PREFIX_PATTERN.match(name)
+        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            netns.remove(name)
+
+
+def _set_sysctls(ns: str) -> None:
+    settings = [
+        "net.ipv6.conf.all.disable_ipv6=1",
+        "net.ipv6.conf.default.disable_ipv6=1",
+        # Time Exceeded and Port Unreachable answers must not be rate limited between tests.
+        "net.ipv4.icmp_ratelimit=0",
+        "net.ipv4.icmp_msgs_per_sec=100000",
+    ]
+    subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings], check=True)
+
+
+def _wire_router(names: dict[str, str], attach: Attach) -> tuple[str, str]:
+    router = names["router"]
+    with IPRoute(netns=router, flags=0) as ipr:
+        bridges = {name: _add_link(ipr, name, kind="bridge") for name in ("br-wan", "br-lan")}
+        hosts = {
+            "gw": ("wan", "br-wan"),
+            "host-a": ("lan-a", "br-lan"),
+            "host-b": ("lan-b", "br-lan"),
+        }
+        for port, (role, bridge) in hosts.items():
+            peer = {"ifname": "eth0", "net_ns_fd": names[role]}
+            _add_link(ipr, port, kind="veth", peer=peer, master=bridges[bridge])
+        if attach is Attach.VETH:
+            nics = ("wan0", "lan0")
+            for nic, bridge in zip(nics, bridges, strict=True):
+                _add_link(ipr, nic, kind="veth", peer=f"{nic}-br")
+                _set_up(ipr, f"{nic}-br", master=bridges[bridge])
+                _set_up(ipr, nic)
+            offload_ends = [*hosts, *nics, *(f"{nic}-br" for nic in nics)]
+        else:
+            nics = ("tap-wan", "tap-lan")
+            for nic, bridge in zip(nics, bridges, strict=True):
+                subprocess.run(
+                    ["ip", "netns", "exec", router, "ip", "tuntap", "add", nic, "mode", "tap"],
+                    check=True,
+                )
+                _set_up(ipr, nic, master=bridges[bridge])
+            offload_ends = list(hosts)
+        for index in bridges.values():
+            ipr.link("set", index=index, state="up")
+    _disable_offloads(router, offload_ends)
+    return nics
+
+
+def _add_link(ipr: IPRoute, ifname: str, master: int | None = None, **spec: object) -> int:
+    ipr.link("add", ifname=ifname, **spec)
+    (index,) = ipr.link_lookup(ifname=ifname)
+    if master is not None:
+        ipr.link("set", index=index, master=master, state="up")
+    return int(index)
+
+
+def _set_up(ipr: IPRoute, ifname: str, master: int | None = None) -> None:
+    (index,) = ipr.link_lookup(ifname=ifname)
+    extra = {} if master is None else {"master": master}
+    ipr.link("set", index=index, state="up", **extra)
+
+
+def _disable_offloads(ns: str, ifnames: Iterable[str]) -> None:
+    for ifname in ifnames:
+        subprocess.run(
+            ["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *OFFLOADS_OFF],
+            check=True,
+            capture_output=True,
+        )
+
+
+def _configure_lan_host(ns: str, address: str) -> Host:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = _bring_up_host_link(ns, ipr)
+        ipr.addr("add", index=index, address=address, prefixlen=24)
+        ipr.route("add", dst="0.0.0.0/0", gateway=APPLIANCE_LAN)
+        return Host(ns, "eth0", address, _mac(ipr, index))
+
+
+def _configure_wan_host(ns: str) -> Host:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = _bring_up_host_link(ns, ipr)
+        ipr.addr("add", index=index, address=GATEWAY, prefixlen=24)
+        # The server addresses go on lo (this kernel has no dummy links): local, so the
+        # gateway host answers for them itself.
+        (lo,) = ipr.link_lookup(ifname="lo")
+        for server in (SERVER_A, SERVER_B):
+            ipr.addr("add", index=lo, address=server, prefixlen=32)
+        return Host(ns, "eth0", GATEWAY, _mac(ipr, index))
+
+
+def _bring_up_host_link(ns: str, ipr: IPRoute) -> int:
+    _disable_offloads(ns, ["eth0"])
+    (lo,) = ipr.link_lookup(ifname="lo")
+    ipr.link("set", index=lo, state="up")
+    (index,) = ipr.link_lookup(ifname="eth0")
+    ipr.link("set", index=index, state="up")
+    wait_for(lambda: ipr.get_links(index)[0].get("operstate") == "UP", f"{ns} eth0 up")
+    return int(index)
+
+
+def _mac(ipr: IPRoute, index: int) -> str:
+    return str(ipr.get_links(index)[0].get("address"))
+
+
+def wait_for(condition: Callable[[], object], what: str, timeout: float = LINK_TIMEOUT) -> None:
+    """Poll ``condition`` until it is true; fail naming ``what`` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+def neighbour_mac(ns: str, address: str) -> str:
+    """The MAC address that namespace ``ns`` has resolved for ``address`` (after traffic to it)."""
+    with IPRoute(netns=ns, flags=0) as ipr:
+        for entry in ipr.get_neighbours(dst=address):
+            mac = entry.get("NDA_LLADDR")
+            if mac:
+                return str(mac)
+    raise AssertionError(f"{ns} has no neighbour entry for {address}")
+
+
+class Capture:
+    """Every frame seen on one interface of one namespace from the moment this is created.
+
+    The AF_PACKET socket is bound when the constructor returns, so a frame sent afterwards is
+    queued in its buffer even before ``frames`` drains it: no sniffer start-up race. Frames are
+    returned as scapy ``Ether`` objects; scapy only parses here, it never opens a socket.
+    """
+
+    def __init__(self, ns: str, ifname: str) -> None:
+        self.where = f"{ns}:{ifname}"
+        self._sock = netns.create_socket(
+            ns, socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL), flags=0
+        )
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+        self._sock.bind((ifname, ETH_P_ALL))
+        self._sock.setblocking(False)
+        self._received: list[bytes] = []
+        self._sent: list[bytes] = []
+
+    def __enter__(self) -> Capture:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._sock.close()
+
+    def _drain(self, wait: float) -> None:
+        while select.select([self._sock], [], [], wait)[0]:
+            data, address = self._sock.recvfrom(65536)
+            (self._sent if address[2] == PACKET_OUTGOING else self._received).append(data)
+            wait = 0
+
+    def received(
+        self, until: Callable[[list[Ether]], object] | None = None, timeout: float = 3.0
+    ) -> list[Ether]:
+        """Frames that arrived on the interface: until ``until(frames)`` holds or ``timeout``.
+
+        Without ``until`` it waits the whole ``timeout``: that is how a test shows that
+        something did *not* arrive.
+        """
+        return self._collect(self._received, until, timeout)
+
+    def sent(
+        self, until: Callable[[list[Ether]], object] | None = None, timeout: float = 3.0
+    ) -> list[Ether]:
+        """Frames the namespace sent out of the interface; same waiting rule as ``received``."""
+        return self._collect(self._sent, until, timeout)
+
+    def _collect(
+        self,
+        frames: list[bytes],
+        until: Callable[[list[Ether]], object] | None,
+        timeout: float,
+    ) -> list[Ether]:
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain(min(0.05, max(0.0, deadline - time.monotonic())))
+            parsed = [Ether(frame) for frame in frames]
+            if (until is not None and until(parsed)) or time.monotonic() >= deadline:
+                return parsed
+
+
+def inject(ns: str, ifname: str, frames: Iterable[bytes]) -> int:
+    """Send raw frames out of ``ifname`` in ``ns``; returns how many the kernel accepted."""
+    sent = 0
+    with netns.create_socket(ns, socket.AF_PACKET, socket.SOCK_RAW, 0, flags=0) as sock:
+        sock.bind((ifname, 0))
+        for frame in frames:
+            with contextlib.suppress(OSError):
+                sock.send(frame)
+                sent += 1
+    return sent
+
+
+@contextlib.contextmanager
+def topology(prefix: str, attach: Attach) -> Iterator[Topology]:
+    """``build`` then ``destroy``, whatever happens in between."""
+    built = build(prefix, attach)
+    try:
+        yield built
+    finally:
+        built.destroy()
