@@ -200,8 +200,8 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
         boot()
-    except Exception as error:  # PID 1 must turn every failure into a reboot
-        if not isinstance(error, InitError | OSError | ValueError):
+    except BaseException as error:  # PID 1 must turn every failure into a reboot
+        if not isinstance(error, InitError | shell.ShellError | OSError | ValueError):
             traceback.print_exc()
         log(f"fatal: {error}; rebooting in {REBOOT_DELAY_SECONDS:.0f} s")
         time.sleep(REBOOT_DELAY_SECONDS)

@@ -1,7 +1,8 @@
 """ARP neighbour resolution for one interface (RFC 826), bounded.
 
-Theory of operation: a resolved neighbour is kept for `reachable_time` seconds after it last
-spoke ARP to us. A packet for a next hop whose link address is unknown waits in a small per-hop
+Theory of operation: a resolved neighbour is trusted for `reachable_time` seconds after it last
+spoke ARP to us; after that it is still used for `retry_interval * max_tries` seconds while `tick`
+asks it again (like Linux's STALE/PROBE states), so a live flow never waits on a refresh. A packet for a next hop whose link address is unknown waits in a small per-hop
 queue (at most `queue_per_hop` packets, at most `max_pending` hops), while a request is sent every
 `retry_interval` seconds up to `max_tries` times; then the queued packets are dropped. All of it
 is driven by `now`, passed in.
@@ -44,19 +45,28 @@ class Neighbours:
         )
         self._cache: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
+        self._stale: set[bytes] = set()  # used past reachable_time: to be asked again
         self.dropped = 0  # packets given up on: queue full or next hop silent
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         entry = self._cache.get(ip)
-        if entry is None or entry[1] < now:
+        if entry is None:
             return None
-        return entry[0]
+        mac, expires = entry
+        if now > expires:
+            if now > expires + self.retry_interval * self.max_tries:
+                del self._cache[ip]
+                self._stale.discard(ip)
+                return None
+            self._stale.add(ip)
+        return mac
 
     def learn(self, ip: bytes, mac: bytes, now: float) -> list[tuple[bytes, bytes]]:
         """Record `ip` at `mac`; returns the (mac, packet) pairs that were waiting for it."""
         if len(self._cache) >= self.max_entries and ip not in self._cache:
             self._evict(now)
         self._cache[ip] = (mac, now + self.reachable_time)
+        self._stale.discard(ip)
         pending = self._pending.pop(ip, None)
         return [] if pending is None else [(mac, packet) for packet in pending.packets]
 
@@ -80,7 +90,8 @@ class Neighbours:
 
     def tick(self, now: float) -> list[bytes]:
         """Retry or give up on pending resolutions; returns ARP request frames to send."""
-        frames: list[bytes] = []
+        frames = [self.request_frame(ip) for ip in self._stale if ip in self._cache]
+        self._stale.clear()
         for ip, pending in list(self._pending.items()):
             if pending.next_try > now:
                 continue

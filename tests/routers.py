@@ -133,10 +133,14 @@ table ip {self.TABLE} {{
     def start(self) -> None:
         topo, router = self.topology, self.topology.router
         wan, lan = topo.appliance_wan, topo.appliance_lan
-        # Hairpinned flows leave the interface they came in on: no redirects for them.
-        topo.run(router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
-        topo.run(router, "sysctl", "-q", "-w", "net.ipv4.conf.all.send_redirects=0")
-        topo.run(router, "sysctl", "-q", "-w", f"net.ipv4.conf.{lan}.send_redirects=0")
+        topo.run(
+            router, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1",
+            # The bridges share this namespace: only wan0 and lan0 may answer ARP for these
+            # addresses, or hosts would send to a bridge's MAC and bypass the NAT's interfaces.
+            "net.ipv4.conf.all.arp_ignore=1",
+            # Hairpinned flows leave the interface they came in on: no redirects for them.
+            "net.ipv4.conf.all.send_redirects=0", f"net.ipv4.conf.{lan}.send_redirects=0",
+        )  # fmt: skip
         topo.run(router, "ip", "address", "add", f"{APPLIANCE_WAN}/24", "dev", wan)
         topo.run(router, "ip", "address", "add", f"{APPLIANCE_LAN}/24", "dev", lan)
         topo.run(router, "ip", "route", "add", "default", "via", GATEWAY)

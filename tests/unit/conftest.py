@@ -38,6 +38,12 @@ class Harness:
     def __init__(self, config: ApplianceConfig, now: float = 1000.0) -> None:
         self.nat = Nat(config, mac_bytes(WAN_MAC), mac_bytes(LAN_MAC), random.Random(7))
         self.now = now
+        self.advance(now)
+
+    def advance(self, to: float) -> None:
+        """Move the clock, run the timers, and let the neighbours answer the ARP refreshes."""
+        self.nat.tick(to)
+        self.now = to
         self.resolve(Side.WAN, GATEWAY, GATEWAY_MAC)
         for ip, mac in HOST_MACS.items():
             self.resolve(Side.LAN, ip, mac)

@@ -1,0 +1,228 @@
+"""`invoke run`: boot the image under QEMU between a LAN and a WAN namespace, show NAT working.
+
+Wiring (the same shape as tests/topology.py; nothing links to the root namespace, and no
+namespace has a default route, so no packet can leave the machine):
+
+    natvm-demo-lan   lan0 10.77.0.10/24 --+                          +-- wan0 192.0.2.1/24  natvm-demo-wan
+                                          br-lan -[tap]- VM -[tap]- br-wan   lo 198.51.100.10/32
+                            `------------------ natvm-demo-router ------------------'    (HTTP server)
+
+QEMU runs in the router namespace (`ip netns exec`), where it opens the two taps by name.
+With `taps` or `bridges` the demo namespaces are skipped and the VM is attached as asked.
+"""
+
+import contextlib
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from image import qemu
+from image.command import require, run
+from image.errors import ImageError
+
+PREFIX = "natvm-demo-"
+ROUTER, WAN, LAN = (PREFIX + role for role in ("router", "wan", "lan"))
+TAPS = ("tap-wan", "tap-lan")
+LAN_HOST, GATEWAY, LAN_ROUTER = "10.77.0.10/24", "192.0.2.1/24", "10.77.0.1"
+SERVER = "198.51.100.10"
+READY_TIMEOUT = 180.0
+
+
+@dataclass(frozen=True)
+class Options:
+    memory_mib: int
+    cpus: int
+    taps: tuple[str, str] | tuple[()] = ()  # existing taps: WAN, LAN
+    bridges: tuple[str, str] | tuple[()] = ()  # existing bridges: WAN, LAN
+
+
+def say(message: str, started: float | None = None) -> None:
+    timing = f" ({time.monotonic() - started:.1f} s)" if started is not None else ""
+    print(f"natvm: {message}{timing}", flush=True)
+
+
+def _ip(*args: str) -> None:
+    run(["ip", *args])
+
+
+def _in(ns: str, *argv: str) -> list[str]:
+    return ["ip", "netns", "exec", ns, *argv]
+
+
+def _sysctl(ns: str, *settings: str) -> None:
+    run(_in(ns, "sysctl", "-qw", *settings))
+
+
+def _namespaces() -> None:
+    for ns in (ROUTER, WAN, LAN):
+        if Path("/run/netns", ns).exists():
+            _ip("netns", "del", ns)  # left by an interrupted run; the names are ours
+        _ip("netns", "add", ns)
+        _sysctl(ns, "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1")
+        _ip("-n", ns, "link", "set", "lo", "up")
+
+
+def _side(bridge: str, tap: str, host_ns: str, host_if: str, address: str) -> None:
+    r = ("-n", ROUTER)
+    _ip(*r, "link", "add", bridge, "type", "bridge")
+    _ip(*r, "tuntap", "add", "mode", "tap", "name", tap)
+    _ip(*r, "link", "add", f"{host_if}-br", "type", "veth", "peer", "name", host_if, "netns", host_ns)
+    for port in (tap, f"{host_if}-br"):
+        _ip(*r, "link", "set", port, "master", bridge, "up")
+    _ip(*r, "link", "set", bridge, "up")
+    _ip("-n", host_ns, "addr", "add", address, "dev", host_if)
+    _ip("-n", host_ns, "link", "set", host_if, "up")
+
+
+def build_topology() -> None:
+    _namespaces()
+    _side("br-wan", TAPS[0], WAN, "wan0", GATEWAY)
+    _side("br-lan", TAPS[1], LAN, "lan0", LAN_HOST)
+    _ip("-n", WAN, "addr", "add", f"{SERVER}/32", "dev", "lo")
+    for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"):
+        _ip("-n", LAN, "route", "add", net, "via", LAN_ROUTER)
+
+
+def destroy_topology() -> None:
+    for ns in (ROUTER, WAN, LAN):
+        if Path("/run/netns", ns).exists():
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def machine(options: Options, out: Path, accel: str) -> qemu.Machine:
+    taps = options.taps or TAPS
+    return qemu.Machine(out / "vmlinuz", out / "initramfs", options.memory_mib, options.cpus,
+                        (taps[0], taps[1]), accel)  # fmt: skip
+
+
+def command(options: Options, out: Path, accel: str) -> list[str]:
+    argv = qemu.command(machine(options, out, accel))
+    return argv if options.taps or options.bridges else _in(ROUTER, *argv)
+
+
+def show_command(options: Options, out: Path) -> str:
+    accel = qemu.choose_accel(out / "vmlinuz") if (out / "vmlinuz").exists() else "tcg"
+    return " \\\n  ".join(shlex.quote(arg) for arg in command(options, out, accel))
+
+
+class Console:
+    """QEMU's serial console, echoed as it comes; `wait_for` blocks until a line starts so."""
+
+    def __init__(self, proc: "subprocess.Popen[str]") -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.thread = threading.Thread(target=self._pump, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _pump(self, proc: "subprocess.Popen[str]") -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            text = line.rstrip().split("\x1bc")[-1]  # SeaBIOS clears the screen
+            print(f"  vm | {text}", flush=True)
+            with self.changed:
+                self.lines.append(text)
+                self.changed.notify_all()
+        with self.changed:
+            self.lines.append("")  # end of output
+            self.changed.notify_all()
+
+    def wait_for(self, prefix: str, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        with self.changed:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                if self.lines[-1:] == [""] or not self.changed.wait(deadline - time.monotonic()):
+                    raise ImageError(f"the VM did not print {prefix!r} within {timeout:.0f} s",
+                                     "see its console above")  # fmt: skip
+                if time.monotonic() > deadline:
+                    raise ImageError(f"no {prefix!r} from the VM within {timeout:.0f} s")
+
+
+@contextlib.contextmanager
+def booted(argv: list[str]) -> Iterator[Console]:
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    try:
+        yield Console(proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def http_server(wanted: bool) -> Iterator[None]:
+    if not wanted:
+        yield
+        return
+    with tempfile.TemporaryDirectory() as docroot:
+        Path(docroot, "index.html").write_text("hello from the WAN side\n")
+        argv = _in(WAN, "python3", "-m", "http.server", "80", "--bind", SERVER, "-d", docroot)
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            proc.terminate()
+            proc.wait(timeout=10)
+
+
+def show_nat() -> None:
+    started = time.monotonic()
+    ping = run(_in(LAN, "ping", "-c", "3", "-i", "0.3", "-W", "5", SERVER)).splitlines()
+    say(f"LAN 10.77.0.10 -> ping {SERVER}: {ping[-2]}", started)
+    started = time.monotonic()
+    body = run(_in(LAN, "curl", "-sS", "--max-time", "20", f"http://{SERVER}/"))
+    say(f"LAN 10.77.0.10 -> http://{SERVER}/: {body.strip()!r}", started)
+
+
+def _attach_bridges(bridges: tuple[str, str]) -> None:
+    for tap, bridge in zip(TAPS, bridges, strict=True):
+        _ip("tuntap", "add", "mode", "tap", "name", tap)
+        _ip("link", "set", tap, "master", bridge, "up")
+
+
+def run_demo(options: Options, out: Path) -> None:
+    """Build the wiring, boot, wait for READY, show NAT, stay until Ctrl-C, tear down."""
+    for tool, package in (("ip", "iproute2"), (qemu.QEMU, "qemu-system-x86"), ("curl", "curl")):
+        require(tool, package)
+    if os.geteuid() != 0:
+        raise ImageError("invoke run needs root (namespaces and taps)", "run it with sudo")
+    started = time.monotonic()
+    accel = qemu.choose_accel(out / "vmlinuz")
+    say(f"accelerator: {accel.upper()}" + ("" if accel == "kvm" else " (KVM unusable here)"), started)
+    demo = not options.taps and not options.bridges
+    try:
+        started = time.monotonic()
+        if demo:
+            build_topology()
+            say(f"namespaces {LAN} and {WAN} wired through {ROUTER}", started)
+        elif options.bridges:
+            _attach_bridges(options.bridges)
+        started = time.monotonic()
+        with booted(command(options, out, accel)) as console, http_server(demo):
+            say(f"booting: {shlex.join(command(options, out, accel))}")
+            console.wait_for("READY", READY_TIMEOUT)
+            say("appliance READY", started)
+            if demo:
+                show_nat()
+            say("running; Ctrl-C stops the VM and removes the wiring")
+            signal.signal(signal.SIGTERM, signal.default_int_handler)
+            with contextlib.suppress(KeyboardInterrupt):
+                while console.proc.poll() is None:
+                    time.sleep(0.5)
+    finally:
+        if demo:
+            destroy_topology()
+        elif options.bridges:
+            for tap in TAPS:
+                subprocess.run(["ip", "link", "del", tap], check=False)
+        say("stopped and cleaned up")

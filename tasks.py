@@ -1,0 +1,124 @@
+"""natvm's tasks: thin wrappers over image/ and pytest (`invoke --list`)."""
+
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from invoke import Context, task
+from invoke.exceptions import Exit
+
+from appliance.config import ConfigError, load_config
+from image import build as image_build
+from image import demo, deploy
+from image import lock as image_lock
+from image.errors import ImageError
+
+ROOT = Path(__file__).resolve().parent
+CONFIG = ROOT / "ops-config.json"
+
+
+def die(error: Exception, debug: bool) -> Exit:
+    """The one way errors reach users: one line and a hint, a traceback only with --debug."""
+    if debug:
+        raise error
+    hint = f"\n  hint: {error.hint}" if isinstance(error, ImageError) and error.hint else ""
+    return Exit(f"natvm: error: {error}{hint}" if not hint else f"natvm: error: {error.message}{hint}", 1)
+
+
+def progress(name: str, seconds: float) -> None:
+    print(f"  {name:<12} {seconds:6.2f} s", flush=True)
+
+
+def deployment(config_path: Path, out: Path) -> deploy.Deployment:
+    config = load_config(config_path)
+    bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
+    return deploy.Deployment(config.memory_mib, config.cpus, bridges,
+                             out / "vmlinuz", out / "initramfs")  # fmt: skip
+
+
+def do_build(config: Path, debug: bool) -> image_build.Build:
+    started = time.monotonic()
+    print(f"building natvm into {image_build.OUTPUT}", flush=True)
+    try:
+        b = image_build.Build(config, deployment(config, image_build.OUTPUT))
+        image_build.run(b, progress)
+    except (ImageError, ConfigError) as error:
+        raise die(error, debug) from None
+    size = (b.out / "initramfs").stat().st_size
+    print(f"built in {time.monotonic() - started:.1f} s: initramfs {size / 2**20:.2f} MiB, "
+          f"kernel {b.kernel_release}", flush=True)  # fmt: skip
+    if b.xen_missing:
+        print(f"warning: the kernel lacks {', '.join(b.xen_missing)}: no Xen/Qubes boot")
+    return b
+
+
+@task(help={"config": "ops-config.json to bake in", "debug": "show tracebacks"})
+def build(c: Context, config: str = str(CONFIG), debug: bool = False) -> None:
+    """Build build/vmlinuz, build/initramfs and the deployment files."""
+    do_build(Path(config), debug)
+
+
+@task(help={"debug": "show tracebacks"})
+def lock(c: Context, debug: bool = False) -> None:
+    """Re-pin the kernel and Python packages to apt's current versions (image/packages.lock)."""
+    try:
+        for pin in image_lock.refresh():
+            print(f"  {pin.name} {pin.version}")
+    except ImageError as error:
+        raise die(error, debug) from None
+    print(f"wrote {image_lock.LOCK_FILE.relative_to(ROOT)}; rebuild and review the diff")
+
+
+@task
+def clean(c: Context) -> None:
+    """Remove build/ (the package cache in ~/.cache/natvm stays)."""
+    shutil.rmtree(image_build.OUTPUT, ignore_errors=True)
+
+
+@task(
+    help={
+        "config": "ops-config.json to bake in",
+        "memory": "guest memory in MiB (default: RunConfig.Memory)",
+        "cpus": "guest CPUs (default: RunConfig.CPUs)",
+        "taps": "use existing taps WAN,LAN instead of the demo namespaces",
+        "bridged": "attach to the bridges named in RunConfig.Nics[].BridgeName",
+        "show_command": "print the QEMU command line and exit",
+        "dry_run": "same as --show-command",
+        "debug": "show tracebacks",
+    }
+)
+def run(c: Context, config: str = str(CONFIG), memory: int = 0, cpus: int = 0, taps: str = "",
+        bridged: bool = False, show_command: bool = False, dry_run: bool = False,
+        debug: bool = False) -> None:  # fmt: skip
+    """Boot natvm under QEMU between a LAN and a WAN namespace and show NAT working."""
+    path = Path(config)
+    try:
+        settings = load_config(path)
+    except ConfigError as error:
+        raise die(error, debug) from None
+    options = demo.Options(
+        memory_mib=memory or settings.memory_mib,
+        cpus=cpus or settings.cpus,
+        taps=tuple(taps.split(",")) if taps else (),  # type: ignore[arg-type]
+        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),  # type: ignore[arg-type]
+    )
+    if show_command or dry_run:
+        print(demo.show_command(options, image_build.OUTPUT))
+        return
+    do_build(path, debug)
+    try:
+        demo.run_demo(options, image_build.OUTPUT)
+    except ImageError as error:
+        raise die(error, debug) from None
+
+
+@task(help={"fast": "only the unit tier and the linters (no root, no VM)"})
+def test(c: Context, fast: bool = False) -> None:
+    """Run the tests (unit, netns, vm tiers), ruff and mypy."""
+    py = sys.executable
+    marker = ["-m", "not netns and not vm"] if fast else []
+    c.run(f"{py} -m ruff check .", pty=False)
+    c.run(f"{py} -m ruff format --check .", pty=False)
+    c.run(f"{py} -m mypy", pty=False)
+    c.run(" ".join([py, "-m", "pytest", *(f"'{m}'" if " " in m else m for m in marker)]), pty=False)
