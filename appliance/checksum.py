@@ -34,9 +34,18 @@ def internet_checksum(data: bytes | bytearray | memoryview, initial: int = 0) ->
     return ~_fold(ones_sum(data) + initial) & 0xFFFF
 
 
+def _small_sum(data: bytes | bytearray) -> int:
+    # The forwarding path only changes 2- and 4-byte fields: skip the general sum for them.
+    if len(data) == 2:
+        return (data[0] << 8) | data[1]
+    if len(data) == 4:
+        return _fold(((data[0] << 8) | data[1]) + ((data[2] << 8) | data[3]))
+    return ones_sum(data)
+
+
 def adjust(check: int, old: bytes | bytearray, new: bytes | bytearray) -> int:
     """RFC 1624 eqn. 3: the checksum after the words `old` (even length) became `new`."""
-    total = (~check & 0xFFFF) + (~ones_sum(old) & 0xFFFF) + ones_sum(new)
+    total = (~check & 0xFFFF) + (~_small_sum(old) & 0xFFFF) + _small_sum(new)
     return ~_fold(total) & 0xFFFF
 
 

@@ -2,7 +2,8 @@
 
 Theory of operation: a resolved neighbour is trusted for `reachable_time` seconds after it last
 spoke ARP to us; after that it is still used for `retry_interval * max_tries` seconds while `tick`
-asks it again (like Linux's STALE/PROBE states), so a live flow never waits on a refresh. A packet for a next hop whose link address is unknown waits in a small per-hop
+asks it again (like Linux's STALE/PROBE states), so a live flow never waits on a refresh.
+A packet for a next hop whose link address is unknown waits in a small per-hop
 queue (at most `queue_per_hop` packets, at most `max_pending` hops), while a request is sent every
 `retry_interval` seconds up to `max_tries` times; then the queued packets are dropped. All of it
 is driven by `now`, passed in.

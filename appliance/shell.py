@@ -117,7 +117,7 @@ def _ethtool(sock: socket.socket, name: str, command: int, value: int = 0) -> in
         if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
             return None  # the driver has no such offload: nothing to turn off
         raise
-    return int(struct.unpack("II", request.raw)[1])
+    return int(struct.unpack_from("II", request.raw)[1])
 
 
 def _disable_offloads(sock: socket.socket, name: str) -> None:

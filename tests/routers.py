@@ -123,6 +123,7 @@ table ip {self.TABLE} {{
     }}
     chain forward {{
         type filter hook forward priority filter; policy drop;
+        ct state invalid drop
         ct state established,related accept
         iifname "{lan}" oifname "{wan}" accept
         ct status dnat accept

@@ -197,6 +197,12 @@ def _set_sysctls(ns: str) -> None:
         "net.ipv4.icmp_ratelimit=0",
         "net.ipv4.icmp_msgs_per_sec=100000",
     ]
+    if os.path.exists("/proc/sys/net/bridge"):
+        # br_netfilter (built into this kernel) would pass bridged frames through the router
+        # namespace's IP hooks: the kernel reference's rules and conntrack must not see them.
+        settings += [
+            f"net.bridge.bridge-nf-call-{t}=0" for t in ("iptables", "ip6tables", "arptables")
+        ]
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings], check=True)
 
 

@@ -99,8 +99,8 @@ def bad_checksums(frame: Ether) -> list[str]:
         if not isinstance(layer, CHECKSUMMED) or not _checkable(frame, layer):
             continue
         clone = frame.copy()
-        del clone.getlayer(depth).chksum
-        expected = Ether(raw(clone)).getlayer(depth).chksum
+        del _nth_layer(clone, depth).chksum
+        expected = _nth_layer(Ether(raw(clone)), depth).chksum
         if layer.chksum != expected:
             bad.append(f"{layer.name}: {layer.chksum:#06x}, expected {expected:#06x}")
     return bad
@@ -111,6 +111,11 @@ def _layers(frame: Packet) -> Iterator[Packet]:
     while not isinstance(layer, NoPayload):
         yield layer
         layer = layer.payload
+
+
+def _nth_layer(frame: Packet, depth: int) -> Packet:
+    # Not getlayer(depth): that counts IP options as layers too.
+    return next(layer for n, layer in enumerate(_layers(frame)) if n == depth)
 
 
 def _checkable(frame: Packet, layer: Packet) -> bool:
@@ -470,7 +475,7 @@ def check_malformed_burst(topo: Topology, alive: Callable[[], bool]) -> None:
         at_lan = lan_b.received(timeout=0)
     assert alive(), "died during the burst of malformed frames"
     assert [f.summary() for f in at_wan + at_lan if IP in f and _bad_ip_header(f)] == []
-    assert lan_addresses_in(at_wan) == []
+    assert [f.summary() for f in at_wan if lan_addresses_in([f])] == []
     check_ping_lan_to_wan(topo)
     check_udp_endpoint_independent_mapping(topo)
     assert alive()

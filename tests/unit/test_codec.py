@@ -92,6 +92,8 @@ def test_adjust_keeps_an_embedded_checksum_valid(
     buf[field : field + 2] = checksum(bytes(buf)).to_bytes(2, "big")
     old = bytes(buf[offset : offset + len(new)])
     buf[offset : offset + len(new)] = new
+    if not any(buf[:field] + buf[field + 2 :]):
+        return  # all zeros: the -0 case of RFC 1624 section 3, as above
     stored = int.from_bytes(buf[field : field + 2], "big")
     buf[field : field + 2] = adjust(stored, old, new).to_bytes(2, "big")
     assert ones_sum(buf) == 0xFFFF
@@ -134,9 +136,11 @@ def reason(buf: bytearray) -> str:
     ],
 )
 def test_parse_ipv4_accepts_scapy_packets_with_options(options: list[Packet]) -> None:
-    packet = IP(src=HOST, dst=SERVER, ttl=9, id=4242, flags="DF", options=options) / UDP(
-        sport=1234, dport=53
-    ) / b"payload"
+    packet = (
+        IP(src=HOST, dst=SERVER, ttl=9, id=4242, flags="DF", options=options)
+        / UDP(sport=1234, dport=53)
+        / b"payload"
+    )
     data = ip_bytes(packet)
     parsed = IP(bytes(data))
     ip = parse_ipv4(data)
@@ -157,7 +161,7 @@ def test_parse_ipv4_trims_ethernet_padding() -> None:
 
 
 def test_parse_ipv4_flags_fragments() -> None:
-    first = parse_ipv4(ip_bytes(IP(src=HOST, dst=SERVER, flags="MF") / b"x" * 8))
+    first = parse_ipv4(ip_bytes(IP(src=HOST, dst=SERVER, flags="MF") / (b"x" * 8)))
     later = parse_ipv4(ip_bytes(IP(src=HOST, dst=SERVER, frag=3) / b"x"))
     assert first.is_fragment and later.is_fragment
 
@@ -297,9 +301,6 @@ def test_check_l4_rejects_unsupported_protocols() -> None:
 def test_build_icmp_error_parses_in_scapy(
     payload_len: int, icmp_type: int, code: int, rest: int
 ) -> None:
-    original = ip_bytes(
-        IP(src=HOST, dst=SERVER, ttl=1) / UDP(sport=5000, dport=53) / bytes(range(256)) * 6
-    )
     original = ip_bytes(
         IP(src=HOST, dst=SERVER, ttl=1) / UDP(sport=5000, dport=53) / (b"\xa5" * payload_len)
     )
