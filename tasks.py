@@ -5,8 +5,9 @@ import sys
 import time
 from pathlib import Path
 
-from invoke import Context, task
+from invoke.context import Context
 from invoke.exceptions import Exit
+from invoke.tasks import task
 
 from appliance.config import ConfigError, load_config
 from image import build as image_build
@@ -22,8 +23,11 @@ def die(error: Exception, debug: bool) -> Exit:
     """The one way errors reach users: one line and a hint, a traceback only with --debug."""
     if debug:
         raise error
-    hint = f"\n  hint: {error.hint}" if isinstance(error, ImageError) and error.hint else ""
-    return Exit(f"natvm: error: {error}{hint}" if not hint else f"natvm: error: {error.message}{hint}", 1)
+    if isinstance(error, ImageError):
+        hint = f"
+  hint: {error.hint}" if error.hint else ""
+        return Exit(f"natvm: error: {error.message}{hint}", 1)
+    return Exit(f"natvm: error: {error}", 1)
 
 
 def progress(name: str, seconds: float) -> None:
@@ -33,8 +37,9 @@ def progress(name: str, seconds: float) -> None:
 def deployment(config_path: Path, out: Path) -> deploy.Deployment:
     config = load_config(config_path)
     bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
-    return deploy.Deployment(config.memory_mib, config.cpus, bridges,
-                             out / "vmlinuz", out / "initramfs")  # fmt: skip
+    return deploy.Deployment(
+        config.memory_mib, config.cpus, bridges, out / "vmlinuz", out / "initramfs"
+    )
 
 
 def do_build(config: Path, debug: bool) -> image_build.Build:
@@ -46,8 +51,11 @@ def do_build(config: Path, debug: bool) -> image_build.Build:
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
     size = (b.out / "initramfs").stat().st_size
-    print(f"built in {time.monotonic() - started:.1f} s: initramfs {size / 2**20:.2f} MiB, "
-          f"kernel {b.kernel_release}", flush=True)  # fmt: skip
+    print(
+        f"built in {time.monotonic() - started:.1f} s: initramfs {size / 2**20:.2f} MiB, "
+        f"kernel {b.kernel_release}",
+        flush=True,
+    )
     if b.xen_missing:
         print(f"warning: the kernel lacks {', '.join(b.xen_missing)}: no Xen/Qubes boot")
     return b
@@ -88,9 +96,17 @@ def clean(c: Context) -> None:
         "debug": "show tracebacks",
     }
 )
-def run(c: Context, config: str = str(CONFIG), memory: int = 0, cpus: int = 0, taps: str = "",
-        bridged: bool = False, show_command: bool = False, dry_run: bool = False,
-        debug: bool = False) -> None:  # fmt: skip
+def run(
+    c: Context,
+    config: str = str(CONFIG),
+    memory: int = 0,
+    cpus: int = 0,
+    taps: str = "",
+    bridged: bool = False,
+    show_command: bool = False,
+    dry_run: bool = False,
+    debug: bool = False,
+) -> None:
     """Boot natvm under QEMU between a LAN and a WAN namespace and show NAT working."""
     path = Path(config)
     try:

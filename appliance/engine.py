@@ -59,6 +59,7 @@ from appliance.packet import (
     parse_ipv4,
     proto_name,
 )
+from appliance.segments import segment_tcp
 
 
 class Side(StrEnum):
@@ -144,13 +145,23 @@ class Nat:
         self.counters = Counters()
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
         self._out: Output = []
+        self._partial = False
 
     # -- entry points ----------------------------------------------------------------------
 
-    def handle(self, side: Side, frame: bytes, now: float) -> Output:
-        """Process one received frame; returns the frames to send."""
+    def handle(
+        self, side: Side, frame: bytes, now: float, checksum_partial: bool = False
+    ) -> Output:
+        """Process one received frame; returns the frames to send.
+
+        `checksum_partial`: the kernel says the frame's TCP/UDP checksum was left for an offload
+        that never ran (a local sender; Xen netfront), and a TCP frame may be a GSO aggregate
+        far over the MTU. Such frames are not checked but get complete checksums on the way out,
+        and oversized TCP ones are cut into segments (segments.py).
+        """
         out: Output = []
         self._out = out
+        self._partial = checksum_partial
         self.counters.frames_in[side] += 1
         try:
             self._frame(side, frame, now)
@@ -233,7 +244,14 @@ class Nat:
 
     def _send_ip(self, side: Side, ip: Ipv4, next_hop: bytes, now: float) -> None:
         """Send on `side` via `next_hop`, fragmenting over the MTU (only DF-clear gets here)."""
-        pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
+        if self._partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
+            if ip.proto == TCP and len(ip.buf) > self.mtu:
+                pieces = [segment.buf for segment in segment_tcp(ip, self.mtu)]
+            else:
+                fill_l4_checksum(ip)
+                pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
+        else:
+            pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
         neighbours = self.neighbours[side]
         mac = neighbours.lookup(next_hop, now)
         for piece in pieces:
@@ -265,7 +283,7 @@ class Nat:
         if whole is None:
             return
         ip = whole
-        check_l4(ip)
+        self._check_l4(ip)
         if dst == self.lan_ip or (dst == self.wan_ip and _is_echo_request(ip)):
             self._to_self(Side.LAN, ip, now)
         elif dst in self.lan_net:
@@ -284,7 +302,7 @@ class Nat:
                 Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, self.lan_ip, now
             )
             return
-        if len(ip.buf) > self.mtu and ip.dont_fragment:
+        if len(ip.buf) > self.mtu and ip.dont_fragment and not self._is_aggregate(ip):
             self._icmp_error(
                 Side.LAN,
                 ICMP_DEST_UNREACHABLE,
@@ -355,7 +373,7 @@ class Nat:
         whole = self._whole(ip, now)
         if whole is None:
             return
-        check_l4(whole)
+        self._check_l4(whole)
         if _is_echo_request(whole):
             if not self.config.nat.ping_on_wan:
                 raise Drop("ping-on-wan-disabled")
@@ -378,7 +396,8 @@ class Nat:
         if session is None:
             raise Drop("filtered")
         mapping = session.mapping
-        if not hairpin and len(ip.buf) > self.mtu and ip.dont_fragment:
+        oversized = len(ip.buf) > self.mtu and not self._is_aggregate(ip)
+        if not hairpin and oversized and ip.dont_fragment:
             self._icmp_error(
                 Side.WAN,
                 ICMP_DEST_UNREACHABLE,
@@ -469,6 +488,13 @@ class Nat:
             return False
         self._icmp_tokens -= 1
         return True
+
+    def _check_l4(self, ip: Ipv4) -> None:
+        # ICMP checksums are always done in software, so only TCP/UDP can be partial.
+        check_l4(ip, verify_checksum=not self._partial or ip.proto == ICMP)
+
+    def _is_aggregate(self, ip: Ipv4) -> bool:
+        return self._partial and ip.proto == TCP
 
     def _whole(self, ip: Ipv4, now: float) -> Ipv4 | None:
         if not ip.is_fragment:

@@ -110,7 +110,7 @@ def parse_ipv4(buf: bytearray) -> Ipv4:
 _L4_MIN_LEN = {TCP: 20, UDP: 8, ICMP: 8}
 
 
-def check_l4(ip: Ipv4) -> None:
+def check_l4(ip: Ipv4, verify_checksum: bool = True) -> None:
     """Validate the transport header and checksum of a whole (unfragmented) datagram."""
     minimum = _L4_MIN_LEN.get(ip.proto)
     if minimum is None:
@@ -129,7 +129,7 @@ def check_l4(ip: Ipv4) -> None:
             raise Drop("bad-udp-length")
         if buf[start + 6] == 0 and buf[start + 7] == 0:
             return  # UDP checksum 0: the sender computed none (RFC 768)
-    if l4_checksum_sum(ip) != 0xFFFF:
+    if verify_checksum and l4_checksum_sum(ip) != 0xFFFF:
         raise Drop(f"bad-{_PROTO_NAMES[ip.proto]}-checksum")
 
 
@@ -240,18 +240,3 @@ def build_arp_frame(
         "!HHBBH6s4s6s4s", 1, ETHERTYPE_IPV4, 6, 4, op, sender_mac, sender_ip, target_mac, target_ip
     )
     return ethernet_header(eth_dst, sender_mac, ETHERTYPE_ARP) + body + bytes(18)
-
-
-def complete_l4_checksum(frame: bytes) -> bytes:
-    """`frame` with its TCP/UDP checksum computed in full, for frames whose sender left a partial
-    (pseudo-header only) checksum for offload; any frame it cannot handle comes back unchanged."""
-    if len(frame) < ETH_HEADER_LEN + 20 or frame[12:14] != b"\x08\x00":
-        return frame
-    try:
-        ip = parse_ipv4(bytearray(frame[ETH_HEADER_LEN:]))
-    except Drop:
-        return frame
-    if ip.is_fragment or ip.proto not in (TCP, UDP) or ip.payload_len < _L4_MIN_LEN[ip.proto]:
-        return frame
-    fill_l4_checksum(ip)
-    return frame[:ETH_HEADER_LEN] + bytes(ip.buf)

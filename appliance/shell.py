@@ -24,7 +24,6 @@ from types import FrameType
 
 from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Side
-from appliance.packet import complete_l4_checksum
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -188,12 +187,8 @@ class Shell:
             if address[2] == PACKET_OUTGOING:
                 continue
             now = time.monotonic()
-            if _checksum_not_ready(ancillary):
-                # The sender's stack left the L4 checksum to hardware that never ran (a local
-                # veth or tap peer): finish it, or the engine would reject a valid frame.
-                frame = complete_l4_checksum(frame)
             try:
-                out = self.nat.handle(side, frame, now)
+                out = self.nat.handle(side, frame, now, _checksum_not_ready(ancillary))
             except Exception:  # the appliance must outlive any frame
                 self.nat.counters.drop("internal-error")
                 detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")

@@ -54,12 +54,16 @@ def kernel(b: Build) -> None:
 
 def _category(path: str) -> str:
     """What an initramfs entry is, for the report of what takes the space."""
-    for prefix, name in (("lib/modules", "kernel modules"), ("usr/bin", "python3.11 binary"),
-                         ("usr/lib/python3.11/lib-dynload", "stdlib extensions (.so)"),
-                         ("usr/lib/python3.11", "stdlib bytecode"), ("opt/natvm", "appliance")):
+    for prefix, name in (
+        ("lib/modules", "kernel modules"),
+        ("usr/bin", "python3.11 binary"),
+        ("usr/lib/python3.11/lib-dynload", "stdlib extensions (.so)"),
+        ("usr/lib/python3.11", "stdlib bytecode"),
+        ("opt/natvm", "appliance"),
+    ):
         if path.startswith(prefix):
             return name
-    return "shared libraries" if ".so" in path else "other"  # fmt: skip
+    return "shared libraries" if ".so" in path else "other"
 
 
 def image(b: Build) -> None:
@@ -83,8 +87,9 @@ def deployment(b: Build) -> None:
     for name in ("vmlinuz", "initramfs"):
         shutil.copyfile(b.out / name, kernels / name)
     (b.out / "qubes" / "install.sh").write_text(deploy.qubes_script(b.vm))
-    machine = qemu.Machine(b.out / "vmlinuz", b.out / "initramfs", b.vm.memory_mib, b.vm.cpus,
-                           DEMO_TAPS)  # fmt: skip
+    machine = qemu.Machine(
+        b.out / "vmlinuz", b.out / "initramfs", b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
+    )
     lines = " \\\n  ".join(shlex.quote(arg) for arg in qemu.command(machine))
     script = f"#!/bin/sh\n# Boot natvm on existing taps {' and '.join(DEMO_TAPS)}.\nexec {lines}\n"
     (b.out / "run-qemu.sh").write_text(script)
@@ -101,16 +106,25 @@ def manifest(b: Build) -> None:
         "name": deploy.NAME,
         "kernel": {"release": b.kernel_release, "xen_options_missing": b.xen_missing},
         "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in b.pins],
-        "files": {name: {"sha256": s, "size": (b.out / name).stat().st_size}
-                  for name, s in sums.items()},  # fmt: skip
+        "files": {
+            name: {"sha256": s, "size": (b.out / name).stat().st_size} for name, s in sums.items()
+        },
         "initramfs": {"compression": "gzip -9", **b.sizes, "contents": b.contents},
     }
     (b.out / "manifest.json").write_text(json.dumps(document, indent=2) + "\n")
     (b.out / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for n, s in sums.items()))
 
 
-OUTPUTS = ("vmlinuz", "initramfs", "libvirt.xml", "xen.cfg", "run-qemu.sh", "qubes/install.sh",
-           "qubes/vm-kernels/natvm/vmlinuz", "qubes/vm-kernels/natvm/initramfs")  # fmt: skip
+OUTPUTS = (
+    "vmlinuz",
+    "initramfs",
+    "libvirt.xml",
+    "xen.cfg",
+    "run-qemu.sh",
+    "qubes/install.sh",
+    "qubes/vm-kernels/natvm/vmlinuz",
+    "qubes/vm-kernels/natvm/initramfs",
+)
 STEPS: tuple[Callable[[Build], None], ...] = (packages, kernel, image, deployment, manifest)
 
 

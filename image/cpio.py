@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 MAGIC = b"070701"
 TRAILER = "TRAILER!!!"
-_FIELDS = 13  # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
+_FIELDS = (
+    13  # ino mode uid gid nlink mtime filesize devmajor devminor rdevmajor rdevminor namesize check
+)
 
 
 @dataclass(frozen=True)

@@ -3,9 +3,9 @@
 Wiring (the same shape as tests/topology.py; nothing links to the root namespace, and no
 namespace has a default route, so no packet can leave the machine):
 
-    natvm-demo-lan   lan0 10.77.0.10/24 --+                          +-- wan0 192.0.2.1/24  natvm-demo-wan
-                                          br-lan -[tap]- VM -[tap]- br-wan   lo 198.51.100.10/32
-                            `------------------ natvm-demo-router ------------------'    (HTTP server)
+    natvm-demo-lan  lan0 10.77.0.10/24 -+                        +- wan0 192.0.2.1/24 natvm-demo-wan
+                                   br-lan -[tap]- VM -[tap]- br-wan  lo 198.51.100.10/32 (HTTP)
+                      `--------------- natvm-demo-router ---------------'
 
 QEMU runs in the router namespace (`ip netns exec`), where it opens the two taps by name.
 With `taps` or `bridges` the demo namespaces are skipped and the VM is attached as asked.
@@ -73,7 +73,19 @@ def _side(bridge: str, tap: str, host_ns: str, host_if: str, address: str) -> No
     r = ("-n", ROUTER)
     _ip(*r, "link", "add", bridge, "type", "bridge")
     _ip(*r, "tuntap", "add", "mode", "tap", "name", tap)
-    _ip(*r, "link", "add", f"{host_if}-br", "type", "veth", "peer", "name", host_if, "netns", host_ns)
+    _ip(
+        *r,
+        "link",
+        "add",
+        f"{host_if}-br",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        host_if,
+        "netns",
+        host_ns,
+    )
     for port in (tap, f"{host_if}-br"):
         _ip(*r, "link", "set", port, "master", bridge, "up")
     _ip(*r, "link", "set", bridge, "up")
@@ -98,8 +110,14 @@ def destroy_topology() -> None:
 
 def machine(options: Options, out: Path, accel: str) -> qemu.Machine:
     taps = options.taps or TAPS
-    return qemu.Machine(out / "vmlinuz", out / "initramfs", options.memory_mib, options.cpus,
-                        (taps[0], taps[1]), accel)  # fmt: skip
+    return qemu.Machine(
+        out / "vmlinuz",
+        out / "initramfs",
+        options.memory_mib,
+        options.cpus,
+        (taps[0], taps[1]),
+        accel,
+    )
 
 
 def command(options: Options, out: Path, accel: str) -> list[str]:
@@ -142,16 +160,24 @@ class Console:
                     if line.startswith(prefix):
                         return line
                 if self.lines[-1:] == [""] or not self.changed.wait(deadline - time.monotonic()):
-                    raise ImageError(f"the VM did not print {prefix!r} within {timeout:.0f} s",
-                                     "see its console above")  # fmt: skip
+                    raise ImageError(
+                        f"the VM did not print {prefix!r} within {timeout:.0f} s",
+                        "see its console above",
+                    )
                 if time.monotonic() > deadline:
                     raise ImageError(f"no {prefix!r} from the VM within {timeout:.0f} s")
 
 
 @contextlib.contextmanager
 def booted(argv: list[str]) -> Iterator[Console]:
-    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         yield Console(proc)
     finally:
@@ -198,7 +224,10 @@ def run_demo(options: Options, out: Path) -> None:
         raise ImageError("invoke run needs root (namespaces and taps)", "run it with sudo")
     started = time.monotonic()
     accel = qemu.choose_accel(out / "vmlinuz")
-    say(f"accelerator: {accel.upper()}" + ("" if accel == "kvm" else " (KVM unusable here)"), started)
+    say(
+        f"accelerator: {accel.upper()}" + ("" if accel == "kvm" else " (KVM unusable here)"),
+        started,
+    )
     demo = not options.taps and not options.bridges
     try:
         started = time.monotonic()

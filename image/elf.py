@@ -28,7 +28,9 @@ class Elf:
         out = []
         for i in range(self.phnum):
             base = self.phoff + i * self.phentsize
-            kind, _flags, offset, vaddr, _paddr, filesz = struct.unpack_from("<IIQQQQ", self.data, base)
+            kind, _flags, offset, vaddr, _paddr, filesz = struct.unpack_from(
+                "<IIQQQQ", self.data, base
+            )
             out.append((kind, offset, vaddr, filesz))
         return out
 

@@ -80,7 +80,10 @@ def python(inputs: Inputs) -> list[cpio.Entry]:
     sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
     compiled = sorted(f for f in sources if f.suffix == ".py")
     extensions = sorted(f for f in sources if f.suffix == ".so")
-    jobs = [(f, inputs.scratch / _image_path(inputs, f), "/" + _image_path(inputs, f)[:-1]) for f in compiled]
+    jobs = [
+        (f, inputs.scratch / _image_path(inputs, f), "/" + _image_path(inputs, f)[:-1])
+        for f in compiled
+    ]
     runtime.compile_to(inputs.root, jobs)
     binary = inputs.root / runtime.PYTHON
     interpreter = Elf(binary.read_bytes()).interpreter() or ""
@@ -88,7 +91,10 @@ def python(inputs: Inputs) -> list[cpio.Entry]:
     for library in runtime.libraries(inputs.root, [binary, *extensions]):
         entries += _copy(inputs.root, str(library.relative_to(inputs.root)))
     entries += [cpio.file(_image_path(inputs, f), f.read_bytes()) for f in extensions]
-    entries += [cpio.file(_image_path(inputs, f), (inputs.scratch / _image_path(inputs, f)).read_bytes()) for f in compiled]
+    entries += [
+        cpio.file(_image_path(inputs, f), (inputs.scratch / _image_path(inputs, f)).read_bytes())
+        for f in compiled
+    ]
     entries.append(cpio.directory(runtime.STDLIB + "/lib-dynload"))  # exec-prefix landmark
     return entries
 
@@ -98,7 +104,10 @@ def modules(inputs: Inputs) -> list[cpio.Entry]:
     order = kmod.load_order(moddir)
     paths = [str(ko.relative_to(inputs.root)) for ko in order]
     listing = "".join(f"/{p}\n" for p in paths).encode()
-    return [cpio.file(MODULE_LIST, listing), *(cpio.file(p, (inputs.root / p).read_bytes()) for p in paths)]
+    return [
+        cpio.file(MODULE_LIST, listing),
+        *(cpio.file(p, (inputs.root / p).read_bytes()) for p in paths),
+    ]
 
 
 def configuration(inputs: Inputs) -> list[cpio.Entry]:

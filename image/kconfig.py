@@ -46,6 +46,8 @@ def check(path: Path) -> list[str]:
     options = read(path)
     lacking = missing(options, BOOT)
     if lacking:
-        raise ImageError(f"kernel {path.name} lacks {', '.join(lacking)}",
-                         "pin another kernel package in image/packages.lock")  # fmt: skip
+        raise ImageError(
+            f"kernel {path.name} lacks {', '.join(lacking)}",
+            "pin another kernel package in image/packages.lock",
+        )
     return missing(options, XEN)

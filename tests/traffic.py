@@ -21,6 +21,7 @@ import random
 import re
 import socket
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -188,8 +189,42 @@ def check_iperf_bulk_upload(topo: Topology, services: Services) -> None:
         timeout=120,
     )  # fmt: skip
     end = json.loads(out.stdout)["end"]
-    assert end["sum_received"]["bytes"] >= size
-    assert end["sum_received"]["bytes"] == end["sum_sent"]["bytes"]
+    assert end["sum_sent"]["bytes"] >= size
+    # The server stops counting when the client says it is done, so what was still in flight
+    # is missing from its count: exact delivery is check_tcp_bulk_upload's job.
+    assert end["sum_received"]["bytes"] >= size // 2
+
+
+def check_tcp_bulk_upload(topo: Topology) -> None:
+    """Megabytes over one TCP connection from the LAN reach the WAN server byte for byte."""
+    data = random.Random(5382).randbytes(4 << 20)
+    received = hashlib.sha256()
+    with (
+        topo.socket(topo.wan.ns, socket.AF_INET, socket.SOCK_STREAM) as listener,
+        topo.socket(topo.lan_a.ns, socket.AF_INET, socket.SOCK_STREAM) as client,
+    ):
+        listener.bind((SERVER_A, 40300))
+        listener.listen(1)
+        listener.settimeout(REPLY_TIMEOUT)
+        client.settimeout(60)
+        client.connect((SERVER_A, 40300))
+        server, seen = listener.accept()
+        with server:
+            server.settimeout(60)
+            sender = threading.Thread(target=_send_and_close, args=(client, data))
+            sender.start()
+            total = 0
+            while chunk := server.recv(1 << 16):
+                received.update(chunk)
+                total += len(chunk)
+            sender.join()
+    assert seen[0] == APPLIANCE_WAN
+    assert (total, received.hexdigest()) == (len(data), hashlib.sha256(data).hexdigest())
+
+
+def _send_and_close(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(data)
+    sock.shutdown(socket.SHUT_WR)
 
 
 def check_dns_query(topo: Topology, services: Services) -> None:

@@ -24,6 +24,10 @@ def test_iperf_bulk_upload(topology: Topology, nat: object, services: Services) 
     traffic.check_iperf_bulk_upload(topology, services)
 
 
+def test_tcp_bulk_upload(topology: Topology, nat: object) -> None:
+    traffic.check_tcp_bulk_upload(topology)
+
+
 def test_dns_query(topology: Topology, nat: object, services: Services) -> None:
     traffic.check_dns_query(topology, services)
 

@@ -20,6 +20,7 @@ from conftest import (
     WAN_IP,
     WAN_MAC,
     Harness,
+    assert_checksums_valid,
     make_harness,
 )
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, fragment
@@ -578,3 +579,49 @@ def test_counters_line_names_everything(harness: Harness) -> None:
     line = harness.nat.counters.line(len(harness.nat.table))
     for field in ("lan_in=", "wan_out=1", "flows=1", "nat_udp=1", "drop_truncated-ethernet=1"):
         assert field in line
+
+
+# -- offloaded frames: partial checksums and TCP aggregates ------------------------------------
+
+
+def _partial(packet: IP) -> bytes:
+    """The frame a local stack hands over with checksum offload: L4 checksum not filled in."""
+    frame = Ether(dst=LAN_MAC, src=HOST_MACS[HOST]) / packet
+    raw = bytearray(bytes(frame))
+    offset = 14 + 20 + (16 if TCP in packet else 6)
+    raw[offset : offset + 2] = b"\x12\x34"
+    return bytes(raw)
+
+
+def test_partial_checksum_frames_leave_with_complete_checksums(harness: Harness) -> None:
+    frame = _partial(IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=53) / b"offloaded")
+    out = harness.nat.handle(LAN, frame, harness.now, checksum_partial=True)
+    assert len(out) == 1
+    sent = Ether(out[0][1])
+    assert_checksums_valid(sent)
+    assert sent[IP].src == WAN_IP
+
+
+def test_tcp_aggregate_is_cut_into_mtu_sized_segments(harness: Harness) -> None:
+    payload = bytes(range(256)) * 40  # 10240 bytes: a GSO super-segment
+    aggregate = (
+        IP(src=HOST, dst=SERVER, flags="DF", id=100)
+        / TCP(sport=44000, dport=80, flags="PA", seq=1000)
+        / payload
+    )
+    out = harness.nat.handle(LAN, _partial(aggregate), harness.now, checksum_partial=True)
+    segments = [Ether(frame) for _, frame in out]
+    assert len(segments) == 8 and all(side is WAN for side, _ in out)
+    for segment in segments:
+        assert_checksums_valid(segment)
+        assert len(segment[IP]) <= 1500 and segment[IP].src == WAN_IP
+    assert [s[TCP].seq for s in segments] == [1000 + 1460 * i for i in range(8)]
+    assert b"".join(bytes(s[TCP].payload) for s in segments) == payload
+    assert [str(s[TCP].flags) for s in segments] == ["A"] * 7 + ["PA"]
+
+
+def test_full_sized_df_tcp_without_offload_still_gets_fragmentation_needed(
+    harness: Harness,
+) -> None:
+    big = IP(src=HOST, dst=SERVER, flags="DF") / TCP(sport=1, dport=2) / (b"x" * 1600)
+    assert harness.one(LAN, big, LAN)[ICMP].code == 4
