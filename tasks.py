@@ -1,5 +1,6 @@
 """natvm's tasks: thin wrappers over image/ and pytest (`invoke --list`)."""
 
+import shlex
 import shutil
 import sys
 import time
@@ -24,8 +25,7 @@ def die(error: Exception, debug: bool) -> Exit:
     if debug:
         raise error
     if isinstance(error, ImageError):
-        hint = f"
-  hint: {error.hint}" if error.hint else ""
+        hint = f"\n  hint: {error.hint}" if error.hint else ""
         return Exit(f"natvm: error: {error.message}{hint}", 1)
     return Exit(f"natvm: error: {error}", 1)
 
@@ -116,9 +116,15 @@ def run(
     options = demo.Options(
         memory_mib=memory or settings.memory_mib,
         cpus=cpus or settings.cpus,
-        taps=tuple(taps.split(",")) if taps else (),  # type: ignore[arg-type]
-        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),  # type: ignore[arg-type]
+        taps=tuple(taps.split(",")) if taps else (),
+        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),
     )
+    if options.taps and len(options.taps) != 2:
+        raise Exit("natvm: error: --taps takes two names: WAN,LAN", 1)
+    if options.bridges and not all(options.bridges):
+        raise Exit(
+            f"natvm: error: {path} names no BridgeName for both NICs (needed by --bridged)", 1
+        )
     if show_command or dry_run:
         print(demo.show_command(options, image_build.OUTPUT))
         return
@@ -129,12 +135,11 @@ def run(
         raise die(error, debug) from None
 
 
-@task(help={"fast": "only the unit tier and the linters (no root, no VM)"})
+@task(help={"fast": "only the unit tests and the linters (no root, no namespaces, no VM)"})
 def test(c: Context, fast: bool = False) -> None:
-    """Run the tests (unit, netns, vm tiers), ruff and mypy."""
-    py = sys.executable
-    marker = ["-m", "not netns and not vm"] if fast else []
-    c.run(f"{py} -m ruff check .", pty=False)
-    c.run(f"{py} -m ruff format --check .", pty=False)
-    c.run(f"{py} -m mypy", pty=False)
-    c.run(" ".join([py, "-m", "pytest", *(f"'{m}'" if " " in m else m for m in marker)]), pty=False)
+    """Run ruff, mypy and the tests (unit, netns and vm tiers)."""
+    py = shlex.quote(sys.executable)
+    c.run(f"{py} -m ruff check .")
+    c.run(f"{py} -m ruff format --check .")
+    c.run(f"{py} -m mypy")
+    c.run(f"{py} -m pytest" + (" -m 'not netns and not vm'" if fast else ""), pty=True)

@@ -50,7 +50,9 @@ Log = Callable[[str], None]
 
 
 def log_line(line: str) -> None:
-    print(line, flush=True)
+    # A closed or full console (a reader that went away) must not stop the forwarding.
+    with contextlib.suppress(OSError):
+        print(line, flush=True)
 
 
 class RateLimitedLog:
@@ -80,14 +82,16 @@ def open_interface(name: str) -> tuple[socket.socket, bytes]:
     except PermissionError:
         raise ShellError("opening an AF_PACKET socket needs root (CAP_NET_RAW)") from None
     try:
+        # Up before bind: binding to a down interface leaves ENETDOWN pending on the socket,
+        # and the first send would fail with it.
+        _bring_up(sock, name)
+        _disable_offloads(sock, name)
         sock.bind((name, ETH_P_ALL))
         sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         # Before Linux 4.20 this option is missing: outgoing frames are skipped by pkttype.
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.setblocking(False)
-        _bring_up(sock, name)
-        _disable_offloads(sock, name)
     except OSError as error:
         sock.close()
         raise ShellError(f"cannot use interface {name!r}: {error.strerror}") from None
@@ -126,6 +130,25 @@ def _disable_offloads(sock: socket.socket, name: str) -> None:
     flags = _ethtool(sock, name, ETHTOOL_GFLAGS)
     if flags is not None and flags & ETH_FLAG_LRO:
         _ethtool(sock, name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
+
+
+CARRIER_WAIT = 5.0
+
+
+def wait_for_carrier(name: str, timeout: float) -> bool:
+    """Whether the link is operational within `timeout` s. A fresh veth or virtio link takes a
+    moment (the kernel's link watch runs deferred), and frames sent before that are lost."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with open(f"/sys/class/net/{name}/operstate") as operstate:
+                if operstate.read().strip() in ("up", "unknown"):
+                    return True
+        except OSError:
+            pass  # the interface went away: reported by the first send
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.05)
 
 
 def _checksum_not_ready(ancillary: list[tuple[int, int, bytes]]) -> bool:
@@ -229,6 +252,9 @@ def run(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
+    for name in (wan_ifname, lan_ifname):
+        if not wait_for_carrier(name, CARRIER_WAIT):
+            log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; forwarding anyway")
     shell._send(nat.start(time.monotonic()))
     log(
         f"READY wan={wan_ifname} {config.wan.address} mac={wan_mac.hex(':')} "

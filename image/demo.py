@@ -39,8 +39,8 @@ READY_TIMEOUT = 180.0
 class Options:
     memory_mib: int
     cpus: int
-    taps: tuple[str, str] | tuple[()] = ()  # existing taps: WAN, LAN
-    bridges: tuple[str, str] | tuple[()] = ()  # existing bridges: WAN, LAN
+    taps: tuple[str, ...] = ()  # existing taps: WAN, LAN
+    bridges: tuple[str, ...] = ()  # existing bridges: WAN, LAN
 
 
 def say(message: str, started: float | None = None) -> None:
@@ -210,7 +210,7 @@ def show_nat() -> None:
     say(f"LAN 10.77.0.10 -> http://{SERVER}/: {body.strip()!r}", started)
 
 
-def _attach_bridges(bridges: tuple[str, str]) -> None:
+def _attach_bridges(bridges: tuple[str, ...]) -> None:
     for tap, bridge in zip(TAPS, bridges, strict=True):
         _ip("tuntap", "add", "mode", "tap", "name", tap)
         _ip("link", "set", tap, "master", bridge, "up")

@@ -6,17 +6,19 @@
   and is the baseline for benchmarks. Its filtering is address-and-port-dependent, so the tests
   of address-dependent filtering do not apply to it.
 
-Both offer the same small interface: ``start()``, ``alive()``, ``output()``, ``stop()``.
+Both offer the interface of ``Nat``; the VM tier's booted image offers it too.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from typing import Protocol
 
 from topology import (
     APPLIANCE_LAN,
@@ -30,6 +32,26 @@ from topology import (
 
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
+STATS_INTERVAL = 1.0  # seconds: counters fresh enough for a test to wait on them
+DROPPED = re.compile(r"^stats .*\bdropped=(\d+)")
+
+
+class Nat(Protocol):
+    """What forwards between the LAN and WAN bridges, as the tests see it."""
+
+    kind: str
+
+    def start(self) -> None: ...
+    def alive(self) -> bool: ...
+    def output(self) -> list[str]: ...
+    def dropped(self) -> int | None: ...
+    def stop(self) -> int | None: ...
+
+
+def dropped_count(lines: list[str]) -> int:
+    """The drop counter of the last stats line the appliance printed (0 before the first)."""
+    counts = [int(m.group(1)) for m in map(DROPPED.match, lines) if m]
+    return counts[-1] if counts else 0
 
 
 class HostAppliance:
@@ -50,6 +72,8 @@ class HostAppliance:
             topology.appliance_wan,
             "--lan",
             topology.appliance_lan,
+            "--stats-interval",
+            str(STATS_INTERVAL),
         ]
         self._lines: list[str] = []
         self._ready = threading.Event()
@@ -89,6 +113,9 @@ class HostAppliance:
     def output(self) -> list[str]:
         """Every line it has printed so far (stdout and stderr)."""
         return list(self._lines)
+
+    def dropped(self) -> int | None:
+        return dropped_count(self._lines)
 
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status (``None`` if it never started)."""
@@ -158,6 +185,9 @@ table ip {self.TABLE} {{
 
     def output(self) -> list[str]:
         return []
+
+    def dropped(self) -> int | None:
+        return None  # no drop counter comparable to the appliance's
 
     def stop(self) -> int | None:
         if self.returncode is None:

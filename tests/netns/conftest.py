@@ -7,15 +7,15 @@ that validates the topology and the tests, not the appliance.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
-from routers import REPO, HostAppliance, KernelNat
+from routers import REPO, HostAppliance, KernelNat, Nat
 from topology import Attach, Topology, session_prefix
 from topology import topology as built_topology
 
 REFERENCE_VARIABLE = "NATVM_TEST_REFERENCE"
-STARTERS = {
+STARTERS: dict[str, Callable[[Topology], Nat]] = {
     "": lambda topo: HostAppliance(topo, REPO / "ops-config.json"),
     "kernel": KernelNat,
 }
@@ -28,7 +28,7 @@ def topology(required_tools: None) -> Iterator[Topology]:
 
 
 @pytest.fixture(scope="session")
-def nat(topology: Topology) -> Iterator[HostAppliance | KernelNat]:
+def nat(topology: Topology) -> Iterator[Nat]:
     """What forwards for the whole session; its clean exit on SIGTERM is checked at the end."""
     reference = os.environ.get(REFERENCE_VARIABLE, "")
     if reference not in STARTERS:
@@ -41,7 +41,7 @@ def nat(topology: Topology) -> Iterator[HostAppliance | KernelNat]:
 
 
 @pytest.fixture(autouse=True)
-def nat_alive(nat: HostAppliance | KernelNat) -> Iterator[None]:
+def nat_alive(nat: Nat) -> Iterator[None]:
     """Every test starts and ends with the NAT alive; a death is blamed on the test that saw it."""
     assert nat.alive(), "the NAT was dead before this test"
     yield
@@ -50,7 +50,7 @@ def nat_alive(nat: HostAppliance | KernelNat) -> Iterator[None]:
 
 
 @pytest.fixture
-def appliance_only(nat: HostAppliance | KernelNat) -> None:
+def appliance_only(nat: Nat) -> None:
     """Skip where the kernel reference is known to behave otherwise than ops-config.json asks."""
     if nat.kind == "kernel":
         pytest.skip("Linux conntrack filters address-and-port-dependently")

@@ -2,11 +2,11 @@
 
 import pytest
 import traffic
-from routers import HostAppliance, KernelNat
+from routers import Nat
 from topology import Topology
 
 pytestmark = pytest.mark.netns
 
 
-def test_malformed_burst(topology: Topology, nat: HostAppliance | KernelNat) -> None:
-    traffic.check_malformed_burst(topology, nat.alive)
+def test_malformed_burst(topology: Topology, nat: Nat) -> None:
+    traffic.check_malformed_burst(topology, nat)

@@ -155,6 +155,9 @@ def wan(packet: Packet) -> bytes:
     return bytes(Ether(dst=WAN_MAC, src=GATEWAY_MAC) / packet)
 
 
+UNRESOLVED, UNRESOLVED_MAC = "10.77.0.30", "02:00:00:00:02:30"
+
+
 @dataclass
 class Primed:
     """An engine with flows of each kind open, and the frames that belong to them."""
@@ -171,6 +174,7 @@ def primed() -> Primed:
     echo = harness.one(LAN, IP(src=HOST, dst=SERVER) / ICMP(type=8, id=77, seq=1), WAN)
     echo_id = echo[ICMP].id
     harness.one(WAN, IP(src=SERVER2, dst=WAN_IP) / TCP(sport=3333, dport=8080, flags="S"), LAN)
+    harness.one(LAN, IP(src=UNRESOLVED, dst=SERVER) / UDP(sport=5030, dport=53), WAN)
     sent_udp = IP(src=WAN_IP, dst=SERVER, ttl=3) / UDP(sport=5000, dport=53) / b"query"
     sent_tcp = IP(src=WAN_IP, dst=SERVER, ttl=1) / TCP(sport=40000, dport=80, flags="S")
     sent_echo = IP(src=WAN_IP, dst=SERVER) / ICMP(type=8, id=echo_id, seq=1)
@@ -183,35 +187,52 @@ def primed() -> Primed:
 
     cases: list[tuple[str, list[tuple[Side, bytes]]]] = [
         ("lan-arp", [(LAN, lan(ARP(op=1, hwsrc=HOST_MACS[HOST], psrc=HOST, pdst=LAN_IP)))]),
-        ("lan-tcp-data", one(LAN, IP(src=HOST, dst=SERVER) / TCP(40000, 80, flags="A") / b"x")),
+        (
+            "lan-tcp-data",
+            one(LAN, IP(src=HOST, dst=SERVER) / TCP(sport=40000, dport=80, flags="A") / b"x"),
+        ),
         (
             "lan-tcp-syn-options",
             one(
                 LAN,
                 IP(src=HOST2, dst=SERVER2, options=[IPOption_NOP()] * 4)
-                / TCP(41000, 443, flags="S", options=[("MSS", 1460), ("WScale", 7)]),
+                / TCP(sport=41000, dport=443, flags="S", options=[("MSS", 1460), ("WScale", 7)]),
             ),
         ),
-        ("lan-udp", one(LAN, IP(src=HOST, dst=SERVER) / UDP(5000, 53) / b"more")),
-        ("lan-udp-no-checksum", one(LAN, IP(src=HOST2, dst=SERVER) / UDP(6000, 53, chksum=0))),
+        ("lan-udp", one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=53) / b"more")),
+        (
+            "lan-udp-no-checksum",
+            one(LAN, IP(src=HOST2, dst=SERVER) / UDP(sport=6000, dport=53, chksum=0)),
+        ),
         (
             "lan-udp-ip-options",
-            one(LAN, IP(src=HOST, dst=SERVER, options=[IPOption_RR()]) / UDP(5001, 53) / b"o"),
+            one(
+                LAN,
+                IP(src=HOST, dst=SERVER, options=[IPOption_RR()])
+                / UDP(sport=5001, dport=53)
+                / b"o",
+            ),
         ),
         ("lan-echo", one(LAN, IP(src=HOST, dst=SERVER) / ICMP(type=8, id=77, seq=2) / b"p")),
         ("lan-echo-self", one(LAN, IP(src=HOST, dst=LAN_IP) / ICMP(type=8, id=1) / b"p")),
         ("lan-icmp-error", one(LAN, IP(src=HOST, dst=SERVER2) / ICMP(type=3, code=3) / received)),
-        ("lan-ttl-1", one(LAN, IP(src=HOST, dst=SERVER, ttl=1) / UDP(5000, 53) / b"t")),
+        ("lan-ttl-1", one(LAN, IP(src=HOST, dst=SERVER, ttl=1) / UDP(sport=5000, dport=53) / b"t")),
         ("lan-df-too-big", one(LAN, IP(src=HOST, dst=SERVER, flags="DF") / UDP() / bytes(1600))),
-        ("lan-hairpin", one(LAN, IP(src=HOST2, dst=WAN_IP) / UDP(46000, 5353) / b"h")),
+        ("lan-hairpin", one(LAN, IP(src=HOST2, dst=WAN_IP) / UDP(sport=46000, dport=5353) / b"h")),
         ("lan-fragments", [(LAN, lan(piece)) for piece in fragment(big_out, 1000)]),
         ("wan-arp-request", [(WAN, wan(ARP(op=1, hwsrc=GATEWAY_MAC, psrc=GATEWAY, pdst=WAN_IP)))]),
         (
-            "wan-arp-reply",
-            [(WAN, wan(ARP(op=2, hwsrc=GATEWAY_MAC, psrc=GATEWAY, hwdst=WAN_MAC, pdst=WAN_IP)))],
+            "lan-arp-reply-releases-a-queued-packet",
+            [
+                (WAN, wan(IP(src=SERVER, dst=WAN_IP) / UDP(sport=53, dport=5030) / b"late")),
+                (LAN, lan(ARP(op=2, hwsrc=UNRESOLVED_MAC, psrc=UNRESOLVED, pdst=LAN_IP))),
+            ],
         ),
-        ("wan-tcp-synack", one(WAN, IP(src=SERVER, dst=WAN_IP) / TCP(80, 40000, flags="SA"))),
-        ("wan-udp", one(WAN, IP(src=SERVER, dst=WAN_IP) / UDP(53, 5000) / b"answer")),
+        (
+            "wan-tcp-synack",
+            one(WAN, IP(src=SERVER, dst=WAN_IP) / TCP(sport=80, dport=40000, flags="SA")),
+        ),
+        ("wan-udp", one(WAN, IP(src=SERVER, dst=WAN_IP) / UDP(sport=53, dport=5000) / b"answer")),
         ("wan-echo-reply", one(WAN, IP(src=SERVER, dst=WAN_IP) / ICMP(type=0, id=echo_id))),
         ("wan-echo-request", one(WAN, IP(src=SERVER, dst=WAN_IP) / ICMP(type=8) / b"ping")),
         (
@@ -220,9 +241,18 @@ def primed() -> Primed:
         ),
         ("wan-error-tcp", one(WAN, IP(src="198.51.100.1", dst=WAN_IP) / ICMP(type=11) / sent_tcp)),
         ("wan-error-echo", one(WAN, IP(src=SERVER, dst=WAN_IP) / ICMP(type=3, code=1) / sent_echo)),
-        ("wan-forward-tcp", one(WAN, IP(src=SERVER, dst=WAN_IP) / TCP(5555, 8080, flags="S"))),
-        ("wan-forward-udp", one(WAN, IP(src=SERVER, dst=WAN_IP) / UDP(5555, 5353) / b"dns")),
-        ("wan-ttl-1", one(WAN, IP(src=SERVER, dst=WAN_IP, ttl=1) / UDP(53, 5000) / b"t")),
+        (
+            "wan-forward-tcp",
+            one(WAN, IP(src=SERVER, dst=WAN_IP) / TCP(sport=5555, dport=8080, flags="S")),
+        ),
+        (
+            "wan-forward-udp",
+            one(WAN, IP(src=SERVER, dst=WAN_IP) / UDP(sport=5555, dport=5353) / b"dns"),
+        ),
+        (
+            "wan-ttl-1",
+            one(WAN, IP(src=SERVER, dst=WAN_IP, ttl=1) / UDP(sport=53, dport=5000) / b"t"),
+        ),
         ("wan-fragments", [(WAN, wan(piece)) for piece in reversed(fragment(big_in, 1200))]),
     ]
     # Every case goes through unmutated: a mutation is a departure from a frame that works.

@@ -1,0 +1,67 @@
+"""The QEMU command line, parsed back into options."""
+
+from pathlib import Path
+
+from image import qemu
+
+MACHINE = qemu.Machine(Path("/b/vmlinuz"), Path("/b/initramfs"), 96, 2, ("tw", "tl"))
+
+
+def options(argv: list[str]) -> list[tuple[str, str | None]]:
+    """(option, value) pairs; an option followed by another option has no value."""
+    pairs: list[tuple[str, str | None]] = []
+    for arg in argv[1:]:
+        if arg.startswith("-"):
+            pairs.append((arg, None))
+        else:
+            pairs[-1] = (pairs[-1][0], arg)
+    return pairs
+
+
+def values(argv: list[str], option: str) -> list[str]:
+    return [v or "" for o, v in options(argv) if o == option]
+
+
+def properties(value: str) -> dict[str, str]:
+    kind, _, rest = value.partition(",")
+    return {"": kind} | dict(p.split("=", 1) for p in rest.split(","))
+
+
+def test_boots_the_image_with_its_settings() -> None:
+    argv = qemu.command(MACHINE)
+    assert argv[0] == qemu.QEMU
+    assert values(argv, "-kernel") == ["/b/vmlinuz"]
+    assert values(argv, "-initrd") == ["/b/initramfs"]
+    assert values(argv, "-m") == ["96"] and values(argv, "-smp") == ["2"]
+    assert values(argv, "-accel") == ["tcg"]
+    assert values(argv, "-serial") == ["stdio"]
+    words = values(argv, "-append")[0].split()
+    assert {"console=ttyS0", "panic=-1"} <= set(words)
+
+
+def test_two_virtio_nics_on_taps_and_no_other_network() -> None:
+    argv = qemu.command(MACHINE)
+    assert ("-nodefaults", None) in options(argv)
+    assert not values(argv, "-nic") and "user" not in " ".join(argv)
+    netdevs = [properties(v) for v in values(argv, "-netdev")]
+    assert [n[""] for n in netdevs] == ["tap", "tap"]
+    assert [n["ifname"] for n in netdevs] == ["tw", "tl"]
+    assert all(n["vnet_hdr"] == "off" and n["script"] == "no" for n in netdevs)
+    devices = [properties(v) for v in values(argv, "-device")]
+    nics = [d for d in devices if d[""] == "virtio-net-pci"]
+    assert [d["netdev"] for d in nics] == [n["id"] for n in netdevs]  # WAN first, then LAN
+    assert [d["mac"] for d in nics] == list(qemu.MACS)
+    assert any(d[""] == "virtio-rng-pci" for d in devices)
+
+
+def test_no_reboot_only_when_asked() -> None:
+    assert "-no-reboot" not in qemu.command(MACHINE)
+    machine = qemu.Machine(MACHINE.kernel, MACHINE.initrd, 96, 2, ("a", "b"), no_reboot=True)
+    assert "-no-reboot" in qemu.command(machine)
+
+
+def test_extra_kernel_arguments_are_appended() -> None:
+    machine = qemu.Machine(
+        MACHINE.kernel, MACHINE.initrd, 96, 1, ("a", "b"), extra_cmdline=("natvm.mtu=1400",)
+    )
+    assert values(qemu.command(machine), "-append")[0].endswith("natvm.mtu=1400")
