@@ -33,7 +33,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from typing import Any, NoReturn, TypeVar
@@ -48,6 +48,8 @@ class ConfigError(ValueError):
 
 
 class Filtering(StrEnum):
+    """Which remote endpoints may send through a mapping (RFC 4787 REQ-8, RFC 5382 REQ-3)."""
+
     ENDPOINT_INDEPENDENT = "endpoint-independent"
     ADDRESS_DEPENDENT = "address-dependent"
     ADDRESS_AND_PORT_DEPENDENT = "address-and-port-dependent"
@@ -77,7 +79,7 @@ class PortForward:
 
 @dataclass(frozen=True)
 class Timeouts:
-    """Idle timeouts in seconds (minimums in _TIMEOUT_RULES)."""
+    """Idle timeouts in seconds; the minimums and their RFCs are in the module docstring."""
 
     udp: float = 300.0
     tcp_established: float = 7440.0
@@ -90,7 +92,7 @@ class NatSettings:
     port_first: int = 1024
     port_last: int = 65535
     filtering: Filtering = Filtering.ADDRESS_DEPENDENT
-    timeouts: Timeouts = field(default_factory=Timeouts)
+    timeouts: Timeouts = Timeouts()
     port_forwards: tuple[PortForward, ...] = ()
     max_flows: int = 65536
     max_flows_per_host: int = 4096

@@ -113,14 +113,23 @@ def load_modules(listing: Path = MODULE_LIST) -> list[str]:
     return loaded
 
 
-def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
-    """Sort key that puts "vif-2" before "vif-10" and "0000:00:03.0" before "0000:00:10.0"."""
-    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in re.split(r"(\d+)", text) if p)
+_PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
+
+
+def device_key(path: str) -> tuple[tuple[int, int | str], ...]:
+    """Sort key for a device path: PCI addresses (fixed-width hex) compare as text, and other
+    numbers by value, so "vif-2" comes before "vif-10"."""
+    key: list[tuple[int, int | str]] = []
+    for part in re.split(r"(\d+)", path):
+        if part:
+            key.append((0, int(part)) if part.isdigit() else (1, part))
+    pci = _PCI_ADDRESS.findall(path)
+    return tuple((2, address) for address in pci) + tuple(key)
 
 
 def order_nics(devices: dict[str, str]) -> list[str]:
     """NIC names ordered by their device path (PCI address, or Xen vif number), then name."""
-    return sorted(devices, key=lambda name: (natural_key(devices[name]), natural_key(name)))
+    return sorted(devices, key=lambda name: (device_key(devices[name]), device_key(name)))
 
 
 def _device_paths(sysfs: Path) -> dict[str, str]:

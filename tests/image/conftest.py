@@ -7,26 +7,9 @@ into ~/.cache/natvm (about 80 MB), later runs reuse the cache.
 from pathlib import Path
 
 import pytest
+from imagebuild import build_image
 
-from appliance.config import load_config
-from image import build, debs, deploy, lock
-
-ROOT = Path(__file__).resolve().parents[2]
-CONFIG = ROOT / "ops-config.json"
-
-
-def deployment(out: Path) -> deploy.Deployment:
-    config = load_config(CONFIG)
-    bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
-    return deploy.Deployment(
-        config.memory_mib, config.cpus, bridges, out / "vmlinuz", out / "initramfs"
-    )
-
-
-def build_image(out: Path) -> build.Build:
-    b = build.Build(CONFIG, deployment(out), out=out)
-    build.run(b, lambda name, seconds: None)
-    return b
+from image import build, debs, lock
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,7 @@ import stat
 import subprocess
 from pathlib import Path
 
-from conftest import build_image
+from imagebuild import build_image
 
 from image import build, cpio, kconfig, kmod, runtime
 from image.elf import Elf

@@ -24,7 +24,7 @@ def values(argv: list[str], option: str) -> list[str]:
 
 def properties(value: str) -> dict[str, str]:
     kind, _, rest = value.partition(",")
-    return {"": kind} | dict(p.split("=", 1) for p in rest.split(","))
+    return {"": kind} | dict(p.split("=", 1) for p in rest.split(",") if p)
 
 
 def test_boots_the_image_with_its_settings() -> None:

@@ -33,6 +33,9 @@ REPO = Path(__file__).resolve().parents[2]
 DEMO_PATH = REPO / "ops-config.json"
 DEMO: dict[str, Any] = json.loads(DEMO_PATH.read_text())
 DELETE = object()  # an edit that removes the key
+LAN_NIC = {"IPAddress": "10.77.0.1", "NetMask": "255.255.255.0"}
+NAT = "ManifestPassthrough.nat"
+FWD = f"{NAT}.port_forwards[0]"
 # every ConfigError message starts with the field path (or "the document") and a colon
 MESSAGE_START = re.compile(r"(the document|natvm\.[a-z_.]+|[A-Za-z_]+(\.[A-Za-z_]+|\[\d+\])*): ")
 
@@ -44,7 +47,7 @@ def edited(*edits: tuple[str, object]) -> dict[str, Any]:
         steps: list[str | int] = [
             int(step) if step.isdigit() else step for step in re.findall(r"[^.\[\]]+", path)
         ]
-        target = document
+        target: Any = document
         for step in steps[:-1]:
             target = target.setdefault(step, {}) if isinstance(step, str) else target[step]
         if value is DELETE:
@@ -62,11 +65,6 @@ def error_of(document: object) -> str:
 
 def minimal_document() -> dict[str, Any]:
     return {"RunConfig": {"Nics": [{"IPAddress": "192.0.2.2", "NetMask": "24"}, LAN_NIC]}}
-
-
-LAN_NIC = {"IPAddress": "10.77.0.1", "NetMask": "255.255.255.0"}
-NAT = "ManifestPassthrough.nat"
-FWD = f"{NAT}.port_forwards[0]"
 
 
 # --- the demo file --------------------------------------------------------------------------------

@@ -1,0 +1,24 @@
+"""Building the image from tests: into a directory of the test's own, from ops-config.json."""
+
+from pathlib import Path
+
+from appliance.config import load_config
+from image import build, deploy
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = ROOT / "ops-config.json"
+
+
+def deployment(out: Path) -> deploy.Deployment:
+    config = load_config(CONFIG)
+    bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
+    return deploy.Deployment(
+        config.memory_mib, config.cpus, bridges, out / "vmlinuz", out / "initramfs"
+    )
+
+
+def build_image(out: Path) -> build.Build:
+    """Run every build step into `out`; the first run downloads the pinned packages."""
+    b = build.Build(CONFIG, deployment(out), out=out)
+    build.run(b, lambda name, seconds: None)
+    return b
