@@ -143,3 +143,31 @@ def test(c: Context, fast: bool = False) -> None:
     c.run(f"{py} -m ruff format --check .")
     c.run(f"{py} -m mypy")
     c.run(f"{py} -m pytest" + (" -m 'not netns and not vm'" if fast else ""), pty=True)
+
+
+@task(
+    help={
+        "runs": "alternating kernel/natvm runs (default 3); ratios are paired run by run",
+        "quick": "a short smoke run: one run, shorter measurements",
+        "workloads": "comma-separated subset of table,ping,tcp1,tcp4,udp64,udp1400,conn",
+    }
+)
+def bench(c: Context, runs: int = 3, quick: bool = False, workloads: str = "") -> None:
+    """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
+    import importlib
+    import os
+
+    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the test topology and tests/bench
+    bench_run = importlib.import_module("bench.run")
+    if os.geteuid() != 0:
+        raise Exit("natvm: error: bench builds network namespaces: run it as root", 1)
+    if missing := bench_run.missing_tools():
+        raise Exit(f"natvm: error: missing tools: {', '.join(missing)} (apt-get install them)", 1)
+    try:
+        names = bench_run.parse_workloads(workloads)
+    except ValueError as error:
+        raise Exit(f"natvm: error: {error}", 1) from None
+    runs = 1 if quick and runs == 3 else runs
+    if runs < 1:
+        raise Exit("natvm: error: --runs must be at least 1", 1)
+    bench_run.bench(bench_run.Options(runs=runs, quick=quick, workloads=names))

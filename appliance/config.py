@@ -24,7 +24,7 @@ Limits, and where they come from:
 - UDP mapping timeout at least 120 s, default 300 s: RFC 4787 REQ-5.
 - TCP idle timeouts: established at least 2 h 4 min (7440 s), transitory (opening or closing) at
   least 4 min (240 s): RFC 5382 REQ-5.
-- ICMP query mapping timeout at least 60 s: RFC 5508 REQ-1.
+- ICMP query mapping timeout at least 60 s: RFC 5508 REQ-2.
 - A freed external port rests at least 120 s before a new mapping gets it: RFC 6888 REQ-8.
 - MTU 576..9000: every IPv4 host accepts 576-octet datagrams (RFC 791); 9000 is a jumbo frame.
 """
@@ -122,7 +122,7 @@ _TIMEOUT_RULES = {
     "udp": (120.0, "RFC 4787 REQ-5", "UDP mapping idle timeout"),
     "tcp_established": (7440.0, "RFC 5382 REQ-5", "established TCP idle timeout"),
     "tcp_transitory": (240.0, "RFC 5382 REQ-5", "opening/closing TCP idle timeout"),
-    "icmp_query": (60.0, "RFC 5508 REQ-1", "ICMP query (echo) mapping timeout"),
+    "icmp_query": (60.0, "RFC 5508 REQ-2", "ICMP query (echo) mapping timeout"),
 }
 _NAT_KEYS: tuple[str, ...] = ("port_range", "filtering", "timeouts", "port_forwards", "max_flows")
 _NAT_KEYS += ("max_flows_per_host", "mtu", "ping_on_wan", "port_reuse_delay")

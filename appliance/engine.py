@@ -11,7 +11,7 @@ fragment expiry) and returns frames too. The engine is a router with NAPT on its
                port forward) gets its destination restored and goes to the LAN host.
   LAN -> WAN address   hairpinning (RFC 4787 REQ-9, RFC 5382 REQ-8): translated outbound first,
                then inbound, so the receiver sees the sender's external address and port.
-  ICMP errors  translated both ways with the embedded header restored (RFC 5508 REQ-3, REQ-4).
+  ICMP errors  translated both ways with the embedded header restored (RFC 5508 REQ-4, REQ-5).
   Own address  ARP and ICMP echo are answered; everything else to the appliance is dropped.
 
 Checksums on the forwarding path are updated incrementally (RFC 1624); checksums of packets the
@@ -81,8 +81,11 @@ class Counters:
     refused: dict[str, int] = field(default_factory=dict)
     icmp_errors_sent: int = 0
 
-    def drop(self, reason: str) -> None:
-        self.drops[reason] = self.drops.get(reason, 0) + 1
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.drops[reason] = self.drops.get(reason, 0) + count
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
     def line(self, flows: int) -> str:
         """One log line: everything a reader of the console needs to see the NAT working."""
@@ -141,7 +144,7 @@ class Nat:
             Side.LAN: Neighbours(lan_mac, self.lan_ip),
         }
         self.table = FlowTable(config.nat, rng)
-        self.reassembler = Reassembler()
+        self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
         self.counters = Counters()
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
         self._out: Output = []
@@ -189,11 +192,10 @@ class Nat:
             for frame in neighbours.tick(now):
                 self._emit(side, frame)
             if neighbours.dropped > before:
-                self.counters.drops["arp-unresolved"] = (
-                    self.counters.drops.get("arp-unresolved", 0) + neighbours.dropped - before
-                )
+                self.counters.drop("arp-unresolved", neighbours.dropped - before)
         self.table.expire(now)
-        self.reassembler.expire(now)
+        for reassembler in self.reassemblers.values():
+            reassembler.expire(now)
         return out
 
     # -- link layer ------------------------------------------------------------------------
@@ -279,7 +281,7 @@ class Nat:
             or (dst in self.lan_net and not (self.lan_net.is_host(dst)))
         ):
             raise Drop("broadcast-or-multicast")
-        whole = self._whole(ip, now)
+        whole = self._whole(Side.LAN, ip, now)
         if whole is None:
             return
         ip = whole
@@ -322,10 +324,7 @@ class Nat:
                 ip.proto, ip.src, int_port, ip.dst, remote_port, now, flags
             )
         except TableFull as refusal:
-            self.counters.refused[refusal.reason] = self.counters.refused.get(refusal.reason, 0) + 1
-            self._icmp_error(
-                Side.LAN, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, self.lan_ip, now
-            )
+            self._refuse(Side.LAN, refusal, ip, now)
             return
         _rewrite_endpoint(ip, 12, self.wan_ip, _source_port_offset(ip), session.mapping.ext_port)
         _decrement_ttl(ip)
@@ -337,7 +336,7 @@ class Nat:
             self._send_ip(Side.WAN, ip, next_hop, now)
 
     def _error_out(self, ip: Ipv4, now: float) -> None:
-        """RFC 5508 REQ-4: an error from a LAN host about a packet that came in through the NAT."""
+        """RFC 5508 REQ-5: an error from a LAN host about a packet that came in through the NAT."""
         inner = _embedded(ip)
         if inner.dst != ip.src:
             raise Drop("icmp-error-mismatch")
@@ -370,7 +369,7 @@ class Nat:
             raise Drop("spoofed-source")
         if ip.dst != self.wan_ip:
             raise Drop("not-for-us")
-        whole = self._whole(ip, now)
+        whole = self._whole(Side.WAN, ip, now)
         if whole is None:
             return
         self._check_l4(whole)
@@ -392,7 +391,14 @@ class Nat:
         if ip.proto == ICMP and ip.buf[ip.header_len] != ICMP_ECHO_REPLY:
             raise Drop("unsupported-icmp")
         ext_port, remote_port, flags = _reply_ports(ip)
-        session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
+        try:
+            session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
+        except TableFull as refusal:
+            if hairpin:  # already translated: the sender cannot be told about its own packet
+                self.counters.refuse(refusal.reason)
+                raise Drop("refused-hairpin") from None
+            self._refuse(Side.WAN, refusal, ip, now)
+            return
         if session is None:
             raise Drop("filtered")
         mapping = session.mapping
@@ -415,7 +421,7 @@ class Nat:
         self._send_ip(Side.LAN, ip, mapping.int_addr, now)
 
     def _error_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
-        """RFC 5508 REQ-3: an error about a packet we sent out; restore it for the LAN host."""
+        """RFC 5508 REQ-4: an error about a packet we sent out; restore it for the LAN host."""
         if not hairpin and ip.ttl <= 1:
             raise Drop("ttl-expired-icmp-error")
         inner = _embedded(ip)
@@ -478,6 +484,12 @@ class Nat:
         self.counters.icmp_errors_sent += 1
         self._send_ip(side, error, next_hop, now)
 
+    def _refuse(self, side: Side, refusal: TableFull, ip: Ipv4, now: float) -> None:
+        """RFC 5508 REQ-8: a flow refused for lack of room gets ICMP 3/13; existing flows go on."""
+        self.counters.refuse(refusal.reason)
+        src = self.lan_ip if side is Side.LAN else self.wan_ip
+        self._icmp_error(side, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, src, now)
+
     def _icmp_allowed(self, now: float) -> bool:
         # A token bucket (RFC 1812 4.3.2.8 rate limiting), so a flood of expiring or oversize
         # packets cannot turn the appliance into an amplifier.
@@ -496,10 +508,10 @@ class Nat:
     def _is_aggregate(self, ip: Ipv4) -> bool:
         return self._partial and ip.proto == TCP
 
-    def _whole(self, ip: Ipv4, now: float) -> Ipv4 | None:
+    def _whole(self, side: Side, ip: Ipv4, now: float) -> Ipv4 | None:
         if not ip.is_fragment:
             return ip
-        datagram = self.reassembler.add(ip, now)
+        datagram = self.reassemblers[side].add(ip, now)
         return None if datagram is None else parse_ipv4(datagram)
 
 

@@ -10,7 +10,7 @@ Rules (RFC 4787 UDP, RFC 5382 TCP, RFC 5508 ICMP query, RFC 6888, RFC 7857):
   with the mapping's sessions: endpoint-independent (anyone), address-dependent (a remote address
   the internal endpoint has sent to) or address-and-port-dependent (4787 REQ-8, 5382 REQ-3).
 - Each session has its own idle timer, refreshed by traffic in either direction (outbound refresh
-  is required by 4787 REQ-6; inbound refresh is allowed); ICMP errors never refresh (5508 REQ-3c).
+  is required by 4787 REQ-6; inbound refresh is allowed); ICMP errors never refresh (5508 REQ-6).
   A mapping lives while any of its sessions does. TCP sessions follow a state table: established
   connections get the long timeout, opening and closing ones the transitory one (5382 REQ-5).
 - Nothing from the WAN creates a mapping, except a configured port forward, which is a mapping
@@ -35,14 +35,15 @@ _FORWARD_PROTOCOLS = {TCP: Protocol.TCP, UDP: Protocol.UDP}
 
 
 class TcpState(IntEnum):
-    NONE = 0  # not TCP
+    NONE = 0  # not TCP, or nothing seen yet
     SYN_OUT = 1  # SYN seen from the LAN side only
     SYN_IN = 2  # SYN seen from the WAN side only
     ESTABLISHED = 3
-    FIN_OUT = 4
-    FIN_IN = 5
+    FIN_OUT = 4  # half closed by the LAN side
+    FIN_IN = 5  # half closed by the WAN side
     CLOSING = 6  # FIN seen both ways
     CLOSED = 7  # RST seen
+    PICKED_UP = 8  # a mid-stream segment from the LAN (e.g. after a restart), no answer yet
 
 
 class TcpEvent(IntEnum):
@@ -51,17 +52,23 @@ class TcpEvent(IntEnum):
     OUT_FIN = 2
     IN_FIN = 3
     RST = 4
-    OTHER = 5
+    OUT_OTHER = 5
+    IN_OTHER = 6
 
 
 # (state, event) -> next state; pairs not listed keep the state. Simultaneous open (5382 REQ-2)
-# is SYN_OUT + IN_SYN, the same as a SYN-ACK answer.
+# is SYN_OUT + IN_SYN, the same as a SYN-ACK answer. A connection picked up mid-stream counts as
+# established only once the far end answers, so a stray ACK cannot hold a mapping for two hours.
+# Half-closed connections (FIN one way) are in the closing phase, which RFC 5382 section 5 gives
+# the transitory timeout; traffic on them refreshes it.
 _TCP_TRANSITIONS = {
     (TcpState.NONE, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
     (TcpState.NONE, TcpEvent.IN_SYN): TcpState.SYN_IN,
     (TcpState.NONE, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
     (TcpState.NONE, TcpEvent.IN_FIN): TcpState.FIN_IN,
-    (TcpState.NONE, TcpEvent.OTHER): TcpState.ESTABLISHED,  # picked up mid-stream
+    (TcpState.NONE, TcpEvent.OUT_OTHER): TcpState.PICKED_UP,
+    (TcpState.PICKED_UP, TcpEvent.IN_OTHER): TcpState.ESTABLISHED,
+    (TcpState.PICKED_UP, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
     (TcpState.SYN_OUT, TcpEvent.IN_SYN): TcpState.ESTABLISHED,
     (TcpState.SYN_IN, TcpEvent.OUT_SYN): TcpState.ESTABLISHED,
     (TcpState.ESTABLISHED, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
@@ -73,9 +80,7 @@ _TCP_TRANSITIONS = {
     (TcpState.CLOSED, TcpEvent.IN_SYN): TcpState.SYN_IN,
 }
 for _state in TcpState:
-    if _state is not TcpState.NONE:
-        _TCP_TRANSITIONS[(_state, TcpEvent.RST)] = TcpState.CLOSED
-_TCP_TRANSITIONS[(TcpState.NONE, TcpEvent.RST)] = TcpState.CLOSED
+    _TCP_TRANSITIONS[(_state, TcpEvent.RST)] = TcpState.CLOSED
 
 
 def tcp_event(flags: int, outbound: bool) -> TcpEvent:
@@ -85,7 +90,7 @@ def tcp_event(flags: int, outbound: bool) -> TcpEvent:
         return TcpEvent.OUT_SYN if outbound else TcpEvent.IN_SYN
     if flags & TCP_FIN:
         return TcpEvent.OUT_FIN if outbound else TcpEvent.IN_FIN
-    return TcpEvent.OTHER
+    return TcpEvent.OUT_OTHER if outbound else TcpEvent.IN_OTHER
 
 
 class Mapping:
@@ -123,7 +128,9 @@ class TableFull(Exception):
 
 
 class PortAllocator:
-    """Chooses external ports: the internal one when free, else a random one of the same parity.
+    """Chooses external ports: the internal one when free, else a random free one, of the same
+    parity when there is one (RFC 4787 REQ-4; refusing a flow while ports of the other parity
+    are free would be worse than breaking parity).
 
     The random source is injected so tests are deterministic.
     """
@@ -135,17 +142,36 @@ class PortAllocator:
         low, high = self._range_class(wanted)
         if low <= wanted <= high and is_free(wanted):
             return wanted
-        span = (high - low) // 2 + 1
+        ranges = (
+            [(low, high)]
+            if (low, high) == (self.first, self.last)
+            else [(low, high), (self.first, self.last)]
+        )
+        for range_low, range_high in ranges:
+            for parity in (wanted & 1, (wanted & 1) ^ 1):
+                port = self._random_free(range_low, range_high, parity, is_free)
+                if port is not None:
+                    return port
+        return None
+
+    def _random_free(
+        self, low: int, high: int, parity: int, is_free: Callable[[int], bool]
+    ) -> int | None:
+        base = low + ((low ^ parity) & 1)  # the first port in [low, high] with that parity
+        if base > high:
+            return None
+        span = (high - base) // 2 + 1
         start = self.rng.randrange(span)
-        base = low + ((low ^ wanted) & 1)  # first port in [low, high] with the wanted parity
         for step in range(span):
             port = base + 2 * ((start + step) % span)
-            if port <= high and is_free(port):
+            if is_free(port):
                 return port
         return None
 
     def _range_class(self, wanted: int) -> tuple[int, int]:
-        # RFC 4787 REQ-3a: ports below 1024 map below 1024 and others above, where the range allows.
+        # RFC 4787 REQ-3a: ports below 1024 map below 1024 and others above, where the configured
+        # range allows. The default range, 1024-65535, has no low class: the operator decides
+        # (configure 1-65535 to keep the classes apart).
         if wanted < 1024 and self.first < 1024:
             return self.first, min(self.last, 1023)
         if wanted >= 1024 and self.last >= 1024:
@@ -203,7 +229,13 @@ class FlowTable:
         now: float,
         tcp_flags: int = 0,
     ) -> Session | None:
-        """The session an inbound packet belongs to, or None when filtering drops it."""
+        """The session an inbound packet belongs to, or None when filtering drops it; raises
+        TableFull when a flow the filter admits finds no room.
+
+        An unsolicited SYN (no mapping, or filtered) gets None for good: RFC 5382 REQ-4a lets
+        security policy override REQ-4's SHOULD (Port Unreachable after 6 s), and a firewall
+        that stays silent does not help port scans.
+        """
         mapping = self.by_external.get((proto, ext_port))
         session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
         if session is None:
@@ -239,10 +271,7 @@ class FlowTable:
         else:
             assert forward is not None
             int_addr = forward.lan_host.packed
-        try:
-            self._check_room(int_addr, now)
-        except TableFull:
-            return None
+        self._check_room(int_addr, now)
         if mapping is None:
             assert forward is not None
             lan_port = forward.lan_port(ext_port)

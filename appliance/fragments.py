@@ -3,9 +3,12 @@
 A NAT must translate fragments that arrive in any order (RFC 4787 REQ-14) without letting a
 fragment flood hurt unfragmented traffic (REQ-14a). The appliance reassembles: at most
 `max_datagrams` partial datagrams of at most 65535 bytes each, each dropped `timeout` seconds after
-its first fragment, the oldest evicted first when full. Overlapping fragments discard the datagram
-(they are an evasion technique, not something a sane sender produces). The whole datagram is then
-translated like any other and fragmented again if it does not fit the egress MTU.
+its first fragment, the oldest evicted first when full. One source may hold at most
+`max_per_source` of them (it then evicts its own oldest), and the engine keeps one reassembler per
+side, so a flood from the WAN can neither evict the LAN's datagrams nor another sender's.
+Overlapping fragments discard the datagram (they are an evasion technique, not something a sane
+sender produces); an exact duplicate (a retransmission along the path) is ignored. The whole
+datagram is then translated like any other and fragmented again if it does not fit the egress MTU.
 """
 
 from dataclasses import dataclass, field
@@ -25,9 +28,13 @@ class _Partial:
 
 
 class Reassembler:
-    def __init__(self, max_datagrams: int = 64, timeout: float = 30.0) -> None:
+    def __init__(
+        self, max_datagrams: int = 64, timeout: float = 30.0, max_per_source: int = 16
+    ) -> None:
         self.max_datagrams, self.timeout = max_datagrams, timeout
+        self.max_per_source = max_per_source
         self._partials: dict[tuple[bytes, bytes, int, int], _Partial] = {}
+        self._per_source: dict[bytes, int] = {}
         self.dropped = 0  # datagrams given up: timed out, evicted, overlapping or too large
 
     def __len__(self) -> int:
@@ -38,28 +45,38 @@ class Reassembler:
         key = (ip.src, ip.dst, ip.proto, ip.ident)
         partial = self._partials.get(key)
         if partial is None:
-            self._make_room(now)
+            self._make_room(ip.src, now)
             partial = self._partials[key] = _Partial(now + self.timeout)
+            self._per_source[ip.src] = self._per_source.get(ip.src, 0) + 1
         try:
             self._insert(partial, ip)
         except Drop:
-            del self._partials[key]
-            self.dropped += 1
+            self._discard(key)
             raise
         if partial.total is None or partial.received < partial.total or partial.header is None:
             return None
-        del self._partials[key]
+        self._discard(key, completed=True)
         return _join(partial)
 
     def expire(self, now: float) -> None:
         for key in [k for k, p in self._partials.items() if p.expires <= now]:
-            del self._partials[key]
-            self.dropped += 1
+            self._discard(key)
 
-    def _make_room(self, now: float) -> None:
+    def _make_room(self, src: bytes, now: float) -> None:
         self.expire(now)
-        if len(self._partials) >= self.max_datagrams:
-            del self._partials[next(iter(self._partials))]
+        if self._per_source.get(src, 0) >= self.max_per_source:
+            self._discard(next(k for k in self._partials if k[0] == src))
+        elif len(self._partials) >= self.max_datagrams:
+            self._discard(next(iter(self._partials)))
+
+    def _discard(self, key: tuple[bytes, bytes, int, int], completed: bool = False) -> None:
+        del self._partials[key]
+        left = self._per_source[key[0]] - 1
+        if left:
+            self._per_source[key[0]] = left
+        else:
+            del self._per_source[key[0]]
+        if not completed:
             self.dropped += 1
 
     @staticmethod
@@ -70,6 +87,8 @@ class Reassembler:
         more = bool(ip.flags_offset & IP_MF)
         if end + 20 > _MAX_DATAGRAM or (more and len(payload) % 8):
             raise Drop("bad-fragment")
+        if partial.pieces.get(offset) == payload:
+            return  # an exact duplicate
         if any(offset < o + len(p) and o < end for o, p in partial.pieces.items()):
             raise Drop("fragment-overlap")
         if not more:

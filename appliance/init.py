@@ -179,6 +179,13 @@ def bring_up(name: str) -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
 
 
+def memory_summary(meminfo: str) -> str:
+    """ "available/total MiB" from /proc/meminfo, for the boot log (the VM's memory is small)."""
+    fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
+    total, available = (int(fields[k].split()[0]) // 1024 for k in ("MemTotal", "MemAvailable"))
+    return f"{available}/{total} MiB available"
+
+
 def load_configuration() -> config_module.ApplianceConfig:
     baked = config_module.load_config(CONFIG_FILE)
     cmdline = Path("/proc/cmdline").read_text()
@@ -196,6 +203,7 @@ def boot() -> None:
     for name in (wan, lan):
         bring_up(name)
     log(f"WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}  ({uptime():.2f} s)")
+    log(f"memory: {memory_summary(Path('/proc/meminfo').read_text())}")
     shell.run(config, wan, lan)
 
 

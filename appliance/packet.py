@@ -26,8 +26,11 @@ ICMP_DEST_UNREACHABLE = 3
 ICMP_ECHO_REQUEST = 8
 ICMP_TIME_EXCEEDED = 11
 ICMP_PARAMETER_PROBLEM = 12
-# Error types a NAT must translate (RFC 5508 REQ-6); source quench and redirect are deprecated
-# (RFC 6633, and redirects are meaningless across a NAT) and dropped.
+# Error types a NAT must translate (RFC 5508 REQ-10, RFC 5382 REQ-9); source quench and redirect
+# are deprecated (RFC 6633; redirects are meaningless across a NAT) and dropped.
+# Query types other than echo (timestamp, information, address mask) are obsolete or
+# unused and are dropped by policy, as RFC 5508 REQ-1 allows ("unless explicitly overridden by
+# local policy").
 ICMP_ERROR_TYPES = frozenset({ICMP_DEST_UNREACHABLE, ICMP_TIME_EXCEEDED, ICMP_PARAMETER_PROBLEM})
 
 CODE_PORT_UNREACHABLE = 3

@@ -7,7 +7,6 @@ host, so a rebuild from the same lock and sources is byte-identical.
 
 import hashlib
 import json
-import shlex
 import shutil
 import tempfile
 import time
@@ -90,7 +89,7 @@ def deployment(b: Build) -> None:
     machine = qemu.Machine(
         b.out / "vmlinuz", b.out / "initramfs", b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
     )
-    lines = " \\\n  ".join(shlex.quote(arg) for arg in qemu.command(machine))
+    lines = qemu.format_command(qemu.command(machine))
     script = f"#!/bin/sh\n# Boot natvm on existing taps {' and '.join(DEMO_TAPS)}.\nexec {lines}\n"
     (b.out / "run-qemu.sh").write_text(script)
     (b.out / "run-qemu.sh").chmod(0o755)

@@ -13,9 +13,11 @@ With `taps` or `bridges` the demo namespaces are skipped and the VM is attached 
 
 import contextlib
 import os
+import re
 import shlex
 import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -33,6 +35,7 @@ TAPS = ("tap-wan", "tap-lan")
 LAN_HOST, GATEWAY, LAN_ROUTER = "10.77.0.10/24", "192.0.2.1/24", "10.77.0.1"
 SERVER = "198.51.100.10"
 READY_TIMEOUT = 180.0
+_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")  # SeaBIOS and the kernel clear the screen
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ def command(options: Options, out: Path, accel: str) -> list[str]:
 
 def show_command(options: Options, out: Path) -> str:
     accel = qemu.choose_accel(out / "vmlinuz") if (out / "vmlinuz").exists() else "tcg"
-    return " \\\n  ".join(shlex.quote(arg) for arg in command(options, out, accel))
+    shown = qemu.format_command(qemu.command(machine(options, out, accel)))
+    return shown if options.taps or options.bridges else f"{shlex.join(_in(ROUTER))} \\\n{shown}"
 
 
 class Console:
@@ -143,7 +147,7 @@ class Console:
     def _pump(self, proc: "subprocess.Popen[str]") -> None:
         assert proc.stdout is not None
         for line in proc.stdout:
-            text = line.rstrip().split("\x1bc")[-1]  # SeaBIOS clears the screen
+            text = _ESCAPES.sub("", line).rstrip()
             print(f"  vm | {text}", flush=True)
             with self.changed:
                 self.lines.append(text)
@@ -157,7 +161,7 @@ class Console:
         with self.changed:
             while True:
                 for line in self.lines:
-                    if line.startswith(prefix):
+                    if prefix in line:
                         return line
                 if self.lines[-1:] == [""] or not self.changed.wait(deadline - time.monotonic()):
                     raise ImageError(
@@ -192,7 +196,8 @@ def http_server(wanted: bool) -> Iterator[None]:
         return
     with tempfile.TemporaryDirectory() as docroot:
         Path(docroot, "index.html").write_text("hello from the WAN side\n")
-        argv = _in(WAN, "python3", "-m", "http.server", "80", "--bind", SERVER, "-d", docroot)
+        server = [sys.executable, "-m", "http.server", "80", "--bind", SERVER, "-d", docroot]
+        argv = _in(WAN, *server)
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             yield

@@ -4,6 +4,7 @@ Assembled in small steps, each returning cpio entries; `archive` sorts and write
 deterministically and compresses with gzip (mtime 0), which every kernel can unpack.
 Layout in the image:
   /init                       a Python script: hands over to appliance.init (PID 1 duties)
+  /sbin/poweroff              a Python script: SIGTERM to PID 1 (hypervisor shutdown requests)
   /usr/bin/python3.11, /lib*  the interpreter, its loader and libraries (Debian packages)
   /usr/lib/python3.11         sourceless .pyc of the stdlib modules the appliance loads
   /opt/natvm/appliance        the appliance, as .pyc
@@ -30,6 +31,13 @@ import sys
 sys.path.insert(0, "/opt/natvm")
 from appliance.init import main
 main()
+"""
+# The kernel runs /sbin/poweroff when the hypervisor asks for a shutdown (Xen's `xl shutdown`
+# calls orderly_poweroff): ask PID 1 to stop, as SIGTERM does on a host.
+POWEROFF = """#!/usr/bin/python3.11 -SI
+import os
+import signal
+os.kill(1, signal.SIGTERM)
 """
 
 
@@ -62,6 +70,7 @@ def skeleton(_inputs: Inputs) -> list[cpio.Entry]:
         cpio.char_device("dev/null", 1, 3, 0o666),
         cpio.char_device("dev/urandom", 1, 9, 0o444),
         cpio.file("init", INIT.encode(), 0o755),
+        cpio.file("sbin/poweroff", POWEROFF.encode(), 0o755),
     ]
 
 

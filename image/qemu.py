@@ -7,6 +7,7 @@ host side hand the guest plain MTU-sized frames with full checksums.
 """
 
 import os
+import shlex
 import subprocess
 import time
 from dataclasses import dataclass
@@ -62,6 +63,17 @@ def command(machine: Machine) -> list[str]:
     if machine.no_reboot:
         argv.append("-no-reboot")
     return argv
+
+
+def format_command(argv: list[str]) -> str:
+    """`argv` for a shell, one option and its value per line."""
+    lines: list[list[str]] = []
+    for arg in argv:
+        if arg.startswith("-") or not lines or len(lines[-1]) > 1 or arg == QEMU:
+            lines.append([arg])
+        else:
+            lines[-1].append(arg)
+    return " \\\n  ".join(shlex.join(line) for line in lines)
 
 
 def kvm_usable(kernel: Path, timeout: float = KVM_PROBE_SECONDS) -> bool:

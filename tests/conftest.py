@@ -1,8 +1,9 @@
 """Fixtures shared by the namespace and VM tiers.
 
-Each tier's own conftest provides ``topology`` (how the appliance is attached) and ``nat`` (what
-forwards: the appliance as a host process, the VM, or the kernel reference). The servers run in the
-topology's namespaces and are the same for both tiers.
+Each tier's own conftest provides ``topology`` (how the appliance is attached), ``nat`` (what
+forwards: the appliance as a host process, the VM, or the kernel reference) and ``services`` (the
+servers of ``services.py`` in that topology). They are per tier, not here: a session fixture here
+would be built once, for whichever tier asked first, and handed to the other tier too.
 """
 
 from __future__ import annotations
@@ -10,15 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.register_assert_rewrite("traffic")
 
-from services import Services, running_services  # noqa: E402
-from topology import Topology, session_prefix  # noqa: E402
+from topology import session_prefix  # noqa: E402
 
 TOOLS = ("ip", "ethtool", "nft", "ping", "curl", "dig", "dnsmasq", "traceroute", "iperf3", "ss")
 ROOT_TIERS = ("netns", "vm")
@@ -48,10 +47,3 @@ def required_tools() -> None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"missing tools: {', '.join(missing)} (install them as .ci/run does)")
-
-
-@pytest.fixture(scope="session")
-def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    """The servers of ``services.py``, for the whole session."""
-    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
-        yield started

@@ -1,6 +1,7 @@
 """What sits in the router namespace between the LAN and WAN bridges of a ``Topology``.
 
 - ``HostAppliance``: the appliance as a host process (``python -m appliance``), the netns tier.
+- ``VmAppliance``: the built image under QEMU, on the topology's taps, the VM tier.
 - ``KernelNat``: Linux's own NAT (nftables) on the same two interfaces. It is a reference, not a
   product: it validates the topology and the tests themselves (``NATVM_TEST_REFERENCE=kernel``),
   and is the baseline for benchmarks. Its filtering is address-and-port-dependent, so the tests
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -30,8 +32,13 @@ from topology import (
     stop_process,
 )
 
+from image import qemu
+
 REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
+BOOT_TIMEOUT = 180.0  # TCG: no usable KVM on these machines
+MONITOR_PROMPT = b"(qemu) "
+CONSOLE_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 STATS_INTERVAL = 1.0  # seconds: counters fresh enough for a test to wait on them
 DROPPED = re.compile(r"^stats .*\bdropped=(\d+)")
 
@@ -109,6 +116,11 @@ class HostAppliance:
 
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The appliance's own process id (``ip netns exec`` execs it), for reading /proc."""
+        return None if self._process is None else self._process.pid
 
     def output(self) -> list[str]:
         """Every line it has printed so far (stdout and stderr)."""
@@ -198,3 +210,88 @@ table ip {self.TABLE} {{
                 topo.run(topo.router, "ip", "address", "flush", "dev", ifname)
             self.returncode = 0
         return self.returncode
+
+
+class VmAppliance:
+    """The built image under QEMU in the router namespace, its NICs the topology's taps.
+
+    The serial console is kept line by line; the guest's own ``READY`` says it forwards and its
+    stats lines carry the counters. A QEMU monitor socket lets a test reset the machine; without
+    ``-no-reboot`` the guest boots again, as it does after a fatal error.
+    """
+
+    kind = "vm"
+
+    def __init__(self, topology: Topology, machine: qemu.Machine, monitor: Path) -> None:
+        self.topology = topology
+        self.monitor = monitor
+        self.command = [*qemu.command(machine), "-monitor", f"unix:{monitor},server=on,wait=off"]
+        self._lines: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def start(self) -> None:
+        self._process = self.topology.spawn(
+            self.topology.router,
+            *self.command,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+        self.wait_ready(1)
+
+    def _read(self) -> None:
+        assert self._process is not None and self._process.stdout is not None
+        for raw in self._process.stdout:
+            self._lines.append(CONSOLE_ESCAPES.sub("", raw.decode(errors="replace")).strip())
+
+    def boots(self) -> int:
+        """How many times the appliance has said READY."""
+        return sum(line.startswith("READY") for line in self._lines)
+
+    def wait_ready(self, boots: int, timeout: float = BOOT_TIMEOUT) -> None:
+        """Wait for the ``boots``-th READY; fail with the console if QEMU exits or time runs out."""
+        assert self._process is not None
+        deadline = time.monotonic() + timeout
+        while self.boots() < boots:
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(
+                    f"no READY #{boots} from {shlex.join(self.command)}:\n" + "\n".join(self._lines)
+                )
+            time.sleep(0.1)
+
+    def reset(self) -> None:
+        """A hardware reset through the QEMU monitor (the guest does not see it coming)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as monitor:
+            monitor.settimeout(10)
+            monitor.connect(str(self.monitor))
+            # Wait for the prompt before the command and after it: a command sent on a
+            # connection closed before QEMU read it is silently lost.
+            _read_until(monitor, MONITOR_PROMPT)
+            monitor.sendall(b"system_reset\n")
+            _read_until(monitor, MONITOR_PROMPT)
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def output(self) -> list[str]:
+        return list(self._lines)
+
+    def dropped(self) -> int | None:
+        return dropped_count(self._lines)
+
+    def stop(self) -> int | None:
+        if self._process is not None and self.returncode is None:
+            self.returncode = stop_process(self._process)
+        return self.returncode
+
+
+def _read_until(sock: socket.socket, marker: bytes) -> bytes:
+    received = b""
+    while marker not in received:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError(f"the QEMU monitor closed before {marker!r}")
+        received += chunk
+    return received

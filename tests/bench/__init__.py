@@ -11,7 +11,7 @@ natvm/kernel ratios with min/median/max, and writes everything to ``build/bench/
 
 Rules
 -----
-- A benchmark, not a test: a workload that fails records ``None`` and its error, and the others go on.
+- A benchmark, not a test: a workload that fails records ``None`` and why, and the others go on.
 - Every loop is bounded in count and in time; every subprocess has a timeout.
 - Traffic stays between the test namespaces; ``Topology.destroy`` removes them and ends every
   process started in them, on success, failure, Ctrl-C or SIGTERM alike.

@@ -45,7 +45,9 @@ def frame(proto: str, src: bytes, dst: bytes, sport: int, macs: bytes) -> bytes:
         l4 = struct.pack("!HHHH", sport, DISCARD_PORT, 16, 0) + b"natvm-bm"
         offset = 6
     else:
-        l4 = struct.pack("!HHIIBBHHH", sport, DISCARD_PORT, sport * 7919, 0, 5 << 4, 0x02, 64240, 0, 0)
+        l4 = struct.pack(
+            "!HHIIBBHHH", sport, DISCARD_PORT, sport * 7919, 0, 5 << 4, 0x02, 64240, 0, 0
+        )
         offset = 16
     pseudo = src + dst + struct.pack("!BBH", 0, number, len(l4))
     l4 = l4[:offset] + struct.pack("!H", checksum(pseudo + l4) or 0xFFFF) + l4[offset + 2 :]
@@ -65,11 +67,15 @@ def frames(
         yield frame(proto, src_b, dst_b, FIRST_PORT + number // 2, macs)
 
 
+def snmp(pid: int, group: str) -> dict[str, int]:
+    """The SNMP counters of ``group`` ("Ip", "Udp", ...) in the namespace of process ``pid``."""
+    with open(f"/proc/{pid}/net/snmp") as counters:
+        names, values = (line.split()[1:] for line in counters if line.startswith(group + ":"))
+    return dict(zip(names, map(int, values), strict=True))
+
+
 def ip_received(pid: int) -> int:
-    """The IP receive counter of the namespace that process ``pid`` lives in."""
-    with open(f"/proc/{pid}/net/snmp") as snmp:
-        names, values = (line.split() for line in snmp if line.startswith("Ip:"))
-    return int(values[names.index("InReceives")])
+    return snmp(pid, "Ip")["InReceives"]
 
 
 def inject_counted(
@@ -77,16 +83,23 @@ def inject_counted(
 ) -> int:
     """Send ``batch`` in self-clocked bursts; returns how many reached the WAN host."""
     base = sent = ip_received(wan_pid)
+    count = 0
     with topo.socket(ns, socket.AF_PACKET, socket.SOCK_RAW, 0) as sock:
         sock.bind((ifname, 0))
-        burst = []
+        burst: list[bytes] = []
         for data in batch:
             burst.append(data)
             if len(burst) == BURST:
-                sent += _send_burst(sock, burst, sent, wan_pid)
+                arrived = _send_burst(sock, burst, sent, wan_pid)
+                sent, count = sent + arrived, count + len(burst)
                 burst.clear()
-        sent += _send_burst(sock, burst, sent, wan_pid)
-    return ip_received(wan_pid) - base
+                if not arrived:
+                    break  # nothing gets through (the NAT died?): do not wait STALL per burst
+        else:
+            sent += _send_burst(sock, burst, sent, wan_pid)
+            count += len(burst)
+    # The odd packet of other traffic (a TCP retransmission, say) may have been counted too.
+    return min(ip_received(wan_pid) - base, count)
 
 
 def _send_burst(sock: socket.socket, burst: list[bytes], sent: int, wan_pid: int) -> int:

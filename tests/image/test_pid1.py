@@ -28,3 +28,8 @@ def test_sysctls_missing_from_the_kernel_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "net/ipv4/conf/eth0/arp_ignore").write_text("0")
     init.write_sysctls(init.nic_sysctls(["eth0"]), tmp_path)  # no IPv6 directory at all
     assert (tmp_path / "net/ipv4/conf/eth0/arp_ignore").read_text() == "8"
+
+
+def test_memory_summary_reads_meminfo() -> None:
+    meminfo = "MemTotal:         102400 kB\nMemFree:  1 kB\nMemAvailable:      51200 kB\n"
+    assert init.memory_summary(meminfo) == "50/100 MiB available"

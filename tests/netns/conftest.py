@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 from routers import REPO, HostAppliance, KernelNat, Nat
+from services import Services, running_services
 from topology import Attach, Topology, session_prefix
 from topology import topology as built_topology
 
@@ -25,6 +26,12 @@ STARTERS: dict[str, Callable[[Topology], Nat]] = {
 def topology(required_tools: None) -> Iterator[Topology]:
     with built_topology(session_prefix(), Attach.VETH) as topo:
         yield topo
+
+
+@pytest.fixture(scope="session")
+def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
+        yield started
 
 
 @pytest.fixture(scope="session")

@@ -336,7 +336,7 @@ ERRORS: list[tuple[dict[str, Any] | list[object], str]] = [
     ),
     (
         edited((f"{NAT}.timeouts.icmp_query", 30)),
-        f"{NAT}.timeouts.icmp_query: 30 is below the minimum of 60 s (RFC 5508 REQ-1)",
+        f"{NAT}.timeouts.icmp_query: 30 is below the minimum of 60 s (RFC 5508 REQ-2)",
     ),
     (
         edited((f"{NAT}.timeouts.udp", "300")),

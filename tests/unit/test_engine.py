@@ -23,7 +23,18 @@ from conftest import (
     assert_checksums_valid,
     make_harness,
 )
-from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror, fragment
+from scapy.layers.inet import (
+    ICMP,
+    IP,
+    TCP,
+    UDP,
+    ICMPerror,
+    IPerror,
+    IPOption_RR,
+    TCPerror,
+    UDPerror,
+    fragment,
+)
 from scapy.layers.l2 import ARP, Ether
 
 from appliance.config import ApplianceConfig, Filtering, Timeouts
@@ -373,7 +384,7 @@ def test_fragments_translated_in_any_order(harness: Harness, order: list[int]) -
     assert first[UDP].sport == 5000
     assert _reassembled_payload([f for _, f in out]) == b"z" * 2000
     harness.now += 1
-    assert harness.nat.reassembler.dropped == 0 and len(harness.nat.reassembler) == 0
+    assert harness.nat.reassemblers[LAN].dropped == 0 and len(harness.nat.reassemblers[LAN]) == 0
 
 
 def test_inbound_fragments_reassembled_and_restored(harness: Harness) -> None:
@@ -389,7 +400,7 @@ def test_incomplete_fragments_expire(harness: Harness) -> None:
     pieces = fragment(IP(src=HOST, dst=SERVER) / UDP(sport=1, dport=2) / (b"q" * 1000), 400)
     harness.send(LAN, pieces[0])
     harness.nat.tick(harness.now + 31)
-    assert len(harness.nat.reassembler) == 0 and harness.nat.reassembler.dropped == 1
+    assert len(harness.nat.reassemblers[LAN]) == 0 and harness.nat.reassemblers[LAN].dropped == 1
 
 
 def test_no_gateway_means_net_unreachable(demo_config: ApplianceConfig) -> None:
@@ -625,3 +636,116 @@ def test_full_sized_df_tcp_without_offload_still_gets_fragmentation_needed(
 ) -> None:
     big = IP(src=HOST, dst=SERVER, flags="DF") / TCP(sport=1, dport=2) / (b"x" * 1600)
     assert harness.one(LAN, big, LAN)[ICMP].code == 4
+
+
+# -- from the conformance review ------------------------------------------------------------
+
+
+def test_port_unreachable_about_tcp_restored(harness: Harness) -> None:
+    out = harness.one(LAN, IP(src=HOST, dst=SERVER) / TCP(sport=43100, dport=7, flags="S"), WAN)
+    error = IP(src=SERVER, dst=WAN_IP) / ICMP(type=3, code=3) / bytes(out[IP])
+    back = harness.one(WAN, error, LAN)
+    assert (back[ICMP].type, back[ICMP].code) == (3, 3)
+    assert (back[IPerror].src, back[TCPerror].sport, back[TCPerror].dport) == (HOST, 43100, 7)
+
+
+def test_icmp_error_with_embedded_ip_options_restored(harness: Harness) -> None:
+    out = harness.one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=9) / b"o", WAN)
+    quoted = IP(bytes(out[IP]))
+    quoted.options = [IPOption_RR(routers=["192.0.2.1"])]
+    quoted.ihl = quoted.len = quoted.chksum = None
+    error = IP(src=SERVER, dst=WAN_IP) / ICMP(type=3, code=3) / bytes(IP(bytes(quoted)))
+    back = harness.one(WAN, error, LAN)
+    assert (back[IPerror].src, back[UDPerror].sport) == (HOST, 5000)
+
+
+def test_icmp_error_about_an_echo_restored_and_does_not_refresh(harness: Harness) -> None:
+    start = harness.now
+    out = harness.one(LAN, IP(src=HOST, dst=SERVER) / ICMP(id=4242, seq=1), WAN)
+    harness.now = start + 50
+    error = IP(src=GATEWAY, dst=WAN_IP) / ICMP(type=11, code=0) / bytes(out[IP])
+    back = harness.one(WAN, error, LAN)
+    assert back[IPerror].src == HOST and back[ICMPerror].id == 4242
+    harness.nat.tick(start + 61)
+    assert len(harness.nat.table) == 0, "the echo mapping ran out 60 s after the request"
+
+
+def test_inbound_traffic_refreshes_too(harness: Harness) -> None:
+    start = harness.now
+    udp_out(harness)
+    harness.now = start + 250
+    assert len(_reply_from(harness, SERVER, 53)) == 1
+    harness.nat.tick(start + 450)
+    assert len(harness.nat.table) == 1
+
+
+def test_hairpin_source_is_the_external_port_not_the_internal_one(
+    demo_config: ApplianceConfig,
+) -> None:
+    harness = make_harness(demo_config, filtering=Filtering.ENDPOINT_INDEPENDENT)
+    udp_out(harness, sport=6300, host=HOST2)  # takes external port 6300
+    port_b = udp_out(harness, sport=6300, host=HOST)[UDP].sport
+    assert port_b != 6300
+    arrived = harness.one(LAN, IP(src=HOST, dst=WAN_IP) / UDP(sport=6300, dport=6300), LAN)
+    assert (arrived[IP].dst, arrived[IP].src, arrived[UDP].sport) == (HOST2, WAN_IP, port_b)
+
+
+def test_wan_fragment_flood_does_not_evict_lan_datagrams(harness: Harness) -> None:
+    udp_out(harness)
+    lan_pieces = fragment(
+        IP(src=HOST, dst=SERVER, id=9) / UDP(sport=5000, dport=53) / (b"l" * 900), 400
+    )
+    harness.send(LAN, lan_pieces[0])
+    for ident in range(200):  # partial datagrams from many WAN senders, never completed
+        flood = IP(src=f"203.0.113.{ident % 200 + 1}", dst=WAN_IP, id=ident, flags="MF")
+        harness.send(WAN, flood / UDP(sport=53, dport=5000) / (b"f" * 16))
+    out: list[tuple[Side, Ether]] = []
+    for piece in lan_pieces[1:]:
+        out += harness.send(LAN, piece)
+    assert out and all(f[IP].src == WAN_IP for _, f in out)
+
+
+def test_one_sender_cannot_hold_every_reassembly_slot(harness: Harness) -> None:
+    for ident in range(100):
+        flood = IP(src=SERVER, dst=WAN_IP, id=ident, flags="MF") / (b"f" * 16)
+        harness.send(WAN, flood)
+    assert len(harness.nat.reassemblers[WAN]) == harness.nat.reassemblers[WAN].max_per_source
+
+
+def test_duplicate_fragment_is_ignored(harness: Harness) -> None:
+    pieces = fragment(
+        IP(src=HOST, dst=SERVER, id=11) / UDP(sport=5000, dport=53) / (b"d" * 900), 400
+    )
+    out: list[tuple[Side, Ether]] = []
+    for piece in [pieces[0], pieces[0], *pieces[1:]]:
+        out += harness.send(LAN, piece)
+    assert out and harness.nat.reassemblers[LAN].dropped == 0
+
+
+def test_refused_port_forward_flow_gets_admin_prohibited(demo_config: ApplianceConfig) -> None:
+    harness = make_harness(demo_config, max_flows=1, max_flows_per_host=1)
+    udp_out(harness, host=HOST2)
+    refused = harness.one(
+        WAN, IP(src=SERVER, dst=WAN_IP) / TCP(sport=1, dport=8080, flags="S"), WAN
+    )
+    assert (refused[ICMP].type, refused[ICMP].code, refused[IP].src) == (3, 13, WAN_IP)
+    assert harness.nat.counters.refused == {"table-full": 1}
+
+
+def test_mid_stream_pickup_is_transitory_until_answered(harness: Harness) -> None:
+    start = harness.now
+    harness.send(LAN, IP(src=HOST, dst=SERVER) / TCP(sport=43200, dport=80, flags="A"))
+    harness.nat.tick(start + 241)
+    assert len(harness.nat.table) == 0
+    harness.now = start + 300
+    out = harness.one(LAN, IP(src=HOST, dst=SERVER) / TCP(sport=43200, dport=80, flags="A"), WAN)
+    answer = IP(src=SERVER, dst=WAN_IP) / TCP(sport=80, dport=out[TCP].sport, flags="A")
+    harness.one(WAN, answer, LAN)
+    harness.nat.tick(start + 300 + 7000)
+    assert len(harness.nat.table) == 1
+
+
+def test_parity_gives_way_before_a_flow_is_refused(demo_config: ApplianceConfig) -> None:
+    harness = make_harness(demo_config, port_first=20000, port_last=20003)
+    ports = {udp_out(harness, sport=5001 + 2 * i)[UDP].sport for i in range(4)}
+    assert ports == {20000, 20001, 20002, 20003}

@@ -1,0 +1,269 @@
+"""The benchmark's driver: topology, alternating runs, the table, the JSON file.
+
+Per run and per NAT, two phases, each on a freshly started NAT so that neither sees the other's
+state: first the table-scale workload, then the traffic workloads (ping first, while idle). For
+Linux, "fresh" means its conntrack table in the router namespace is flushed; for natvm, a new
+process. natvm runs ops-config.json with the table limits raised (``BENCH_LIMITS``): 100k
+mappings from one LAN host is above the default per-host limit, and the benchmark measures speed
+and memory, not the refusal of flows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from routers import REPO, HostAppliance, KernelNat
+from topology import Attach, Topology, session_prefix, topology
+
+from . import report
+from .mappings import DISCARD_PORT
+from .workloads import (
+    WORKLOADS,
+    BenchError,
+    Context,
+    Measurement,
+    Router,
+    Settings,
+    start_connection_server,
+)
+
+OUTPUT = REPO / "build" / "bench"
+BENCH_LIMITS = {"max_flows": 262144, "max_flows_per_host": 262144}
+DISCARD_RULES = f"""
+table ip natvm_bench {{
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        th dport {DISCARD_PORT} drop
+    }}
+}}
+"""
+TOOLS = ("ip", "nft", "iperf3", "ping", "ss", "ethtool")
+METHOD = {
+    "tcp": "iperf3 -c from lan-a to the WAN host, receiver's rate; slow start omitted",
+    "udp": "iperf3 -u from lan-a: the highest delivered rate with <1% loss, from a bisection of "
+    "the offered rate (first probe: the sender flat out; 'sender-bound' if that loses <1%); "
+    "delivered = datagrams reaching the WAN host's UDP layer (its SNMP counters)",
+    "conn": "Python epoll client in lan-a, 16 in flight, each connect + server FIN + client FIN",
+    "ping": "median RTT of ping -i 0.01 from lan-a to the WAN host after 3 warm-up pings",
+    "table": "mappings split evenly UDP/TCP-SYN from lan-a's ports, to a port the WAN host drops; "
+    "natvm: growth of the process's VmRSS; kernel: growth of the nf_conntrack slab "
+    "(/proc/slabinfo, machine-wide; excludes conntrack extensions and the hash table)",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Options:
+    runs: int = 3
+    quick: bool = False
+    workloads: tuple[str, ...] = tuple(WORKLOADS)
+
+
+def parse_workloads(text: str) -> tuple[str, ...]:
+    """``--workloads a,b`` in the canonical order; raises ValueError naming an unknown one."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = [name for name in names if name not in WORKLOADS]
+    if unknown:
+        raise ValueError(f"unknown workload {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+    return tuple(name for name in WORKLOADS if name in names) if names else tuple(WORKLOADS)
+
+
+def missing_tools() -> list[str]:
+    return [tool for tool in TOOLS if shutil.which(tool) is None]
+
+
+# --- the two NATs --------------------------------------------------------------------------
+
+
+def natvm_config(directory: Path) -> Path:
+    document = json.loads((REPO / "ops-config.json").read_text())
+    document["ManifestPassthrough"]["nat"].update(BENCH_LIMITS)
+    path = directory / "bench-config.json"
+    path.write_text(json.dumps(document, indent=2))
+    return path
+
+
+def flush_conntrack(topo: Topology) -> None:
+    code = "from pyroute2 import Conntrack; Conntrack().flush()"
+    topo.run(topo.router, sys.executable, "-c", code)
+
+
+def start_fresh(topo: Topology, kind: str, config: Path) -> HostAppliance | KernelNat:
+    """The NAT ``kind``, started with empty state."""
+    router: HostAppliance | KernelNat
+    if kind == "natvm":
+        router = HostAppliance(topo, config)
+    else:
+        flush_conntrack(topo)
+        router = KernelNat(topo)
+    router.start()
+    return router
+
+
+def memory(router: Router) -> int:
+    if isinstance(router, HostAppliance):
+        with open(f"/proc/{router.pid}/status") as status:
+            rss = [line for line in status if line.startswith("VmRSS:")]
+        if not rss:
+            raise BenchError(f"natvm (pid {router.pid}) has no VmRSS: it exited")
+        return int(rss[0].split()[1]) * 1024
+    with open("/proc/slabinfo") as slabinfo:
+        for line in slabinfo:
+            fields = line.split()
+            if fields[0] == "nf_conntrack":
+                return int(fields[2]) * int(fields[3])  # num_objs * objsize
+    raise BenchError("no nf_conntrack cache in /proc/slabinfo")
+
+
+# --- measuring -----------------------------------------------------------------------------
+
+
+def measure(ctx: Context, kind: str, names: tuple[str, ...], config: Path) -> dict[str, Any]:
+    """Every figure of ``names`` through NAT ``kind``: the table phase, then the traffic phase.
+
+    A NAT that dies is noted on the figure it died during and restarted for the next workload.
+    """
+    figures: dict[str, Any] = {}
+    traffic = tuple(name for name in names if name != "table")
+    for phase in [p for p in (("table",) if "table" in names else (), traffic) if p]:
+        router = start_fresh(ctx.topo, kind, config)
+        try:
+            for name in phase:
+                measured = _measure_one(ctx, kind, name, router)
+                if not router.alive():
+                    tail = " | ".join(router.output()[-3:])
+                    for figure in measured.values():
+                        figure["note"] += f" {kind} died; its last output: {tail}"
+                    router.stop()
+                    router = start_fresh(ctx.topo, kind, config)
+                figures.update(measured)
+        finally:
+            router.stop()
+    return figures
+
+
+def _measure_one(
+    ctx: Context, kind: str, name: str, router: HostAppliance | KernelNat
+) -> dict[str, Any]:
+    started = time.monotonic()
+    try:
+        measured = WORKLOADS[name](ctx, router)
+    except (BenchError, AssertionError, OSError, subprocess.SubprocessError, KeyError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        measured = {name: Measurement(None, f"failed: {first_line[:300]}")}
+    shown = ", ".join(f"{figure}={_short(m.value)}" for figure, m in measured.items())
+    print(f"    {kind:<6} {name:<8} {shown}  ({time.monotonic() - started:.1f} s)", flush=True)
+    return {figure: dataclasses.asdict(m) for figure, m in measured.items()}
+
+
+def _short(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
+
+
+def prepare(topo: Topology, settings: Settings) -> Context:
+    """The WAN host's discard port and the connection server, which also anchors WAN counters."""
+    subprocess.run(
+        ["ip", "netns", "exec", topo.wan.ns, "nft", "-f", "-"],
+        input=DISCARD_RULES, text=True, check=True, timeout=30,
+    )  # fmt: skip
+    anchor = start_connection_server(topo)
+    return Context(topo, settings, anchor.pid, memory)
+
+
+def bench(options: Options, say: Callable[[str], None] = print) -> Path:
+    """Run the benchmark, print the table, write the JSON; returns the JSON's path."""
+    started, clock, load_before = datetime.now(UTC), time.monotonic(), os.getloadavg()[0]
+    settings = Settings.quick() if options.quick else Settings()
+    runs: list[dict[str, Any]] = []
+    say(f"natvm bench: {options.runs} run(s) of {', '.join(options.workloads)}"
+        f"{' (quick)' if options.quick else ''}; Linux NAT vs natvm, alternating")  # fmt: skip
+    with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="natvm-bench-") as tmp:
+        config = natvm_config(Path(tmp))
+        with topology(session_prefix(), Attach.VETH) as topo:
+            ctx = prepare(topo, settings)
+            for number in range(options.runs):
+                order = ("kernel", "natvm") if number % 2 == 0 else ("natvm", "kernel")
+                say(f"  run {number + 1}/{options.runs}")
+                run: dict[str, Any] = {"order": list(order)}
+                for kind in order:
+                    run[kind] = measure(ctx, kind, options.workloads, config)
+                runs.append(run)
+    seconds, load = time.monotonic() - clock, (load_before, os.getloadavg()[0])
+    path = _write(_document(options, settings, started, seconds, load, runs), started)
+    say("")
+    say(report.table(runs))
+    say("")
+    for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in METHOD.items())]:
+        say(f"  {line}")
+    say(
+        f"  machine: {os.cpu_count()} CPUs; 1-min load average {load[0]:.1f} before, "
+        f"{load[1]:.1f} after (other processes compete with the benchmark when it is high)"
+    )
+    say(f"took {seconds:.0f} s; wrote {path.relative_to(REPO)}")
+    return path
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C does, so every ``finally`` removes what it made."""
+    owner = os.getpid()
+
+    def unwind(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            # A forked helper (pyroute2 forks to create namespaces) must just die, as it would
+            # without this handler, not run the rest of the benchmark.
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, unwind)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _document(
+    options: Options,
+    settings: Settings,
+    started: datetime,
+    seconds: float,
+    load: tuple[float, float],
+    runs: list[Any],
+) -> dict[str, Any]:
+    return {
+        "started": started.isoformat(timespec="seconds"),
+        "seconds": round(seconds, 1),
+        "options": dataclasses.asdict(options),
+        "settings": dataclasses.asdict(settings),
+        "machine": {
+            "kernel": platform.release(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_average_before_after": load,
+        },
+        "natvm_limits": BENCH_LIMITS,
+        "method": METHOD,
+        "runs": runs,
+        "summary": report.summary(runs),
+    }
+
+
+def _write(document: dict[str, Any], started: datetime) -> Path:
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    path = OUTPUT / f"{started.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(document, indent=1) + "\n")
+    return path

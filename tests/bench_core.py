@@ -1,0 +1,148 @@
+"""How many packets a second the pure core translates on this machine: a figure, not a test.
+
+    python tests/bench_core.py [--flows 1000] [--packets 200000] [--runs 3]
+
+The engine gets resolved neighbours and `--flows` open flows per protocol first; then each
+workload hands it `--packets` prebuilt frames (cycling over the flows' frames) and is timed with
+`time.perf_counter`, best of `--runs`. Every frame must come out translated, or the run fails.
+Frames are built with scapy, so the figures cover only `Nat.handle`.
+"""
+
+import argparse
+import platform
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
+from scapy.layers.l2 import Ether  # noqa: E402
+
+from appliance.config import load_config  # noqa: E402
+from appliance.engine import Nat, Side  # noqa: E402
+from appliance.packet import ARP_REPLY, build_arp_frame  # noqa: E402
+
+WAN_MAC, LAN_MAC, GATEWAY_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:01:01"
+SERVER = "198.51.100.10"
+PAYLOAD = bytes(range(64))
+NOW = 1000.0
+HOSTS = 50  # flows are spread over this many LAN hosts, 10.77.0.100 and up
+
+
+def mac(text: str) -> bytes:
+    return bytes.fromhex(text.replace(":", ""))
+
+
+def host(index: int) -> str:
+    return f"10.77.0.{100 + index % HOSTS}"
+
+
+def host_mac(index: int) -> str:
+    return f"02:00:00:00:04:{index % HOSTS:02x}"
+
+
+def resolved_nat() -> Nat:
+    """An engine whose gateway and LAN hosts answered ARP already."""
+    config = load_config(ROOT / "ops-config.json")
+    nat = Nat(config, mac(WAN_MAC), mac(LAN_MAC))
+    wan_ip, lan_ip = config.wan.address.ip.packed, config.lan.address.ip.packed
+    assert config.wan.gateway is not None
+    gateway = build_arp_frame(
+        ARP_REPLY, mac(GATEWAY_MAC), config.wan.gateway.packed, mac(WAN_MAC), wan_ip
+    )
+    nat.handle(Side.WAN, gateway, NOW)
+    for index in range(HOSTS):
+        address = bytes(map(int, host(index).split(".")))
+        frame = build_arp_frame(ARP_REPLY, mac(host_mac(index)), address, mac(LAN_MAC), lan_ip)
+        nat.handle(Side.LAN, frame, NOW)
+    return nat
+
+
+def lan_frame(index: int, l4: object) -> bytes:
+    return bytes(Ether(dst=LAN_MAC, src=host_mac(index)) / IP(src=host(index), dst=SERVER) / l4)
+
+
+def wan_frame(wan_ip: str, l4: object) -> bytes:
+    return bytes(Ether(dst=WAN_MAC, src=GATEWAY_MAC) / IP(src=SERVER, dst=wan_ip) / l4)
+
+
+def one_out(nat: Nat, side: Side, frame: bytes) -> bytes:
+    out = nat.handle(side, frame, NOW)
+    if len(out) != 1:
+        raise SystemExit(f"setup: expected one frame, got {len(out)}: {nat.counters.drops}")
+    return out[0][1]
+
+
+def source_port(frame: bytes) -> int:
+    header_len = (frame[14] & 0x0F) * 4
+    return int.from_bytes(frame[14 + header_len : 16 + header_len], "big")
+
+
+def workloads(nat: Nat, flows: int) -> dict[str, tuple[Side, list[bytes]]]:
+    """Open `flows` UDP and TCP flows, and return each workload's frames."""
+    wan_ip = str(nat.config.wan.address.ip)
+    udp_out, udp_in, tcp_out, tcp_in = [], [], [], []
+    for index in range(flows):
+        port = 20000 + index
+        first = lan_frame(index, UDP(sport=port, dport=53) / PAYLOAD)
+        ext = source_port(one_out(nat, Side.LAN, first))
+        udp_out.append(first)
+        udp_in.append(wan_frame(wan_ip, UDP(sport=53, dport=ext) / PAYLOAD))
+        syn = lan_frame(index, TCP(sport=port, dport=80, flags="S", seq=1))
+        ext = source_port(one_out(nat, Side.LAN, syn))
+        one_out(nat, Side.WAN, wan_frame(wan_ip, TCP(sport=80, dport=ext, flags="SA", ack=2)))
+        tcp_out.append(lan_frame(index, TCP(sport=port, dport=80, flags="A", seq=2) / PAYLOAD))
+        tcp_in.append(wan_frame(wan_ip, TCP(sport=80, dport=ext, flags="A", ack=66) / PAYLOAD))
+    return {
+        "UDP out (64 B payload)": (Side.LAN, udp_out),
+        "UDP in (replies)": (Side.WAN, udp_in),
+        "TCP out (ACK + 64 B)": (Side.LAN, tcp_out),
+        "TCP in (ACK + 64 B)": (Side.WAN, tcp_in),
+    }
+
+
+def timed(nat: Nat, side: Side, frames: list[bytes]) -> float:
+    handle = nat.handle
+    sent = nat.counters.frames_out[Side.LAN] + nat.counters.frames_out[Side.WAN]
+    start = time.perf_counter()
+    for frame in frames:
+        handle(side, frame, NOW)
+    elapsed = time.perf_counter() - start
+    out = nat.counters.frames_out[Side.LAN] + nat.counters.frames_out[Side.WAN] - sent
+    if out != len(frames):
+        raise SystemExit(f"only {out} of {len(frames)} frames came out: {nat.counters.drops}")
+    return elapsed
+
+
+def best_of(runs: int, run: Callable[[], float]) -> float:
+    return min(run() for _ in range(runs))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--flows", type=int, default=1000, help="open flows per protocol")
+    parser.add_argument("--packets", type=int, default=200_000, help="frames per timed run")
+    parser.add_argument("--runs", type=int, default=3, help="timed runs per workload (best kept)")
+    args = parser.parse_args()
+    nat = resolved_nat()
+    setup = time.perf_counter()
+    loads = workloads(nat, args.flows)
+    print(
+        f"Python {platform.python_version()} ({platform.python_implementation()}) "
+        f"on {platform.machine()}, {platform.processor() or platform.system()}; "
+        f"{args.flows} flows per protocol, {args.packets} frames per run, best of {args.runs} "
+        f"(setup {time.perf_counter() - setup:.1f} s)"
+    )
+    print(f"{'workload':<24} {'packets/s':>12} {'µs/packet':>10}")
+    for name, (side, frames) in loads.items():
+        stream = (frames * (args.packets // len(frames) + 1))[: args.packets]
+        elapsed = best_of(args.runs, lambda: timed(nat, side, stream))  # noqa: B023
+        rate = len(stream) / elapsed
+        print(f"{name:<24} {rate:>12,.0f} {1e6 / rate:>10.2f}")
+
+
+if __name__ == "__main__":
+    main()

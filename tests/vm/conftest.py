@@ -1,0 +1,80 @@
+"""VM tier: the built image under QEMU in the router namespace, its two NICs on taps.
+
+The same topology and traffic checks as the namespace tier; the image is built once per session
+into a directory of the session's own, and one VM serves every traffic test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from imagebuild import build_image
+from routers import Nat, VmAppliance
+from services import Services, running_services
+from topology import Attach, Topology, session_prefix
+from topology import topology as built_topology
+
+from image import qemu
+from image.build import Build
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    return build_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def accel(image: Build, request: pytest.FixtureRequest) -> str:
+    """KVM if a guest really boots with it, else TCG; said in the test output either way."""
+    chosen = qemu.choose_accel(image.out / "vmlinuz")
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"VM tier accelerator: {chosen.upper()}")
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def topology(required_tools: None) -> Iterator[Topology]:
+    with built_topology(session_prefix() + "vm-", Attach.TAP) as topo:
+        yield topo
+
+
+@pytest.fixture(scope="session")
+def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
+        yield started
+
+
+@pytest.fixture(scope="session")
+def nat(
+    topology: Topology, image: Build, accel: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Nat]:
+    machine = qemu.Machine(
+        image.out / "vmlinuz",
+        image.out / "initramfs",
+        memory_mib=128,
+        cpus=1,
+        taps=(topology.appliance_wan, topology.appliance_lan),
+        accel=accel,
+    )
+    vm = VmAppliance(topology, machine, tmp_path_factory.mktemp("qemu") / "monitor.sock")
+    try:
+        vm.start()
+        yield vm
+    finally:
+        vm.stop()
+
+
+@pytest.fixture(autouse=True)
+def nat_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Traffic tests start and end with the VM running; a death is blamed on the test
+    that saw it."""
+    if "nat" not in request.fixturenames:
+        yield
+        return
+    nat: Nat = request.getfixturevalue("nat")
+    assert nat.alive(), "the VM was dead before this test"
+    yield
+    tail = "\n".join(nat.output()[-20:])
+    assert nat.alive(), f"the VM died during this test; its console's last lines:\n{tail}"
