@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from imagebuild import build_image
 from topology import SERVER_A, Attach, Topology, session_prefix, stop_process, topology
 
 from image import build, qemu
@@ -70,11 +69,8 @@ class Vm:
         stop_process(self.process)
 
 
-@pytest.fixture(scope="module")
-def image(tmp_path_factory: pytest.TempPathFactory) -> build.Build:
-    return build_image(tmp_path_factory.mktemp("image"))
-
-
+# `image` is the VM tier's session build (tests/vm/conftest.py); the boot tests get namespaces
+# of their own, so that the crash test cannot disturb the VM the traffic tests share.
 @pytest.fixture(scope="module")
 def wired() -> Iterator[Topology]:
     with topology(session_prefix() + "boot-", Attach.TAP) as built:
