@@ -46,6 +46,8 @@ import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from pyroute2 import IPRoute, netns
 from scapy.layers.l2 import Ether
@@ -103,27 +105,30 @@ class Topology:
         return [self.router, self.wan.ns, self.lan_a.ns, self.lan_b.ns]
 
     def run(
-        self, ns: str, *argv: str, timeout: float = 30, check: bool = True
+        self, ns: str, *argv: str, timeout: float = 30, check: bool = True, cwd: Path | None = None
     ) -> subprocess.CompletedProcess[str]:
         """Run a command to completion in namespace ``ns``; a failure names the whole command."""
         command = ["ip", "netns", "exec", ns, *argv]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd)
         if check and result.returncode != 0:
             raise AssertionError(
                 f"{shlex.join(command)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
             )
         return result
 
-    def spawn(self, ns: str, *argv: str, **popen_args: object) -> subprocess.Popen[bytes]:
+    def spawn(self, ns: str, *argv: str, **popen_args: Any) -> subprocess.Popen[bytes]:
         """Start a long-running process in ``ns``; ``destroy`` ends it if the caller does not."""
         # `ip netns exec` execs the command, so the Popen's pid is the command's own.
-        process = subprocess.Popen(["ip", "netns", "exec", ns, *argv], **popen_args)  # type: ignore[call-overload]
+        process: subprocess.Popen[bytes] = subprocess.Popen(
+            ["ip", "netns", "exec", ns, *argv], **popen_args
+        )
         self.processes.append(process)
         return process
 
     def socket(self, ns: str, family: int, kind: int, proto: int = 0) -> socket.socket:
         """A socket living in namespace ``ns``, usable from this process."""
-        return netns.create_socket(ns, family, kind, proto, flags=0)
+        sock: socket.socket = netns.create_socket(ns, family, kind, proto, flags=0)
+        return sock
 
     def destroy(self) -> None:
         """End the processes, then remove the namespaces (and with them every link)."""
@@ -316,6 +321,9 @@ def neighbour_mac(ns: str, address: str) -> str:
     raise AssertionError(f"{ns} has no neighbour entry for {address}")
 
 
+Until = Callable[[list[Ether]], object]
+
+
 class Capture:
     """Every frame seen on one interface of one namespace from the moment this is created.
 
@@ -332,8 +340,8 @@ class Capture:
         self._sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
         self._sock.bind((ifname, ETH_P_ALL))
         self._sock.setblocking(False)
-        self._received: list[bytes] = []
-        self._sent: list[bytes] = []
+        self._received: list[Ether] = []
+        self._sent: list[Ether] = []
 
     def __enter__(self) -> Capture:
         return self
@@ -347,12 +355,11 @@ class Capture:
     def _drain(self, wait: float) -> None:
         while select.select([self._sock], [], [], wait)[0]:
             data, address = self._sock.recvfrom(65536)
-            (self._sent if address[2] == PACKET_OUTGOING else self._received).append(data)
+            frames = self._sent if address[2] == PACKET_OUTGOING else self._received
+            frames.append(Ether(data))
             wait = 0
 
-    def received(
-        self, until: Callable[[list[Ether]], object] | None = None, timeout: float = 3.0
-    ) -> list[Ether]:
+    def received(self, until: Until | None = None, timeout: float = 3.0) -> list[Ether]:
         """Frames that arrived on the interface: until ``until(frames)`` holds or ``timeout``.
 
         Without ``until`` it waits the whole ``timeout``: that is how a test shows that
@@ -360,24 +367,16 @@ class Capture:
         """
         return self._collect(self._received, until, timeout)
 
-    def sent(
-        self, until: Callable[[list[Ether]], object] | None = None, timeout: float = 3.0
-    ) -> list[Ether]:
+    def sent(self, until: Until | None = None, timeout: float = 3.0) -> list[Ether]:
         """Frames the namespace sent out of the interface; same waiting rule as ``received``."""
         return self._collect(self._sent, until, timeout)
 
-    def _collect(
-        self,
-        frames: list[bytes],
-        until: Callable[[list[Ether]], object] | None,
-        timeout: float,
-    ) -> list[Ether]:
+    def _collect(self, frames: list[Ether], until: Until | None, timeout: float) -> list[Ether]:
         deadline = time.monotonic() + timeout
         while True:
             self._drain(min(0.05, max(0.0, deadline - time.monotonic())))
-            parsed = [Ether(frame) for frame in frames]
-            if (until is not None and until(parsed)) or time.monotonic() >= deadline:
-                return parsed
+            if (until is not None and until(frames)) or time.monotonic() >= deadline:
+                return list(frames)
 
 
 def inject(ns: str, ifname: str, frames: Iterable[bytes]) -> int:

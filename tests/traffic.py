@@ -24,6 +24,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from routers import Nat
@@ -51,6 +52,7 @@ FORWARD_TCP = 8080
 FORWARD_UDP = 5353
 REPLY_TIMEOUT = 3.0
 QUIET = 1.0  # how long a capture watches to show that nothing arrives
+COUNTER_WAIT = 15.0  # the image logs its stats line every 10 s (the host process every second)
 CHECKSUMMED = (IP, TCP, UDP, ICMP, IPerror, TCPerror, UDPerror)
 Frames = list[Ether]
 
@@ -95,7 +97,7 @@ def lan_addresses_in(frames: Frames) -> list[str]:
     return [a for a in found if ipaddress.ip_address(a) in lan]
 
 
-def bad_checksums(frame: Ether) -> list[str]:
+def bad_checksums(frame: Packet) -> list[str]:
     """Names of the layers whose checksum scapy computes differently (quoted layers included)."""
     bad = []
     for depth, layer in enumerate(_layers(frame)):
@@ -464,7 +466,7 @@ def malformed_frames(
         raw(ip / ICMP(type=3, code=3, chksum=0x1234) / quoted),
         raw(ip / ICMP(type=11)),
     ]
-    bogus_headers: list[dict[str, object]] = [
+    bogus_headers: list[dict[str, Any]] = [
         {"chksum": 0x1234},
         {"ihl": 3},
         {"ihl": 15},
@@ -517,7 +519,11 @@ def check_malformed_burst(topo: Topology, nat: Nat) -> None:
     if dropped_before is not None:
         # Nearly every frame is invalid; half is a floor that no counting bug gets past.
         floor = dropped_before + 3 * (len(from_lan) + len(from_wan)) // 2
-        wait_for(lambda: (nat.dropped() or 0) >= floor, f"the drop counter to reach {floor}")
+        wait_for(
+            lambda: (nat.dropped() or 0) >= floor,
+            f"the drop counter to reach {floor}",
+            timeout=COUNTER_WAIT,
+        )
     check_ping_lan_to_wan(topo)
     check_udp_endpoint_independent_mapping(topo)
     assert nat.alive()

@@ -197,9 +197,10 @@ def udp_rate(length: int) -> Callable[[Context, Router], dict[str, Measurement]]
 
 def _probe_details(probes: list[Probe]) -> dict[str, Any]:
     rows = [
-        [round(p.offered_pps), round(p.delivered_pps), round(p.loss_percent, 2)] for p in probes
+        [round(p.offered_pps), round(p.delivered_pps), round(p.loss_percent, 2), p.receiver_drops]
+        for p in probes
     ]
-    return {"probes [offered pps, delivered pps, loss %]": rows}
+    return {"probes [offered pps, delivered pps, loss %, receiver buffer drops]": rows}
 
 
 # --- connections, ping ---------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 import pytest
 import traffic
-from routers import Nat
+from routers import REPO, HostAppliance, Nat
 from topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -10,3 +10,16 @@ pytestmark = pytest.mark.netns
 
 def test_malformed_burst(topology: Topology, nat: Nat) -> None:
     traffic.check_malformed_burst(topology, nat)
+
+
+def test_missing_interface_is_one_clear_line(
+    topology: Topology, nat: Nat, appliance_only: None
+) -> None:
+    """A missing interface ends the program non-zero with one line naming it, no traceback."""
+    assert isinstance(nat, HostAppliance)
+    command = [*nat.command]
+    command[command.index("--wan") + 1] = "nosuch0"
+    result = topology.run(topology.router, *command, check=False, cwd=REPO)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode != 0
+    assert len(lines) == 1 and "nosuch0" in lines[0], lines
