@@ -382,15 +382,19 @@ class Nat:
 
     def _translate_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
         """Inbound translation of a packet to the WAN address (from the WAN, or hairpinned)."""
-        if not hairpin and ip.ttl <= 1:
-            self._icmp_error(Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
-            return
         if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
             self._error_in(ip, now, hairpin)
             return
         if ip.proto == ICMP and ip.buf[ip.header_len] != ICMP_ECHO_REPLY:
             raise Drop("unsupported-icmp")
         ext_port, remote_port, flags = _reply_ports(ip)
+        if not hairpin and ip.ttl <= 1:
+            # Filter first, without refreshing: an expiring probe at a closed port must meet the
+            # same silence as any other unsolicited packet.
+            if not self.table.admits(ip.proto, ext_port, ip.src, remote_port, flags):
+                raise Drop("filtered")
+            self._icmp_error(Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
+            return
         try:
             session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
         except TableFull as refusal:

@@ -247,6 +247,19 @@ class FlowTable:
         self._touch(session, now, tcp_flags, outbound=False)
         return session
 
+    def admits(
+        self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int, tcp_flags: int
+    ) -> bool:
+        """Whether `inbound` would let this packet through; changes nothing."""
+        mapping = self.by_external.get((proto, ext_port))
+        if mapping is not None and (remote_addr, remote_port) in mapping.sessions:
+            return True
+        if proto == TCP and not tcp_flags & TCP_SYN:
+            return False
+        if mapping is None:
+            return self._forward_for_external(proto, ext_port) is not None
+        return self._admits(mapping, remote_addr)
+
     def _inbound_session(
         self,
         proto: int,

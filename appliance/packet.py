@@ -101,6 +101,10 @@ def parse_ipv4(buf: bytearray) -> Ipv4:
         raise Drop("bad-ip-total-length")
     if ones_sum(memoryview(buf)[:header_len]) != 0xFFFF:
         raise Drop("bad-ip-checksum")
+    if header_len > 20 and _has_source_route(buf, header_len):
+        # Source routing lets a sender steer replies through hosts of its choosing; routers drop
+        # it by default (RFC 7126 4.3, Linux's accept_source_route=0), and so does the appliance.
+        raise Drop("source-routed")
     del buf[total_len:]
     flags_offset, ident = (buf[6] << 8) | buf[7], (buf[4] << 8) | buf[5]
     if flags_offset & 0x8000:
@@ -108,6 +112,26 @@ def parse_ipv4(buf: bytearray) -> Ipv4:
     return Ipv4(
         buf, header_len, buf[9], bytes(buf[12:16]), bytes(buf[16:20]), buf[8], flags_offset, ident
     )
+
+
+_LSRR, _SSRR = 0x83, 0x89
+
+
+def _has_source_route(buf: bytearray, header_len: int) -> bool:
+    i = 20
+    while i < header_len:
+        kind = buf[i]
+        if kind == 0:
+            return False
+        if kind == 1:
+            i += 1
+            continue
+        if kind in (_LSRR, _SSRR):
+            return True
+        if i + 1 >= header_len or buf[i + 1] < 2:
+            return False  # a malformed option list: nothing routes on it
+        i += buf[i + 1]
+    return False
 
 
 _L4_MIN_LEN = {TCP: 20, UDP: 8, ICMP: 8}

@@ -1,6 +1,6 @@
 """How many packets a second the pure core translates on this machine: a figure, not a test.
 
-    python tests/bench_core.py [--flows 1000] [--packets 200000] [--runs 3]
+    python tests/bench_core.py [--flows 1000] [--packets 100000] [--runs 3]
 
 The engine gets resolved neighbours and `--flows` open flows per protocol first; then each
 workload hands it `--packets` prebuilt frames (cycling over the flows' frames) and is timed with
@@ -124,7 +124,7 @@ def best_of(runs: int, run: Callable[[], float]) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--flows", type=int, default=1000, help="open flows per protocol")
-    parser.add_argument("--packets", type=int, default=200_000, help="frames per timed run")
+    parser.add_argument("--packets", type=int, default=100_000, help="frames per timed run")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per workload (best kept)")
     args = parser.parse_args()
     nat = resolved_nat()

@@ -2,12 +2,12 @@
 
 - ``HostAppliance``: the appliance as a host process (``python -m appliance``), the netns tier.
 - ``VmAppliance``: the built image under QEMU, on the topology's taps, the VM tier.
-- ``KernelNat``: Linux's own NAT (nftables) on the same two interfaces. It is a reference, not a
-  product: it validates the topology and the tests themselves (``NATVM_TEST_REFERENCE=kernel``),
-  and is the baseline for benchmarks. Its filtering is address-and-port-dependent, so the tests
-  of address-dependent filtering do not apply to it.
+- ``KernelNat``: Linux's own NAT (nftables) on the host mode's two interfaces. A reference, not
+  a product: it validates the topology and the tests (``NATVM_TEST_REFERENCE=kernel``) and is a
+  baseline for benchmarks. Its filtering is address-and-port-dependent, so the test of
+  address-dependent filtering does not apply to it.
 
-Both offer the interface of ``Nat``; the VM tier's booted image offers it too.
+All three offer the interface of ``Nat``.
 """
 
 from __future__ import annotations

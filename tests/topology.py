@@ -187,10 +187,15 @@ def build(prefix: str, attach: Attach) -> Topology:
 
 
 def remove_stale_namespaces() -> None:
-    """Remove namespaces left by test sessions whose process is gone (a crash, a kill -9)."""
+    """Remove namespaces left by test sessions whose process is gone (a crash, a kill -9),
+    after killing the processes that session had started in them."""
     for name in netns.listnetns():
         match = SESSION_PREFIX_PATTERN.match(name)
         if match and not os.path.exists(f"/proc/{match.group(1)}"):
+            pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
+            for pid in pids.stdout.split():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(int(pid), signal.SIGKILL)
             netns.remove(name)
 
 

@@ -30,6 +30,7 @@ from scapy.layers.inet import (
     UDP,
     ICMPerror,
     IPerror,
+    IPOption_LSRR,
     IPOption_RR,
     TCPerror,
     UDPerror,
@@ -749,3 +750,14 @@ def test_parity_gives_way_before_a_flow_is_refused(demo_config: ApplianceConfig)
     harness = make_harness(demo_config, port_first=20000, port_last=20003)
     ports = {udp_out(harness, sport=5001 + 2 * i)[UDP].sport for i in range(4)}
     assert ports == {20000, 20001, 20002, 20003}
+
+
+def test_expiring_probe_at_a_closed_port_meets_silence(harness: Harness) -> None:
+    harness.nothing(WAN, IP(src=SERVER, dst=WAN_IP, ttl=1) / UDP(sport=53, dport=33333))
+    assert harness.dropped("filtered") == 1
+
+
+def test_source_routed_packets_are_dropped(harness: Harness) -> None:
+    routed = IP(src=HOST, dst=SERVER, options=[IPOption_LSRR(routers=[SERVER2])])
+    harness.nothing(LAN, routed / UDP(sport=5000, dport=53))
+    assert harness.dropped("source-routed") == 1

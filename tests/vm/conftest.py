@@ -28,9 +28,11 @@ def image(tmp_path_factory: pytest.TempPathFactory) -> Build:
 def accel(image: Build, request: pytest.FixtureRequest) -> str:
     """KVM if a guest really boots with it, else TCG; said in the test output either way."""
     chosen = qemu.choose_accel(image.out / "vmlinuz")
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"VM tier accelerator: {chosen.upper()}")
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():  # setup output is captured otherwise
+            reporter.write_line(f"VM tier accelerator: {chosen.upper()}")
     return chosen
 
 
