@@ -14,7 +14,7 @@ from image import qemu
 
 NAME = "natvm"
 XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
-XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet")
+XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)  # LEAN: see qemu.py
 QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"
 
 

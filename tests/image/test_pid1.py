@@ -33,3 +33,35 @@ def test_sysctls_missing_from_the_kernel_are_skipped(tmp_path: Path) -> None:
 def test_memory_summary_reads_meminfo() -> None:
     meminfo = "MemTotal:         102400 kB\nMemFree:  1 kB\nMemAvailable:      51200 kB\n"
     assert init.memory_summary(meminfo) == "50/100 MiB available"
+
+
+def test_memory_breakdown_names_where_the_memory_went() -> None:
+    meminfo = "MemTotal: 40960 kB\nMemFree: 4096 kB\nShmem: 10240 kB\nSlab: 6144 kB\n"
+    status = "Name:\tinit\nVmRSS:\t 14000 kB\nRssAnon:\t 8192 kB\n"
+    assert init.memory_breakdown(meminfo, status) == (
+        "MemTotal=40.0 MemFree=4.0 Shmem=10.0 Slab=6.0 RssAnon=8.0 MiB"
+    )
+
+
+def test_only_bytecode_of_imported_modules_in_the_image_is_released(tmp_path: Path) -> None:
+    class Module:
+        def __init__(self, file: str | None) -> None:
+            self.__file__ = file
+
+    modules = [
+        Module("/usr/lib/python3.11/re/__init__.pyc"),
+        Module("/opt/natvm/appliance/shell.pyc"),
+        Module("/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"),
+        Module("/home/dev/natvm/appliance/shell.pyc"),  # not the image's
+        Module(None),
+        object(),  # builtins have no __file__
+    ]
+    assert init.releasable_files(modules) == [
+        "/opt/natvm/appliance/shell.pyc",
+        "/usr/lib/python3.11/re/__init__.pyc",
+    ]
+    kept, gone = tmp_path / "kept.pyc", tmp_path / "gone.pyc"
+    kept.write_bytes(b"k")
+    gone.write_bytes(b"12345")
+    assert init.release_files([str(gone), str(tmp_path / "missing.pyc")]) == 5
+    assert kept.exists() and not gone.exists()
