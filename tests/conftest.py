@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 pytest.register_assert_rewrite("traffic")
 
+from routers import Nat  # noqa: E402
 from topology import session_prefix  # noqa: E402
 
 TOOLS = ("ip", "ethtool", "nft", "ping", "curl", "dig", "dnsmasq", "traceroute", "iperf3", "ss")
@@ -47,3 +49,17 @@ def required_tools() -> None:
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(f"missing tools: {', '.join(missing)} (install them as .ci/run does)")
+
+
+@pytest.fixture(autouse=True)
+def nat_alive(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Every traffic test (netns or vm tier) starts and ends with what forwards alive; a death
+    is blamed on the test that saw it."""
+    if "nat" not in request.fixturenames:
+        yield
+        return
+    nat: Nat = request.getfixturevalue("nat")
+    assert nat.alive(), f"the NAT ({nat.kind}) was dead before this test"
+    yield
+    tail = "\n".join(nat.output()[-20:])
+    assert nat.alive(), f"the NAT ({nat.kind}) died during this test; its last output:\n{tail}"

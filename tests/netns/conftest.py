@@ -47,20 +47,6 @@ def nat(topology: Topology) -> Iterator[Nat]:
     assert status == 0, f"exit status {status} on SIGTERM; output:\n" + "\n".join(router.output())
 
 
-@pytest.fixture(autouse=True)
-def nat_alive(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Every traffic test starts and ends with the NAT alive; a death is blamed on the test
-    that saw it."""
-    if "nat" not in request.fixturenames:
-        yield
-        return
-    nat: Nat = request.getfixturevalue("nat")
-    assert nat.alive(), "the NAT was dead before this test"
-    yield
-    tail = "\n".join(nat.output()[-20:])
-    assert nat.alive(), f"the NAT died during this test; its last output:\n{tail}"
-
-
 @pytest.fixture
 def appliance_only(nat: Nat) -> None:
     """Skip what only the appliance does, when the kernel reference forwards instead."""

@@ -66,17 +66,3 @@ def nat(
         yield vm
     finally:
         vm.stop()
-
-
-@pytest.fixture(autouse=True)
-def nat_alive(request: pytest.FixtureRequest) -> Iterator[None]:
-    """Traffic tests start and end with the VM running; a death is blamed on the test
-    that saw it."""
-    if "nat" not in request.fixturenames:
-        yield
-        return
-    nat: Nat = request.getfixturevalue("nat")
-    assert nat.alive(), "the VM was dead before this test"
-    yield
-    tail = "\n".join(nat.output()[-20:])
-    assert nat.alive(), f"the VM died during this test; its console's last lines:\n{tail}"
