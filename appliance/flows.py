@@ -279,6 +279,28 @@ class FlowTable:
             mapping = self._insert_mapping(proto, int_addr, lan_port, ext_port, forwarded=True)
         return self._new_session(mapping, remote_addr, remote_port)
 
+    def refresh_steady(
+        self, mapping: Mapping, remote_addr: bytes, remote_port: int, now: float
+    ) -> bool:
+        """Refresh the existing session of a packet that changes no state, for the engine's fast
+        path: a UDP session, or an established TCP one (the caller has checked that the segment
+        carries no SYN, FIN or RST, so `_TCP_TRANSITIONS` keeps ESTABLISHED either way). False,
+        touching nothing, when `outbound`/`inbound` must decide."""
+        session = mapping.sessions.get((remote_addr, remote_port))
+        if session is None:
+            return False
+        proto = mapping.proto
+        if proto == UDP:
+            expires = now + self._timeouts[UDP]
+        elif proto == TCP and session.state is TcpState.ESTABLISHED:
+            expires = now + self._tcp_established
+        else:
+            return False
+        session.expires = expires
+        if session.due == 0.0 or expires < session.due:
+            self._queue(session, expires)
+        return True
+
     def find_external(
         self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int
     ) -> Session | None:
