@@ -480,7 +480,7 @@ class Nat:
             raise Drop("icmp-error-mismatch")
         int_port, remote_port = _embedded_ports(inner, receiver=True)
         mapping = self.table.find_internal(inner.proto, inner.dst, int_port)
-        if mapping is None or (inner.src, remote_port) not in mapping.sessions:
+        if mapping is None or mapping.session(inner.src, remote_port) is None:
             raise Drop("icmp-error-no-mapping")
         _rewrite_embedded(ip, inner, 16, self.wan_ip, _dst_port_offset(inner), mapping.ext_port)
         _rewrite_endpoint(ip, 12, self.wan_ip, None, 0)

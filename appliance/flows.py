@@ -93,30 +93,63 @@ def tcp_event(flags: int, outbound: bool) -> TcpEvent:
     return TcpEvent.OUT_OTHER if outbound else TcpEvent.IN_OTHER
 
 
-class Mapping:
-    __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "proto", "sessions")
-
-    def __init__(
-        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
-    ) -> None:
-        self.proto = proto
-        self.int_addr = int_addr
-        self.int_port = int_port
-        self.ext_port = ext_port
-        self.forwarded = forwarded
-        self.sessions: dict[tuple[bytes, int], Session] = {}
-
-
 class Session:
+    """One remote endpoint of a mapping, with its TCP state and idle timer."""
+
     __slots__ = ("due", "expires", "mapping", "remote_addr", "remote_port", "state")
 
-    def __init__(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> None:
-        self.mapping = mapping
+    mapping: "Mapping"
+
+    def __init__(self, remote_addr: bytes, remote_port: int) -> None:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self.state = TcpState.NONE
         self.expires = 0.0
         self.due = 0.0  # the time of this session's entry in the expiry heap
+
+    def __lt__(self, other: "Session") -> bool:
+        # Heap entries are (due, session): sessions due at the same time are in no order.
+        return False
+
+
+_VACANT = b""  # the remote address of a mapping whose own session slot is free
+
+
+class Mapping(Session):
+    """An internal endpoint bound to an external port, and its sessions.
+
+    Most mappings only ever have one session, so a mapping *is* its first session (it inherits
+    the session's fields; `mapping.mapping is mapping`), and further sessions, rare, sit in
+    `others`. That saves a dict, a key tuple and an object per mapping (the table's memory is
+    one of the appliance's figures). When the mapping's own session goes while others live, its
+    slot is vacant (`remote_addr` is `_VACANT`, which no 4-byte address equals) until the next
+    new session fills it.
+    """
+
+    __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "others", "proto")
+
+    def __init__(
+        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
+    ) -> None:
+        super().__init__(_VACANT, 0)
+        self.mapping = self
+        self.proto = proto
+        self.int_addr = int_addr
+        self.int_port = int_port
+        self.ext_port = ext_port
+        self.forwarded = forwarded
+        self.others: dict[tuple[bytes, int], Session] | None = None
+
+    def session(self, remote_addr: bytes, remote_port: int) -> Session | None:
+        """The session with that remote endpoint, if there is one."""
+        if self.remote_port == remote_port and self.remote_addr == remote_addr:
+            return self
+        others = self.others
+        return None if others is None else others.get((remote_addr, remote_port))
+
+    def sessions(self) -> list[Session]:
+        own: list[Session] = [] if self.remote_addr is _VACANT else [self]
+        return own + list(self.others.values()) if self.others else own
 
 
 class TableFull(Exception):
@@ -189,8 +222,7 @@ class FlowTable:
         self.by_external: dict[tuple[int, int], Mapping] = {}
         self.sessions_per_host: dict[bytes, int] = {}
         self.session_count = 0
-        self._heap: list[tuple[float, int, Session]] = []
-        self._heap_seq = 0
+        self._heap: list[tuple[float, Session]] = []
         self._resting: deque[tuple[float, int, int]] = deque()  # (free at, proto, port)
         self._resting_ports: set[tuple[int, int]] = set()
         t = settings.timeouts
@@ -211,7 +243,7 @@ class FlowTable:
     ) -> Session:
         """The session for a packet leaving the LAN, created if new; raises TableFull."""
         mapping = self.by_internal.get((proto, int_addr, int_port))
-        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             self._check_room(int_addr, now)
             if mapping is None:
@@ -237,7 +269,7 @@ class FlowTable:
         that stays silent does not help port scans.
         """
         mapping = self.by_external.get((proto, ext_port))
-        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             session = self._inbound_session(
                 proto, ext_port, mapping, remote_addr, remote_port, now, tcp_flags
@@ -286,7 +318,7 @@ class FlowTable:
         path: a UDP session, or an established TCP one (the caller has checked that the segment
         carries no SYN, FIN or RST, so `_TCP_TRANSITIONS` keeps ESTABLISHED either way). False,
         touching nothing, when `outbound`/`inbound` must decide."""
-        session = mapping.sessions.get((remote_addr, remote_port))
+        session = mapping.session(remote_addr, remote_port)
         if session is None:
             return False
         proto = mapping.proto
@@ -306,7 +338,7 @@ class FlowTable:
     ) -> Session | None:
         """The existing session for an ICMP error about a packet we sent out; never refreshes."""
         mapping = self.by_external.get((proto, ext_port))
-        return None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        return None if mapping is None else mapping.session(remote_addr, remote_port)
 
     def find_internal(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
         """The mapping of an internal endpoint, for a LAN host's ICMP error; never refreshes."""
@@ -322,7 +354,7 @@ class FlowTable:
         removed = 0
         heap = self._heap
         while heap and heap[0][0] <= now and budget > 0:
-            due, _, session = heapq.heappop(heap)
+            due, session = heapq.heappop(heap)
             if due != session.due:
                 continue  # a stale entry: the session was re-queued earlier or removed
             if session.expires > now:
@@ -400,12 +432,21 @@ class FlowTable:
         if mapping.forwarded or filtering is Filtering.ENDPOINT_INDEPENDENT:
             return True
         if filtering is Filtering.ADDRESS_DEPENDENT:
-            return any(addr == remote_addr for addr, _ in mapping.sessions)
+            return any(session.remote_addr == remote_addr for session in mapping.sessions())
         return False  # address-and-port dependent: only an existing session admits
 
     def _new_session(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> Session:
-        session = Session(mapping, remote_addr, remote_port)
-        mapping.sessions[(remote_addr, remote_port)] = session
+        session: Session
+        if mapping.remote_addr is _VACANT:
+            session = mapping
+            session.remote_addr, session.remote_port = remote_addr, remote_port
+            session.state, session.expires, session.due = TcpState.NONE, 0.0, 0.0
+        else:
+            session = Session(remote_addr, remote_port)
+            session.mapping = mapping
+            if mapping.others is None:
+                mapping.others = {}
+            mapping.others[(remote_addr, remote_port)] = session
         self.session_count += 1
         host = mapping.int_addr
         self.sessions_per_host[host] = self.sessions_per_host.get(host, 0) + 1
@@ -429,13 +470,18 @@ class FlowTable:
 
     def _queue(self, session: Session, due: float) -> None:
         session.due = due
-        self._heap_seq += 1
-        heapq.heappush(self._heap, (due, self._heap_seq, session))
+        heapq.heappush(self._heap, (due, session))
 
     def _remove_session(self, session: Session, now: float) -> None:
         session.due = -1.0  # any heap entry left for it is stale
         mapping = session.mapping
-        del mapping.sessions[(session.remote_addr, session.remote_port)]
+        if session is mapping:
+            mapping.remote_addr = _VACANT
+        else:
+            assert mapping.others is not None
+            del mapping.others[(session.remote_addr, session.remote_port)]
+            if not mapping.others:
+                mapping.others = None
         self.session_count -= 1
         host = mapping.int_addr
         left = self.sessions_per_host[host] - 1
@@ -443,7 +489,7 @@ class FlowTable:
             self.sessions_per_host[host] = left
         else:
             del self.sessions_per_host[host]
-        if not mapping.sessions:
+        if mapping.remote_addr is _VACANT and mapping.others is None:
             del self.by_internal[(mapping.proto, mapping.int_addr, mapping.int_port)]
             del self.by_external[(mapping.proto, mapping.ext_port)]
             if not mapping.forwarded:

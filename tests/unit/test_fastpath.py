@@ -73,14 +73,14 @@ def both(nat: Nat, side: Side, frame: bytes, now: float) -> tuple[object, object
 
 def state(nat: Nat) -> object:
     sessions = [
-        (key, session.state, session.expires, session.due)
+        (session.remote_addr, session.remote_port, session.state, session.expires, session.due)
         for mapping in nat.table.by_internal.values()
-        for key, session in mapping.sessions.items()
+        for session in mapping.sessions()
     ]
     counters = nat.counters
     return (
         sessions,
-        sorted(entry[:2] for entry in nat.table._heap),
+        sorted(entry[0] for entry in nat.table._heap),
         counters.frames_in,
         counters.frames_out,
         counters.translated,
