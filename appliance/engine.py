@@ -25,7 +25,7 @@ from ipaddress import IPv4Network
 
 from appliance.checksum import adjust, ones_sum
 from appliance.config import ApplianceConfig
-from appliance.flows import FlowTable, TableFull, external_key, internal_key
+from appliance.flows import FlowTable, TableFull, internal_key
 from appliance.fragments import Reassembler, fragment
 from appliance.neighbours import Neighbours
 from appliance.packet import (
@@ -267,7 +267,7 @@ class Nat:
         if src in self.lan_net or src == self.wan_ip or src == self.lan_ip or _is_special(src):
             return None
         proto, ext_port = frame[23], (frame[36] << 8) | frame[37]
-        mapping = self.table.by_external.get(external_key(proto, ext_port))
+        mapping = self.table.by_external[proto].get(ext_port)
         if mapping is None:
             return None
         int_addr = mapping.int_addr

@@ -152,14 +152,34 @@ class Mapping(Session):
         return own + list(self.others.values()) if self.others else own
 
 
-# The indexes' keys are single ints rather than tuples: a table of 100k mappings holds 200k
-# keys, and a tuple of three objects costs 80 bytes where an int costs 28 or 32.
+# The internal index's keys are single ints rather than tuples: a tuple of three objects costs
+# 80 bytes where an int costs 32, for every mapping.
 def internal_key(proto: int, int_addr: bytes, int_port: int) -> int:
     return (proto << 48) | (int.from_bytes(int_addr, "big") << 16) | int_port
 
 
-def external_key(proto: int, ext_port: int) -> int:
-    return (proto << 16) | ext_port
+class PortIndex:
+    """Mappings by external port (or echo id) for one protocol.
+
+    The port space is only 65536 wide, so an array indexed by port costs a pointer per mapping
+    where a dict costs a key and an entry, about 80 bytes. It is split into pages of 256 made
+    on first use, so a small table stays small (and cheap to copy).
+    """
+
+    __slots__ = ("_pages",)
+
+    def __init__(self) -> None:
+        self._pages: list[list[Mapping | None] | None] = [None] * 256
+
+    def get(self, port: int) -> Mapping | None:
+        page = self._pages[port >> 8]
+        return None if page is None else page[port & 0xFF]
+
+    def put(self, port: int, mapping: Mapping | None) -> None:
+        page = self._pages[port >> 8]
+        if page is None:
+            page = self._pages[port >> 8] = [None] * 256
+        page[port & 0xFF] = mapping
 
 
 class TableFull(Exception):
@@ -229,7 +249,7 @@ class FlowTable:
             settings.port_first, settings.port_last, rng or random.Random(0)
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
-        self.by_external: dict[int, Mapping] = {}  # by external_key()
+        self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
         self.sessions_per_host: dict[bytes, int] = {}
         self._host_addrs: dict[bytes, bytes] = {}
         self.session_count = 0
@@ -279,7 +299,7 @@ class FlowTable:
         security policy override REQ-4's SHOULD (Port Unreachable after 6 s), and a firewall
         that stays silent does not help port scans.
         """
-        mapping = self.by_external.get(external_key(proto, ext_port))
+        mapping = self.by_external[proto].get(ext_port)
         session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             session = self._inbound_session(
@@ -348,7 +368,7 @@ class FlowTable:
         self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int
     ) -> Session | None:
         """The existing session for an ICMP error about a packet we sent out; never refreshes."""
-        mapping = self.by_external.get(external_key(proto, ext_port))
+        mapping = self.by_external[proto].get(ext_port)
         return None if mapping is None else mapping.session(remote_addr, remote_port)
 
     def find_internal(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
@@ -408,12 +428,12 @@ class FlowTable:
         int_addr = self._host_addrs.setdefault(int_addr, int_addr)
         mapping = Mapping(proto, int_addr, int_port, ext_port, forwarded)
         self.by_internal[internal_key(proto, int_addr, int_port)] = mapping
-        self.by_external[external_key(proto, ext_port)] = mapping
+        self.by_external[proto].put(ext_port, mapping)
         return mapping
 
     def _port_free(self, proto: int, port: int) -> bool:
         return (
-            external_key(proto, port) not in self.by_external
+            self.by_external[proto].get(port) is None
             and (proto, port) not in self._resting_ports
             and self._forward_for_external(proto, port) is None
         )
@@ -505,7 +525,7 @@ class FlowTable:
             self._host_addrs.pop(host, None)
         if mapping.remote_addr is _VACANT and mapping.others is None:
             del self.by_internal[internal_key(mapping.proto, mapping.int_addr, mapping.int_port)]
-            del self.by_external[external_key(mapping.proto, mapping.ext_port)]
+            self.by_external[mapping.proto].put(mapping.ext_port, None)
             if not mapping.forwarded:
                 self._resting.append(
                     (now + self.settings.port_reuse_delay, mapping.proto, mapping.ext_port)
