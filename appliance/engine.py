@@ -46,9 +46,6 @@ from appliance.packet import (
     ICMP_TIME_EXCEEDED,
     IP_OFFSET_MASK,
     TCP,
-    TCP_FIN,
-    TCP_RST,
-    TCP_SYN,
     UDP,
     Drop,
     Ipv4,
@@ -224,8 +221,8 @@ class Nat:
     #     complete (`checksum_partial` frames take the full path, which finishes them);
     #   - the addresses pass the full path's source and destination checks (below), and the next
     #     hop's MAC is cached and fresh (nothing to queue, nothing to refresh);
-    #   - the session exists and `FlowTable.refresh_steady` accepts it: UDP, or established TCP
-    #     without SYN, FIN or RST, so no TCP state changes.
+    #   - the session exists (a new one takes the full path); `FlowTable.refresh` then moves its
+    #     TCP state and timer exactly as `outbound`/`inbound` would.
     # Anything else returns None before any state has changed, and `handle` runs the full path.
     # The checksum arithmetic is `_patch`'s, summed: RFC 1624 eqn. 3 applied to several words at
     # once gives the same 16 bits as applying it word by word (a fold of a fold is the fold).
@@ -247,9 +244,8 @@ class Nat:
         if mapping is None:
             return None
         mac = self.neighbours[Side.WAN].fresh(next_hop, now)
-        if mac is None or not self.table.refresh_steady(
-            mapping, dst, (frame[36] << 8) | frame[37], now
-        ):
+        remote_port, flags = (frame[36] << 8) | frame[37], frame[47] if proto == TCP else 0
+        if mac is None or not self.table.refresh(mapping, dst, remote_port, now, flags, True):
             return None
         ext_port = mapping.ext_port
         addr_term = (~_addr_sum(frame, 26) & 0xFFFF) + self._wan_sum
@@ -272,9 +268,8 @@ class Nat:
             return None
         int_addr = mapping.int_addr
         mac = self.neighbours[Side.LAN].fresh(int_addr, now)
-        if mac is None or not self.table.refresh_steady(
-            mapping, src, (frame[34] << 8) | frame[35], now
-        ):
+        remote_port, flags = (frame[34] << 8) | frame[35], frame[47] if proto == TCP else 0
+        if mac is None or not self.table.refresh(mapping, src, remote_port, now, flags, False):
             return None
         int_port = mapping.int_port
         addr_term = (~self._wan_sum & 0xFFFF) + _addr_sum(int_addr, 0)
@@ -300,8 +295,6 @@ class Nat:
         if proto == TCP:
             if l4_len < 20 or not 20 <= (frame[46] >> 4) * 4 <= l4_len:
                 return -1
-            if frame[47] & _TCP_STATE_FLAGS:
-                return -1  # a segment that may move the TCP state machine
         elif proto == UDP:
             if l4_len < 8 or (frame[38] << 8) | frame[39] != l4_len:
                 return -1
@@ -679,8 +672,6 @@ def _addr_sum(buf: bytes | bytearray, offset: int) -> int:
     total = _word(buf, offset) + _word(buf, offset + 2)
     return (total & 0xFFFF) + (total >> 16)
 
-
-_TCP_STATE_FLAGS = TCP_SYN | TCP_FIN | TCP_RST
 
 # RFC 1624 term of the TTL decrement: ~(ttl << 8 | proto) + ((ttl - 1) << 8 | proto), any TTL.
 _TTL_TERM = 0xFEFF

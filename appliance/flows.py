@@ -342,26 +342,21 @@ class FlowTable:
             mapping = self._insert_mapping(proto, int_addr, lan_port, ext_port, forwarded=True)
         return self._new_session(mapping, remote_addr, remote_port)
 
-    def refresh_steady(
-        self, mapping: Mapping, remote_addr: bytes, remote_port: int, now: float
+    def refresh(
+        self,
+        mapping: Mapping,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        tcp_flags: int,
+        outbound: bool,
     ) -> bool:
-        """Refresh the existing session of a packet that changes no state, for the engine's fast
-        path: a UDP session, or an established TCP one (the caller has checked that the segment
-        carries no SYN, FIN or RST, so `_TCP_TRANSITIONS` keeps ESTABLISHED either way). False,
-        touching nothing, when `outbound`/`inbound` must decide."""
+        """For the engine's fast path: what `outbound` or `inbound` do when the session exists
+        (TCP state and timer), and True; False, touching nothing, when it does not."""
         session = mapping.session(remote_addr, remote_port)
         if session is None:
             return False
-        proto = mapping.proto
-        if proto == UDP:
-            expires = now + self._timeouts[UDP]
-        elif proto == TCP and session.state is TcpState.ESTABLISHED:
-            expires = now + self._tcp_established
-        else:
-            return False
-        session.expires = expires
-        if session.due == 0.0 or expires < session.due:
-            self._queue(session, expires)
+        self._touch(session, now, tcp_flags, outbound)
         return True
 
     def find_external(

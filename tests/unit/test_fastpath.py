@@ -3,9 +3,9 @@
 Each example hands the same frame to `Nat.handle` (which takes the fast path when it can) and, on
 a deep copy of the engine, to `Nat._full` (the full path only); the frames out, the counters and
 the table's timers must be identical. Frames are built so that most of them are fast-path cases
-(established flows, valid checksums, including UDP checksums of 0xFFFF and of none) and the rest
-are near misses (TTL 1, SYN/FIN/RST, bad checksums, options, fragments, broadcast) that the fast
-path must hand on without touching anything.
+(existing flows, valid checksums, including UDP checksums of 0xFFFF and of none; any TCP flags, so
+the TCP state moves) and the rest are near misses (TTL 1, bad checksums, options, fragments,
+broadcast) that the fast path must hand on without touching anything.
 """
 
 import copy
@@ -21,8 +21,16 @@ from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Side
 
 LAN, WAN = Side.LAN, Side.WAN
-# (proto, host, internal port): 5000 and 6000 keep their port, 80 is moved into the range.
-FLOWS = [("udp", HOST, 5000), ("udp", HOST2, 80), ("tcp", HOST, 6000), ("tcp", HOST2, 80)]
+# (proto, host, internal port): 5000 and 6000 keep their port, 80 is moved into the range;
+# the TCP connection from HALF_OPEN has only sent its SYN.
+FLOWS = [
+    ("udp", HOST, 5000),
+    ("udp", HOST2, 80),
+    ("tcp", HOST, 6000),
+    ("tcp", HOST2, 80),
+    ("tcp", HOST, 7000),
+]
+HALF_OPEN = 7000
 SERVER_PORT = 443
 
 
@@ -38,7 +46,7 @@ def established(config: ApplianceConfig) -> tuple[Harness, dict[tuple[str, str, 
         out = harness.one(LAN, IP(src=host, dst=SERVER) / l4, WAN)
         ext = out[IP].payload.sport
         external[(proto, host, port)] = ext
-        if proto == "tcp":
+        if proto == "tcp" and port != HALF_OPEN:
             synack = TCP(sport=SERVER_PORT, dport=ext, flags="SA")
             harness.one(WAN, IP(src=SERVER, dst=WAN_IP) / synack, LAN)
             harness.one(LAN, IP(src=host, dst=SERVER) / TCP(sport=port, dport=SERVER_PORT), WAN)
