@@ -245,7 +245,11 @@ class Nat:
             return None
         mac = self.neighbours[Side.WAN].fresh(next_hop, now)
         remote_port, flags = (frame[36] << 8) | frame[37], frame[47] if proto == TCP else 0
-        if mac is None or not self.table.refresh(mapping, dst, remote_port, now, flags, True):
+        if (
+            mac is None
+            or not _l4_checksum_valid(frame, l4_len)
+            or not self.table.refresh(mapping, dst, remote_port, now, flags, True)
+        ):
             return None
         ext_port = mapping.ext_port
         addr_term = (~_addr_sum(frame, 26) & 0xFFFF) + self._wan_sum
@@ -269,7 +273,11 @@ class Nat:
         int_addr = mapping.int_addr
         mac = self.neighbours[Side.LAN].fresh(int_addr, now)
         remote_port, flags = (frame[34] << 8) | frame[35], frame[47] if proto == TCP else 0
-        if mac is None or not self.table.refresh(mapping, src, remote_port, now, flags, False):
+        if (
+            mac is None
+            or not _l4_checksum_valid(frame, l4_len)
+            or not self.table.refresh(mapping, src, remote_port, now, flags, False)
+        ):
             return None
         int_port = mapping.int_port
         addr_term = (~self._wan_sum & 0xFFFF) + _addr_sum(int_addr, 0)
@@ -298,14 +306,7 @@ class Nat:
         elif proto == UDP:
             if l4_len < 8 or (frame[38] << 8) | frame[39] != l4_len:
                 return -1
-            if frame[40] == 0 and frame[41] == 0:
-                return l4_len  # no checksum to verify (RFC 768)
         else:
-            return -1
-        # The L4 checksum with its pseudo-header, verified as `check_l4` does: the sum of all
-        # words is 0 modulo 0xFFFF (an odd last byte counts as a high byte).
-        segment = int.from_bytes(frame[34 : 34 + l4_len], "big") << (8 * (l4_len & 1))
-        if (segment + int.from_bytes(frame[26:34], "big") + proto + l4_len) % 0xFFFF:
             return -1
         return l4_len
 
@@ -671,6 +672,17 @@ def _addr_sum(buf: bytes | bytearray, offset: int) -> int:
     """The one's complement sum of the two words of the address at `offset` (`_small_sum`'s)."""
     total = _word(buf, offset) + _word(buf, offset + 2)
     return (total & 0xFFFF) + (total >> 16)
+
+
+def _l4_checksum_valid(frame: bytes, l4_len: int) -> bool:
+    """`check_l4`'s checksum test for the fast path, which checks it last (it reads the whole
+    segment: a frame of a new flow should not pay for it twice). The sum of all words with the
+    pseudo-header is 0 modulo 0xFFFF (an odd last byte counts as a high byte)."""
+    proto = frame[23]
+    if proto == UDP and frame[40] == 0 and frame[41] == 0:
+        return True  # the sender computed no checksum (RFC 768)
+    segment = int.from_bytes(frame[34 : 34 + l4_len], "big") << (8 * (l4_len & 1))
+    return (segment + int.from_bytes(frame[26:34], "big") + proto + l4_len) % 0xFFFF == 0
 
 
 # RFC 1624 term of the TTL decrement: ~(ttl << 8 | proto) + ((ttl - 1) << 8 | proto), any TTL.

@@ -102,7 +102,9 @@ ttls = st.sampled_from([0, 1, 2, 64, 255])
 tcp_flags = st.sampled_from(["A", "PA", "S", "SA", "F", "FA", "R", "RA", "", "U"])
 # None: scapy's own checksum; else the value the checksum is forced to (0: UDP's "none").
 checksums = st.sampled_from([None, None, 0, 0xFFFF, 1, 0xFFFE, 0x8000])
-variants = st.sampled_from(["plain"] * 6 + ["options", "fragment", "broadcast", "bad-ip"])
+variants = st.sampled_from(
+    ["plain"] * 6 + ["options", "fragment", "broadcast", "bad-ip", "bad-l4", "bad-l4"]
+)
 
 
 def make_frame(
@@ -136,6 +138,8 @@ def make_frame(
     frame = bytearray(rebuild(Ether(dst=mac, src="02:00:00:00:02:10") / ip / l4, body, target))
     if variant == "bad-ip":
         frame[24] ^= 0x01
+    if variant == "bad-l4":
+        frame[-1] ^= 0x01  # the payload's last byte (or the header's, with no payload)
     return bytes(frame)
 
 
