@@ -182,6 +182,9 @@ class PortIndex:
         page[port & 0xFF] = mapping
 
 
+_REMOTE_CACHE = 4096
+
+
 class TableFull(Exception):
     """A new flow was refused: `reason` is "table-full", "host-limit" or "no-free-port"."""
 
@@ -252,6 +255,7 @@ class FlowTable:
         self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
         self.sessions_per_host: dict[bytes, int] = {}
         self._host_addrs: dict[bytes, bytes] = {}
+        self._remote_addrs: dict[bytes, bytes] = {}
         self.session_count = 0
         self._heap: list[tuple[float, Session]] = []
         self._resting: deque[tuple[float, int, int]] = deque()  # (free at, proto, port)
@@ -464,6 +468,12 @@ class FlowTable:
         return False  # address-and-port dependent: only an existing session admits
 
     def _new_session(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> Session:
+        # Many sessions go to the same few servers: share their address objects. The cache is
+        # only that (a session keeps its own reference), so emptying it when full is harmless.
+        remotes = self._remote_addrs
+        if len(remotes) >= _REMOTE_CACHE and remote_addr not in remotes:
+            remotes.clear()
+        remote_addr = remotes.setdefault(remote_addr, remote_addr)
         session: Session
         if mapping.remote_addr is _VACANT:
             session = mapping
