@@ -93,30 +93,96 @@ def tcp_event(flags: int, outbound: bool) -> TcpEvent:
     return TcpEvent.OUT_OTHER if outbound else TcpEvent.IN_OTHER
 
 
-class Mapping:
-    __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "proto", "sessions")
-
-    def __init__(
-        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
-    ) -> None:
-        self.proto = proto
-        self.int_addr = int_addr
-        self.int_port = int_port
-        self.ext_port = ext_port
-        self.forwarded = forwarded
-        self.sessions: dict[tuple[bytes, int], Session] = {}
-
-
 class Session:
+    """One remote endpoint of a mapping, with its TCP state and idle timer."""
+
     __slots__ = ("due", "expires", "mapping", "remote_addr", "remote_port", "state")
 
-    def __init__(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> None:
-        self.mapping = mapping
+    mapping: "Mapping"
+
+    def __init__(self, remote_addr: bytes, remote_port: int) -> None:
         self.remote_addr = remote_addr
         self.remote_port = remote_port
         self.state = TcpState.NONE
         self.expires = 0.0
         self.due = 0.0  # the time of this session's entry in the expiry heap
+
+    def __lt__(self, other: "Session") -> bool:
+        # Heap entries are (due, session): sessions due at the same time are in no order.
+        return False
+
+
+_VACANT = b""  # the remote address of a mapping whose own session slot is free
+
+
+class Mapping(Session):
+    """An internal endpoint bound to an external port, and its sessions.
+
+    Most mappings only ever have one session, so a mapping *is* its first session (it inherits
+    the session's fields; `mapping.mapping is mapping`), and further sessions, rare, sit in
+    `others`. That saves a dict, a key tuple and an object per mapping (the table's memory is
+    one of the appliance's figures). When the mapping's own session goes while others live, its
+    slot is vacant (`remote_addr` is `_VACANT`, which no 4-byte address equals) until the next
+    new session fills it.
+    """
+
+    __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "others", "proto")
+
+    def __init__(
+        self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
+    ) -> None:
+        super().__init__(_VACANT, 0)
+        self.mapping = self
+        self.proto = proto
+        self.int_addr = int_addr
+        self.int_port = int_port
+        self.ext_port = ext_port
+        self.forwarded = forwarded
+        self.others: dict[tuple[bytes, int], Session] | None = None
+
+    def session(self, remote_addr: bytes, remote_port: int) -> Session | None:
+        """The session with that remote endpoint, if there is one."""
+        if self.remote_port == remote_port and self.remote_addr == remote_addr:
+            return self
+        others = self.others
+        return None if others is None else others.get((remote_addr, remote_port))
+
+    def sessions(self) -> list[Session]:
+        own: list[Session] = [] if self.remote_addr is _VACANT else [self]
+        return own + list(self.others.values()) if self.others else own
+
+
+# The internal index's keys are single ints rather than tuples: a tuple of three objects costs
+# 80 bytes where an int costs 32, for every mapping.
+def internal_key(proto: int, int_addr: bytes, int_port: int) -> int:
+    return (proto << 48) | (int.from_bytes(int_addr, "big") << 16) | int_port
+
+
+class PortIndex:
+    """Mappings by external port (or echo id) for one protocol.
+
+    The port space is only 65536 wide, so an array indexed by port costs a pointer per mapping
+    where a dict costs a key and an entry, about 80 bytes. It is split into pages of 256 made
+    on first use, so a small table stays small (and cheap to copy).
+    """
+
+    __slots__ = ("_pages",)
+
+    def __init__(self) -> None:
+        self._pages: list[list[Mapping | None] | None] = [None] * 256
+
+    def get(self, port: int) -> Mapping | None:
+        page = self._pages[port >> 8]
+        return None if page is None else page[port & 0xFF]
+
+    def put(self, port: int, mapping: Mapping | None) -> None:
+        page = self._pages[port >> 8]
+        if page is None:
+            page = self._pages[port >> 8] = [None] * 256
+        page[port & 0xFF] = mapping
+
+
+_REMOTE_CACHE = 4096
 
 
 class TableFull(Exception):
@@ -185,12 +251,13 @@ class FlowTable:
         self.allocator = PortAllocator(
             settings.port_first, settings.port_last, rng or random.Random(0)
         )
-        self.by_internal: dict[tuple[int, bytes, int], Mapping] = {}
-        self.by_external: dict[tuple[int, int], Mapping] = {}
+        self.by_internal: dict[int, Mapping] = {}  # by internal_key()
+        self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
         self.sessions_per_host: dict[bytes, int] = {}
+        self._host_addrs: dict[bytes, bytes] = {}
+        self._remote_addrs: dict[bytes, bytes] = {}
         self.session_count = 0
-        self._heap: list[tuple[float, int, Session]] = []
-        self._heap_seq = 0
+        self._heap: list[tuple[float, Session]] = []
         self._resting: deque[tuple[float, int, int]] = deque()  # (free at, proto, port)
         self._resting_ports: set[tuple[int, int]] = set()
         t = settings.timeouts
@@ -210,8 +277,8 @@ class FlowTable:
         tcp_flags: int = 0,
     ) -> Session:
         """The session for a packet leaving the LAN, created if new; raises TableFull."""
-        mapping = self.by_internal.get((proto, int_addr, int_port))
-        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        mapping = self.by_internal.get(internal_key(proto, int_addr, int_port))
+        session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             self._check_room(int_addr, now)
             if mapping is None:
@@ -236,8 +303,8 @@ class FlowTable:
         security policy override REQ-4's SHOULD (Port Unreachable after 6 s), and a firewall
         that stays silent does not help port scans.
         """
-        mapping = self.by_external.get((proto, ext_port))
-        session = None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        mapping = self.by_external[proto].get(ext_port)
+        session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             session = self._inbound_session(
                 proto, ext_port, mapping, remote_addr, remote_port, now, tcp_flags
@@ -292,16 +359,33 @@ class FlowTable:
             mapping = self._insert_mapping(proto, int_addr, lan_port, ext_port, forwarded=True)
         return self._new_session(mapping, remote_addr, remote_port)
 
+    def refresh(
+        self,
+        mapping: Mapping,
+        remote_addr: bytes,
+        remote_port: int,
+        now: float,
+        tcp_flags: int,
+        outbound: bool,
+    ) -> bool:
+        """For the engine's fast path: what `outbound` or `inbound` do when the session exists
+        (TCP state and timer), and True; False, touching nothing, when it does not."""
+        session = mapping.session(remote_addr, remote_port)
+        if session is None:
+            return False
+        self._touch(session, now, tcp_flags, outbound)
+        return True
+
     def find_external(
         self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int
     ) -> Session | None:
         """The existing session for an ICMP error about a packet we sent out; never refreshes."""
-        mapping = self.by_external.get((proto, ext_port))
-        return None if mapping is None else mapping.sessions.get((remote_addr, remote_port))
+        mapping = self.by_external[proto].get(ext_port)
+        return None if mapping is None else mapping.session(remote_addr, remote_port)
 
     def find_internal(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
         """The mapping of an internal endpoint, for a LAN host's ICMP error; never refreshes."""
-        return self.by_internal.get((proto, int_addr, int_port))
+        return self.by_internal.get(internal_key(proto, int_addr, int_port))
 
     def __len__(self) -> int:
         return self.session_count
@@ -313,7 +397,7 @@ class FlowTable:
         removed = 0
         heap = self._heap
         while heap and heap[0][0] <= now and budget > 0:
-            due, _, session = heapq.heappop(heap)
+            due, session = heapq.heappop(heap)
             if due != session.due:
                 continue  # a stale entry: the session was re-queued earlier or removed
             if session.expires > now:
@@ -352,14 +436,16 @@ class FlowTable:
     def _insert_mapping(
         self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
     ) -> Mapping:
+        # One bytes object per LAN host, not one per mapping (freed with the host's last one).
+        int_addr = self._host_addrs.setdefault(int_addr, int_addr)
         mapping = Mapping(proto, int_addr, int_port, ext_port, forwarded)
-        self.by_internal[(proto, int_addr, int_port)] = mapping
-        self.by_external[(proto, ext_port)] = mapping
+        self.by_internal[internal_key(proto, int_addr, int_port)] = mapping
+        self.by_external[proto].put(ext_port, mapping)
         return mapping
 
     def _port_free(self, proto: int, port: int) -> bool:
         return (
-            (proto, port) not in self.by_external
+            self.by_external[proto].get(port) is None
             and (proto, port) not in self._resting_ports
             and self._forward_for_external(proto, port) is None
         )
@@ -391,12 +477,27 @@ class FlowTable:
         if mapping.forwarded or filtering is Filtering.ENDPOINT_INDEPENDENT:
             return True
         if filtering is Filtering.ADDRESS_DEPENDENT:
-            return any(addr == remote_addr for addr, _ in mapping.sessions)
+            return any(session.remote_addr == remote_addr for session in mapping.sessions())
         return False  # address-and-port dependent: only an existing session admits
 
     def _new_session(self, mapping: Mapping, remote_addr: bytes, remote_port: int) -> Session:
-        session = Session(mapping, remote_addr, remote_port)
-        mapping.sessions[(remote_addr, remote_port)] = session
+        # Many sessions go to the same few servers: share their address objects. The cache is
+        # only that (a session keeps its own reference), so emptying it when full is harmless.
+        remotes = self._remote_addrs
+        if len(remotes) >= _REMOTE_CACHE and remote_addr not in remotes:
+            remotes.clear()
+        remote_addr = remotes.setdefault(remote_addr, remote_addr)
+        session: Session
+        if mapping.remote_addr is _VACANT:
+            session = mapping
+            session.remote_addr, session.remote_port = remote_addr, remote_port
+            session.state, session.expires, session.due = TcpState.NONE, 0.0, 0.0
+        else:
+            session = Session(remote_addr, remote_port)
+            session.mapping = mapping
+            if mapping.others is None:
+                mapping.others = {}
+            mapping.others[(remote_addr, remote_port)] = session
         self.session_count += 1
         host = mapping.int_addr
         self.sessions_per_host[host] = self.sessions_per_host.get(host, 0) + 1
@@ -420,13 +521,18 @@ class FlowTable:
 
     def _queue(self, session: Session, due: float) -> None:
         session.due = due
-        self._heap_seq += 1
-        heapq.heappush(self._heap, (due, self._heap_seq, session))
+        heapq.heappush(self._heap, (due, session))
 
     def _remove_session(self, session: Session, now: float) -> None:
         session.due = -1.0  # any heap entry left for it is stale
         mapping = session.mapping
-        del mapping.sessions[(session.remote_addr, session.remote_port)]
+        if session is mapping:
+            mapping.remote_addr = _VACANT
+        else:
+            assert mapping.others is not None
+            del mapping.others[(session.remote_addr, session.remote_port)]
+            if not mapping.others:
+                mapping.others = None
         self.session_count -= 1
         host = mapping.int_addr
         left = self.sessions_per_host[host] - 1
@@ -434,9 +540,10 @@ class FlowTable:
             self.sessions_per_host[host] = left
         else:
             del self.sessions_per_host[host]
-        if not mapping.sessions:
-            del self.by_internal[(mapping.proto, mapping.int_addr, mapping.int_port)]
-            del self.by_external[(mapping.proto, mapping.ext_port)]
+            self._host_addrs.pop(host, None)
+        if mapping.remote_addr is _VACANT and mapping.others is None:
+            del self.by_internal[internal_key(mapping.proto, mapping.int_addr, mapping.int_port)]
+            self.by_external[mapping.proto].put(mapping.ext_port, None)
             if not mapping.forwarded:
                 self._resting.append(
                     (now + self.settings.port_reuse_delay, mapping.proto, mapping.ext_port)

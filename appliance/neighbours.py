@@ -62,6 +62,13 @@ class Neighbours:
             self._stale.add(ip)
         return mac
 
+    def fresh(self, ip: bytes, now: float) -> bytes | None:
+        """The MAC of `ip` while it needs nothing (not stale); else None, with no side effect."""
+        entry = self._cache.get(ip)
+        if entry is None or now > entry[1]:
+            return None
+        return entry[0]
+
     def learn(self, ip: bytes, mac: bytes, now: float) -> list[tuple[bytes, bytes]]:
         """Record `ip` at `mac`; returns the (mac, packet) pairs that were waiting for it."""
         if len(self._cache) >= self.max_entries and ip not in self._cache:
