@@ -318,8 +318,8 @@ class FlowTable:
         self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int, tcp_flags: int
     ) -> bool:
         """Whether `inbound` would let this packet through; changes nothing."""
-        mapping = self.by_external.get((proto, ext_port))
-        if mapping is not None and (remote_addr, remote_port) in mapping.sessions:
+        mapping = self.by_external[proto].get(ext_port)
+        if mapping is not None and mapping.session(remote_addr, remote_port) is not None:
             return True
         if proto == TCP and not tcp_flags & TCP_SYN:
             return False

@@ -7,9 +7,9 @@ scapy builds, then each malformation the forwarding path relies on being caught,
 import struct
 
 import pytest
-from conftest import HOST, LAN_IP, SERVER, assert_ip_checksums_valid
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from nat_harness import HOST, LAN_IP, SERVER, assert_ip_checksums_valid
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp
 from scapy.packet import Packet
 from scapy.utils import checksum

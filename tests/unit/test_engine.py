@@ -7,7 +7,7 @@ scapy's recomputation (conftest.assert_checksums_valid).
 from dataclasses import replace
 
 import pytest
-from conftest import (
+from nat_harness import (
     GATEWAY,
     GATEWAY_MAC,
     HOST,

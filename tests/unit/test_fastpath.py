@@ -10,9 +10,9 @@ broadcast) that the fast path must hand on without touching anything.
 
 import copy
 
-from conftest import HOST, HOST2, LAN_MAC, SERVER, WAN_IP, WAN_MAC, Harness, make_harness
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from nat_harness import HOST, HOST2, LAN_MAC, SERVER, WAN_IP, WAN_MAC, Harness, make_harness
 from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet

@@ -13,7 +13,9 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from conftest import (
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+from nat_harness import (
     GATEWAY,
     GATEWAY_MAC,
     HOST,
@@ -30,8 +32,6 @@ from conftest import (
     assert_checksums_valid,
     make_harness,
 )
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
 from scapy.layers.inet import (
     ICMP,
     IP,
