@@ -295,12 +295,12 @@ class Shell:
             send(out)
 
     def _drain_vnet(self, side: Side) -> None:
-        recvmsg, nat, send = self.sockets[side].recvmsg, self.nat, self._send
+        recvfrom, nat, send = self.sockets[side].recvfrom, self.nat, self._send
         handle, header_size = nat.handle, VNET_HDR.size
         now = time.monotonic()
         for _ in range(RECV_BATCH):
             try:
-                data, _, _, address = recvmsg(FRAME_BUFFER + header_size)
+                data, address = recvfrom(FRAME_BUFFER + header_size)
             except (BlockingIOError, InterruptedError):
                 return
             if address[2] == PACKET_OUTGOING:
@@ -345,7 +345,7 @@ class Shell:
         if self.vnet:
             for side, frame in out:
                 try:
-                    sockets[side].sendmsg([NO_VNET_HDR, frame])
+                    sockets[side].send(NO_VNET_HDR + frame)
                 except OSError as error:
                     self._tx_error(side, error)
             return
