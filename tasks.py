@@ -150,9 +150,13 @@ def test(c: Context, fast: bool = False) -> None:
         "runs": "alternating kernel/natvm runs (default 3); ratios are paired run by run",
         "quick": "a short smoke run: one run, shorter measurements",
         "workloads": "comma-separated subset of table,ping,tcp1,tcp4,udp64,udp1400,conn",
+        "offloads": "checksum offload, TSO and GSO on the hosts' veths and GRO on the router's "
+        "(for the kernel and natvm alike); default: all off",
     }
 )
-def bench(c: Context, runs: int = 3, quick: bool = False, workloads: str = "") -> None:
+def bench(
+    c: Context, runs: int = 3, quick: bool = False, workloads: str = "", offloads: bool = False
+) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
     import importlib
     import os
@@ -170,4 +174,4 @@ def bench(c: Context, runs: int = 3, quick: bool = False, workloads: str = "") -
     runs = 1 if quick and runs == 3 else runs
     if runs < 1:
         raise Exit("natvm: error: --runs must be at least 1", 1)
-    bench_run.bench(bench_run.Options(runs=runs, quick=quick, workloads=names))
+    bench_run.bench(bench_run.Options(runs=runs, quick=quick, workloads=names, offloads=offloads))

@@ -48,3 +48,9 @@ def adjust(check: int, old: bytes | bytearray, new: bytes | bytearray) -> int:
 def adjust_word(check: int, old: int, new: int) -> int:
     """RFC 1624 eqn. 3 for a single 16-bit word."""
     return ~_fold((~check & 0xFFFF) + (~old & 0xFFFF) + new) & 0xFFFF
+
+
+def adjust_partial(partial: int, old: bytes | bytearray, new: bytes | bytearray) -> int:
+    """A partial checksum (the non-complemented pseudo-header sum that a checksum offload
+    completes) after the words `old` became `new`: RFC 1624 on the complement."""
+    return ~adjust(~partial & 0xFFFF, old, new) & 0xFFFF

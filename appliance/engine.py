@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Network
 
-from appliance.checksum import adjust, ones_sum
+from appliance.checksum import adjust, adjust_partial, ones_sum
 from appliance.config import ApplianceConfig
 from appliance.flows import FlowTable, TableFull, internal_key
 from appliance.fragments import Reassembler, fragment
@@ -68,6 +68,25 @@ class Side(StrEnum):
 
 
 Output = list[tuple[Side, bytes]]
+
+
+@dataclass(frozen=True, slots=True)
+class Offload:
+    """What a virtio_net_hdr says of a frame, as the engine needs it (the shell encodes it).
+
+    `needs_csum`: the TCP/UDP checksum field holds only the (non-complemented) pseudo-header sum;
+    the kernel finishes it on transmit. `gso_size`: a TCP aggregate (GRO/TSO) that the kernel cuts
+    into segments of that many payload bytes on transmit (0: a single frame). `ecn`: the
+    aggregate's segments carry CWR on the first one only (gso_type ECN). A received frame whose
+    checksum is partial leaves, translated, with the same offload, so the kernel completes it.
+    """
+
+    needs_csum: bool = False
+    gso_size: int = 0
+    ecn: bool = False
+
+
+OffloadOutput = list[tuple[Side, bytes, Offload | None]]
 
 
 @dataclass
@@ -148,53 +167,98 @@ class Nat:
         self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
         self.counters = Counters()
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
-        self._out: Output = []
+        self._out: OffloadOutput = []
         self._partial = False
+        self._verified = False
+        self._offload: Offload | None = None
 
     # -- entry points ----------------------------------------------------------------------
 
     def handle(
-        self, side: Side, frame: bytes, now: float, checksum_partial: bool = False
+        self,
+        side: Side,
+        frame: bytes,
+        now: float,
+        checksum_partial: bool = False,
+        l4_verified: bool = False,
     ) -> Output:
         """Process one received frame; returns the frames to send.
 
         `checksum_partial`: the kernel says the frame's TCP/UDP checksum was left for an offload
         that never ran (a local sender; Xen netfront), and a TCP frame may be a GSO aggregate
         far over the MTU. Such frames are not checked but get complete checksums on the way out,
-        and oversized TCP ones are cut into segments (segments.py).
+        and oversized TCP ones are cut into segments (segments.py). This is for a shell without
+        virtio_net_hdr; with one, `handle_offload` keeps the offload instead.
+        `l4_verified`: the kernel has verified the TCP/UDP checksum (DATA_VALID): not redone.
         """
         self.counters.frames_in[side] += 1
         if not checksum_partial:
-            fast = self._fast_out(frame, now) if side is Side.LAN else self._fast_in(frame, now)
+            fast = (
+                self._fast_out(frame, now, l4_verified)
+                if side is Side.LAN
+                else self._fast_in(frame, now, l4_verified)
+            )
             if fast is not None:
                 return fast
-        return self._full(side, frame, now, checksum_partial)
+        return self._full(side, frame, now, checksum_partial, l4_verified)
 
-    def _full(self, side: Side, frame: bytes, now: float, checksum_partial: bool) -> Output:
+    def handle_offload(
+        self, side: Side, frame: bytes, now: float, offload: Offload
+    ) -> OffloadOutput:
+        """`handle` for a frame whose checksum is partial (`offload.needs_csum`), perhaps a TCP
+        aggregate: translated with its checksum left partial (only the pseudo-header's addresses
+        change it) and returned with the offload the kernel must finish on transmit. The MTU
+        checks do not apply to an aggregate: the kernel cuts it into segments that fit. Frames
+        for which the offload cannot be kept (the next hop's MAC is not known yet) get complete
+        checksums and are cut in software, as `handle` does with `checksum_partial`."""
+        self.counters.frames_in[side] += 1
+        return self._run(side, frame, now, True, False, offload)
+
+    def _full(
+        self,
+        side: Side,
+        frame: bytes,
+        now: float,
+        checksum_partial: bool,
+        l4_verified: bool = False,
+    ) -> Output:
         """Every frame the fast path does not take: the whole of the engine's behaviour."""
-        out: Output = []
+        return [(s, f) for s, f, _ in self._run(side, frame, now, checksum_partial, l4_verified)]
+
+    def _run(
+        self,
+        side: Side,
+        frame: bytes,
+        now: float,
+        checksum_partial: bool,
+        l4_verified: bool,
+        offload: Offload | None = None,
+    ) -> OffloadOutput:
+        out: OffloadOutput = []
         self._out = out
-        self._partial = checksum_partial
+        self._partial, self._verified, self._offload = checksum_partial, l4_verified, offload
         try:
             self._frame(side, frame, now)
         except Drop as drop:
             self.counters.drop(drop.reason)
+        finally:
+            self._partial, self._verified, self._offload = False, False, None
         return out
 
     def start(self, now: float) -> Output:
         """Frames to send at start-up: a gratuitous ARP on each side (so neighbours that cached
         an earlier incarnation update at once) and a request for the gateway."""
-        out: Output = []
+        out: OffloadOutput = []
         self._out = out
         for side, neighbours in self.neighbours.items():
             self._emit(side, neighbours.request_frame(neighbours.ip))
         if self.gateway is not None:
             self._emit(Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
-        return out
+        return [(s, f) for s, f, _ in out]
 
     def tick(self, now: float) -> Output:
         """Run the timers; call about once a second. Returns the frames to send."""
-        out: Output = []
+        out: OffloadOutput = []
         self._out = out
         for side, neighbours in self.neighbours.items():
             before = neighbours.dropped
@@ -205,7 +269,7 @@ class Nat:
         self.table.expire(now)
         for reassembler in self.reassemblers.values():
             reassembler.expire(now)
-        return out
+        return [(s, f) for s, f, _ in out]
 
     # -- fast path: established TCP and UDP flows -------------------------------------------
     #
@@ -227,7 +291,7 @@ class Nat:
     # The checksum arithmetic is `_patch`'s, summed: RFC 1624 eqn. 3 applied to several words at
     # once gives the same 16 bits as applying it word by word (a fold of a fold is the fold).
 
-    def _fast_out(self, frame: bytes, now: float) -> Output | None:
+    def _fast_out(self, frame: bytes, now: float, verified: bool = False) -> Output | None:
         l4_len = self._plain_l4_len(frame, self.macs[Side.LAN])
         if l4_len < 0:
             return None
@@ -247,7 +311,7 @@ class Nat:
         remote_port, flags = (frame[36] << 8) | frame[37], frame[47] if proto == TCP else 0
         if (
             mac is None
-            or not _l4_checksum_valid(frame, l4_len)
+            or not (verified or _l4_checksum_valid(frame, l4_len))
             or not self.table.refresh(mapping, dst, remote_port, now, flags, True)
         ):
             return None
@@ -259,7 +323,7 @@ class Nat:
         buf[34:36] = ext_port.to_bytes(2, "big")
         return self._fast_emit(Side.WAN, buf, mac, proto, addr_term, port_term)
 
-    def _fast_in(self, frame: bytes, now: float) -> Output | None:
+    def _fast_in(self, frame: bytes, now: float, verified: bool = False) -> Output | None:
         l4_len = self._plain_l4_len(frame, self.macs[Side.WAN])
         if l4_len < 0 or frame[30:34] != self.wan_ip:
             return None
@@ -275,7 +339,7 @@ class Nat:
         remote_port, flags = (frame[34] << 8) | frame[35], frame[47] if proto == TCP else 0
         if (
             mac is None
-            or not _l4_checksum_valid(frame, l4_len)
+            or not (verified or _l4_checksum_valid(frame, l4_len))
             or not self.table.refresh(mapping, src, remote_port, now, flags, False)
         ):
             return None
@@ -340,7 +404,7 @@ class Nat:
             raise Drop("not-our-mac")
         ethertype = (frame[12] << 8) | frame[13]
         if ethertype == ETHERTYPE_IPV4:
-            ip = parse_ipv4(bytearray(frame[ETH_HEADER_LEN:]))
+            ip = parse_ipv4(bytearray(memoryview(frame)[ETH_HEADER_LEN:]))  # one copy
             if side is Side.LAN:
                 self._from_lan(ip, now)
             else:
@@ -372,12 +436,25 @@ class Nat:
                 ),
             )
 
-    def _emit(self, side: Side, frame: bytes) -> None:
+    def _emit(self, side: Side, frame: bytes, offload: Offload | None = None) -> None:
         self.counters.frames_out[side] += 1
-        self._out.append((side, frame))
+        self._out.append((side, frame, offload))
 
     def _send_ip(self, side: Side, ip: Ipv4, next_hop: bytes, now: float) -> None:
         """Send on `side` via `next_hop`, fragmenting over the MTU (only DF-clear gets here)."""
+        neighbours = self.neighbours[side]
+        mac = neighbours.lookup(next_hop, now)
+        offload = self._offload
+        if (
+            offload is not None
+            and mac is not None
+            and ip.proto in (TCP, UDP)
+            and not ip.is_fragment
+            and (offload.gso_size or len(ip.buf) <= self.mtu)
+        ):
+            # The kernel finishes the checksum (and cuts the aggregate) on transmit.
+            self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + ip.buf, offload)
+            return
         if self._partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
             if ip.proto == TCP and len(ip.buf) > self.mtu:
                 pieces = [segment.buf for segment in segment_tcp(ip, self.mtu)]
@@ -386,8 +463,6 @@ class Nat:
                 pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
         else:
             pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
-        neighbours = self.neighbours[side]
-        mac = neighbours.lookup(next_hop, now)
         for piece in pieces:
             if mac is not None:
                 self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
@@ -458,7 +533,9 @@ class Nat:
         except TableFull as refusal:
             self._refuse(Side.LAN, refusal, ip, now)
             return
-        _rewrite_endpoint(ip, 12, self.wan_ip, _source_port_offset(ip), session.mapping.ext_port)
+        _rewrite_endpoint(
+            ip, 12, self.wan_ip, _source_port_offset(ip), session.mapping.ext_port, self._partial
+        )
         _decrement_ttl(ip)
         self.counters.translated[proto_name(ip.proto)] += 1
         if hairpin:
@@ -550,7 +627,9 @@ class Nat:
                 rest_of_header=self.mtu,
             )
             return
-        _rewrite_endpoint(ip, 16, mapping.int_addr, _dst_port_offset(ip), mapping.int_port)
+        _rewrite_endpoint(
+            ip, 16, mapping.int_addr, _dst_port_offset(ip), mapping.int_port, self._partial
+        )
         if not hairpin:
             _decrement_ttl(ip)
             self.counters.translated[proto_name(ip.proto)] += 1
@@ -639,7 +718,7 @@ class Nat:
 
     def _check_l4(self, ip: Ipv4) -> None:
         # ICMP checksums are always done in software, so only TCP/UDP can be partial.
-        check_l4(ip, verify_checksum=not self._partial or ip.proto == ICMP)
+        check_l4(ip, verify_checksum=not (self._partial or self._verified) or ip.proto == ICMP)
 
     def _is_aggregate(self, ip: Ipv4) -> bool:
         return self._partial and ip.proto == TCP
@@ -760,12 +839,34 @@ def _patch(
 
 
 def _rewrite_endpoint(
-    ip: Ipv4, addr_offset: int, addr: bytes, port_offset: int | None, port: int
+    ip: Ipv4,
+    addr_offset: int,
+    addr: bytes,
+    port_offset: int | None,
+    port: int,
+    partial: bool = False,
 ) -> None:
-    """Set the source (12) or destination (16) address and port, fixing the checksums."""
+    """Set the source (12) or destination (16) address and port, fixing the checksums.
+
+    `partial`: a TCP/UDP checksum field holds the non-complemented pseudo-header sum (the kernel
+    adds the segment on transmit): only the address, which is in the pseudo-header, changes it.
+    """
     buf = ip.buf
     l4_check = _l4_checksum_offset(ip)
     udp_check = l4_check if ip.proto == UDP else None
+    if partial and l4_check is not None and ip.proto != ICMP:
+        old = bytes(buf[addr_offset : addr_offset + 4])
+        _patch(buf, addr_offset, addr, (10,))
+        buf[l4_check : l4_check + 2] = adjust_partial(_word(buf, l4_check), old, addr).to_bytes(
+            2, "big"
+        )
+        if port_offset is not None:
+            buf[port_offset : port_offset + 2] = port.to_bytes(2, "big")
+        if addr_offset == 12:
+            ip.src = addr
+        else:
+            ip.dst = addr
+        return
     # The ICMP checksum has no pseudo-header: an address change does not touch it.
     addr_checks = (10,) if ip.proto == ICMP else (10, l4_check)
     _patch(buf, addr_offset, addr, addr_checks, udp_check)

@@ -23,11 +23,12 @@ from collections.abc import Callable
 from types import FrameType
 
 from appliance.config import ApplianceConfig
-from appliance.engine import Nat, Side
+from appliance.engine import Nat, Offload, OffloadOutput, Side
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_AUXDATA = 8
+PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
 PACKET_OUTGOING = 4
 TP_STATUS_CSUMNOTREADY = 1 << 3
@@ -40,6 +41,41 @@ ETH_FLAG_LRO = 1 << 15
 RECV_BATCH = 64  # frames drained from one socket before looking at the other
 FRAME_BUFFER = 65536 + 64
 _AUX_SPACE = socket.CMSG_SPACE(struct.calcsize("IIIHHHH"))
+
+# struct virtio_net_hdr, before every frame on a socket with PACKET_VNET_HDR.
+VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
+VNET_NEEDS_CSUM, VNET_DATA_VALID = 1, 2
+GSO_NONE, GSO_TCPV4, GSO_ECN = 0, 1, 0x80
+NO_VNET_HDR = bytes(VNET_HDR.size)
+
+
+def decode_vnet_hdr(header: bytes) -> tuple[Offload | None, bool]:
+    """(the offload of a received frame, or None; whether its L4 checksum is known valid).
+    Raises ValueError for a segmentation type the engine does not translate (not TCPv4)."""
+    flags, gso_type, _, gso_size, _, _ = VNET_HDR.unpack_from(header)
+    kind = gso_type & ~GSO_ECN
+    if kind == GSO_NONE:
+        if flags & VNET_NEEDS_CSUM:
+            return Offload(needs_csum=True), False
+        return None, bool(flags & VNET_DATA_VALID)
+    if kind != GSO_TCPV4 or not flags & VNET_NEEDS_CSUM:
+        raise ValueError(gso_type)
+    return Offload(True, gso_size, bool(gso_type & GSO_ECN)), False
+
+
+def encode_vnet_hdr(frame: bytes, offload: Offload | None) -> bytes:
+    """The virtio_net_hdr to send `frame` (Ethernet + IPv4 + TCP/UDP) with `offload`."""
+    if offload is None or not offload.needs_csum:
+        return NO_VNET_HDR
+    csum_start = 14 + (frame[14] & 0x0F) * 4
+    csum_offset = 16 if frame[23] == 6 else 6
+    if not offload.gso_size:
+        return VNET_HDR.pack(VNET_NEEDS_CSUM, GSO_NONE, 0, 0, csum_start, csum_offset)
+    header_len = csum_start + (frame[csum_start + 12] >> 4) * 4
+    gso_type = GSO_TCPV4 | (GSO_ECN if offload.ecn else 0)
+    return VNET_HDR.pack(
+        VNET_NEEDS_CSUM, gso_type, header_len, offload.gso_size, csum_start, csum_offset
+    )
 
 
 class ShellError(Exception):
@@ -71,8 +107,11 @@ class RateLimitedLog:
         self._windows[key] = (start, count + 1)
 
 
-def open_interface(name: str) -> tuple[socket.socket, bytes]:
-    """An AF_PACKET socket bound to `name`, the interface up with offloads off; and its MAC."""
+def open_interface(name: str, vnet: bool = True) -> tuple[socket.socket, bytes, bool]:
+    """An AF_PACKET socket bound to `name`, the interface up; its MAC; whether frames carry a
+    virtio_net_hdr. With one (`vnet`, when the kernel has PACKET_VNET_HDR) GRO stays on: TCP
+    aggregates come in whole and go out for the kernel to segment. Without, GRO is turned off
+    and PACKET_AUXDATA says which checksums are partial."""
     try:
         socket.if_nametoindex(name)
     except OSError:
@@ -85,9 +124,17 @@ def open_interface(name: str) -> tuple[socket.socket, bytes]:
         # Up before bind: binding to a down interface leaves ENETDOWN pending on the socket,
         # and the first send would fail with it.
         _bring_up(sock, name)
-        _disable_offloads(sock, name)
+        if vnet:
+            try:
+                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+            except OSError:
+                vnet = False
+        _disable_offloads(sock, name, gro=not vnet)
+        if vnet:
+            _grow_buffers(sock)
         sock.bind((name, ETH_P_ALL))
-        sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
+        if not vnet:
+            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
         # Before Linux 4.20 this option is missing: outgoing frames are skipped by pkttype.
         with contextlib.suppress(OSError):
             sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
@@ -99,7 +146,21 @@ def open_interface(name: str) -> tuple[socket.socket, bytes]:
     if len(mac) != 6:
         sock.close()
         raise ShellError(f"interface {name!r} is not an Ethernet interface")
-    return sock, bytes(mac)
+    return sock, bytes(mac), vnet
+
+
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
+SOCKET_BUFFER = 8 << 20
+
+
+def _grow_buffers(sock: socket.socket) -> None:
+    # The default buffers (about 200 KiB) hold only three 64 KiB aggregates: a burst would be
+    # dropped on receive, or fail with EAGAIN on send.
+    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+        except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
+            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
 
 
 def _ifreq(name: str, payload: bytes) -> bytes:
@@ -123,10 +184,13 @@ def _ethtool(sock: socket.socket, name: str, command: int, value: int = 0) -> in
     return int(struct.unpack_from("II", request.raw)[1])
 
 
-def _disable_offloads(sock: socket.socket, name: str) -> None:
+def _disable_offloads(sock: socket.socket, name: str, gro: bool) -> None:
     # GRO/LRO would merge received TCP segments into frames far over the MTU, which cannot be
-    # sent back out through AF_PACKET (DESIGN.md, known pitfalls).
-    _ethtool(sock, name, ETHTOOL_SGRO, 0)
+    # sent back out through AF_PACKET without a virtio_net_hdr (DESIGN.md, known pitfalls).
+    # LRO is off in any case: its merged frames are not fit to forward (the kernel's own
+    # forwarding turns it off too).
+    if gro:
+        _ethtool(sock, name, ETHTOOL_SGRO, 0)
     flags = _ethtool(sock, name, ETHTOOL_GFLAGS)
     if flags is not None and flags & ETH_FLAG_LRO:
         _ethtool(sock, name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
@@ -160,9 +224,15 @@ def _checksum_not_ready(ancillary: list[tuple[int, int, bytes]]) -> bool:
 
 class Shell:
     def __init__(
-        self, nat: Nat, sockets: dict[Side, socket.socket], log: Log, stats_interval: float
+        self,
+        nat: Nat,
+        sockets: dict[Side, socket.socket],
+        log: Log,
+        stats_interval: float,
+        vnet: bool = False,
     ) -> None:
         self.nat, self.sockets, self.log = nat, sockets, log
+        self.vnet = vnet  # every frame on both sockets has a virtio_net_hdr
         self.stats_interval = stats_interval
         self.errors = RateLimitedLog(log)
         self.stopping = False
@@ -201,6 +271,9 @@ class Shell:
         return self.nat.counters.line(len(self.nat.table)) + f" tx_errors={self.tx_errors}"
 
     def _drain(self, side: Side) -> None:
+        if self.vnet:
+            self._drain_vnet(side)
+            return
         # Per frame this is the hot loop: names are bound once, and the clock is read once per
         # batch (a batch takes well under a millisecond; the engine's timers count seconds).
         recvmsg, handle, send = self.sockets[side].recvmsg, self.nat.handle, self._send
@@ -221,18 +294,66 @@ class Shell:
                 continue
             send(out)
 
+    def _drain_vnet(self, side: Side) -> None:
+        recvfrom, nat, send = self.sockets[side].recvfrom, self.nat, self._send
+        handle, header_size = nat.handle, VNET_HDR.size
+        now = time.monotonic()
+        for _ in range(RECV_BATCH):
+            try:
+                data, address = recvfrom(FRAME_BUFFER + header_size)
+            except (BlockingIOError, InterruptedError):
+                return
+            if address[2] == PACKET_OUTGOING:
+                continue
+            flags = data[0] if data else 0
+            if not flags & VNET_NEEDS_CSUM and len(data) > 1 and not data[1]:
+                offload, valid = None, bool(flags & VNET_DATA_VALID)  # the common case, inline
+            else:
+                try:
+                    offload, valid = decode_vnet_hdr(data)
+                except (ValueError, struct.error):  # UDP or IPv6 segmentation; a short read
+                    nat.counters.frames_in[side] += 1
+                    nat.counters.drop("unsupported-offload")
+                    continue
+            frame = data[header_size:]
+            try:
+                if offload is None:
+                    send(handle(side, frame, now, False, valid))
+                else:
+                    self._send_offloaded(nat.handle_offload(side, frame, now, offload))
+            except Exception:  # the appliance must outlive any frame
+                self.nat.counters.drop("internal-error")
+                detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
+                self.errors("internal", f"error: frame from {side} raised: {detail}", now)
+
+    def _send_offloaded(self, out: OffloadOutput) -> None:
+        sockets = self.sockets
+        for side, frame, offload in out:
+            try:
+                sockets[side].sendmsg([encode_vnet_hdr(frame, offload), frame])
+            except OSError as error:
+                self._tx_error(side, error)
+
+    def _tx_error(self, side: Side, error: OSError) -> None:
+        self.tx_errors += 1
+        self.errors(
+            f"tx-{error.errno}", f"error: send on {side}: {error.strerror}", time.monotonic()
+        )
+
     def _send(self, out: list[tuple[Side, bytes]]) -> None:
         sockets = self.sockets
+        if self.vnet:
+            for side, frame in out:
+                try:
+                    sockets[side].send(NO_VNET_HDR + frame)
+                except OSError as error:
+                    self._tx_error(side, error)
+            return
         for side, frame in out:
             try:
                 sockets[side].send(frame)
             except OSError as error:
-                self.tx_errors += 1
-                self.errors(
-                    f"tx-{error.errno}",
-                    f"error: send on {side}: {error.strerror}",
-                    time.monotonic(),
-                )
+                self._tx_error(side, error)
 
 
 def run(
@@ -245,10 +366,14 @@ def run(
     """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
-    wan_sock, wan_mac = open_interface(wan_ifname)
-    lan_sock, lan_mac = open_interface(lan_ifname)
+    wan_sock, wan_mac, wan_vnet = open_interface(wan_ifname)
+    lan_sock, lan_mac, lan_vnet = open_interface(lan_ifname, vnet=wan_vnet)
+    if wan_vnet and not lan_vnet:
+        # Both sockets the same way: reopen the WAN side without the header.
+        wan_sock.close()
+        wan_sock, wan_mac, wan_vnet = open_interface(wan_ifname, vnet=False)
     nat = Nat(config, wan_mac, lan_mac)
-    shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval)
+    shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval, wan_vnet)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         shell.stopping = True

@@ -25,6 +25,9 @@ Rules
 -----
 - Checksum offload, TSO, GSO and GRO are off on every veth end: the appliance reads frames with
   AF_PACKET and must see complete checksums and MTU-sized frames (DESIGN.md, known pitfalls).
+  Except with ``offloads=True`` (host mode only): then the hosts' veths keep checksum offload,
+  TSO and GSO on, and the appliance's ``wan0``/``lan0`` have GRO on, so TCP crosses as
+  aggregates of up to 64 KiB with partial checksums (the appliance's PACKET_VNET_HDR path).
 - IPv6 is off in every namespace before any link exists, so raised links make no IPv6 noise.
 - Namespaces are created explicitly and opened with ``flags=0``: a typo fails instead of creating
   an empty namespace. Links are waited for by state, never by sleeping.
@@ -156,7 +159,7 @@ def session_prefix() -> str:
     return f"natvm-t{os.getpid()}-"
 
 
-def build(prefix: str, attach: Attach) -> Topology:
+def build(prefix: str, attach: Attach, offloads: bool = False) -> Topology:
     """Create the namespaces and links; on any failure, remove what was made and re-raise."""
     remove_stale_namespaces()
     names = {role: prefix + role for role in ("router", "wan", "lan-a", "lan-b")}
@@ -166,10 +169,10 @@ def build(prefix: str, attach: Attach) -> Topology:
             netns.create(name)
             created.append(name)
             _set_sysctls(name)
-        appliance_wan, appliance_lan = _wire_router(names, attach)
-        lan_a = _configure_lan_host(names["lan-a"], CLIENT_A)
-        lan_b = _configure_lan_host(names["lan-b"], CLIENT_B)
-        wan = _configure_wan_host(names["wan"])
+        appliance_wan, appliance_lan = _wire_router(names, attach, offloads)
+        lan_a = _configure_lan_host(names["lan-a"], CLIENT_A, offloads)
+        lan_b = _configure_lan_host(names["lan-b"], CLIENT_B, offloads)
+        wan = _configure_wan_host(names["wan"], offloads)
     except BaseException:
         for name in created:
             netns.remove(name)
@@ -216,7 +219,7 @@ def _set_sysctls(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings], check=True)
 
 
-def _wire_router(names: dict[str, str], attach: Attach) -> tuple[str, str]:
+def _wire_router(names: dict[str, str], attach: Attach, offloads: bool) -> tuple[str, str]:
     router = names["router"]
     with IPRoute(netns=router, flags=0) as ipr:
         bridges = {name: _add_link(ipr, name, kind="bridge") for name in ("br-wan", "br-lan")}
@@ -246,7 +249,13 @@ def _wire_router(names: dict[str, str], attach: Attach) -> tuple[str, str]:
             offload_ends = list(hosts)
         for index in bridges.values():
             ipr.link("set", index=index, state="up")
-    _disable_offloads(router, offload_ends)
+    if not offloads:
+        _disable_offloads(router, offload_ends)
+    elif attach is Attach.VETH:
+        for nic in nics:
+            _ethtool(router, nic, "gro", "on")
+    else:
+        raise ValueError("offloads=True is for host mode (the VM's taps have no offloads)")
     return nics
 
 
@@ -266,24 +275,28 @@ def _set_up(ipr: IPRoute, ifname: str, master: int | None = None) -> None:
 
 def _disable_offloads(ns: str, ifnames: Iterable[str]) -> None:
     for ifname in ifnames:
-        subprocess.run(
-            ["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *OFFLOADS_OFF],
-            check=True,
-            capture_output=True,
-        )
+        _ethtool(ns, ifname, *OFFLOADS_OFF)
 
 
-def _configure_lan_host(ns: str, address: str) -> Host:
+def _ethtool(ns: str, ifname: str, *features: str) -> None:
+    subprocess.run(
+        ["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *features],
+        check=True,
+        capture_output=True,
+    )
+
+
+def _configure_lan_host(ns: str, address: str, offloads: bool) -> Host:
     with IPRoute(netns=ns, flags=0) as ipr:
-        index = _bring_up_host_link(ns, ipr)
+        index = _bring_up_host_link(ns, ipr, offloads)
         ipr.addr("add", index=index, address=address, prefixlen=24)
         ipr.route("add", dst="0.0.0.0/0", gateway=APPLIANCE_LAN)
         return Host(ns, "eth0", address, _mac(ipr, index))
 
 
-def _configure_wan_host(ns: str) -> Host:
+def _configure_wan_host(ns: str, offloads: bool) -> Host:
     with IPRoute(netns=ns, flags=0) as ipr:
-        index = _bring_up_host_link(ns, ipr)
+        index = _bring_up_host_link(ns, ipr, offloads)
         ipr.addr("add", index=index, address=GATEWAY, prefixlen=24)
         # The server addresses go on lo (this kernel has no dummy links): local, so the
         # gateway host answers for them itself.
@@ -293,8 +306,9 @@ def _configure_wan_host(ns: str) -> Host:
         return Host(ns, "eth0", GATEWAY, _mac(ipr, index))
 
 
-def _bring_up_host_link(ns: str, ipr: IPRoute) -> int:
-    _disable_offloads(ns, ["eth0"])
+def _bring_up_host_link(ns: str, ipr: IPRoute, offloads: bool) -> int:
+    if not offloads:
+        _disable_offloads(ns, ["eth0"])
     (lo,) = ipr.link_lookup(ifname="lo")
     ipr.link("set", index=lo, state="up")
     (index,) = ipr.link_lookup(ifname="eth0")
@@ -397,9 +411,9 @@ def inject(ns: str, ifname: str, frames: Iterable[bytes]) -> int:
 
 
 @contextlib.contextmanager
-def topology(prefix: str, attach: Attach) -> Iterator[Topology]:
+def topology(prefix: str, attach: Attach, offloads: bool = False) -> Iterator[Topology]:
     """``build`` then ``destroy``, whatever happens in between."""
-    built = build(prefix, attach)
+    built = build(prefix, attach, offloads)
     try:
         yield built
     finally:

@@ -70,6 +70,7 @@ class Options:
     runs: int = 3
     quick: bool = False
     workloads: tuple[str, ...] = tuple(WORKLOADS)
+    offloads: bool = False  # checksum offload, TSO, GSO on the hosts; GRO on wan0/lan0
 
 
 def parse_workloads(text: str) -> tuple[str, ...]:
@@ -189,10 +190,11 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     settings = Settings.quick() if options.quick else Settings()
     runs: list[dict[str, Any]] = []
     say(f"natvm bench: {options.runs} run(s) of {', '.join(options.workloads)}"
-        f"{' (quick)' if options.quick else ''}; Linux NAT vs natvm, alternating")  # fmt: skip
+        f"{' (quick)' if options.quick else ''}; Linux NAT vs natvm, alternating; "
+        f"offloads {'on' if options.offloads else 'off'}")  # fmt: skip
     with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="natvm-bench-") as tmp:
         config = natvm_config(Path(tmp))
-        with topology(session_prefix(), Attach.VETH) as topo:
+        with topology(session_prefix(), Attach.VETH, options.offloads) as topo:
             ctx = prepare(topo, settings)
             for number in range(options.runs):
                 order = ("kernel", "natvm") if number % 2 == 0 else ("natvm", "kernel")

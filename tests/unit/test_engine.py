@@ -5,6 +5,7 @@ scapy's recomputation (conftest.assert_checksums_valid).
 """
 
 from dataclasses import replace
+from socket import inet_aton
 
 import pytest
 from nat_harness import (
@@ -38,8 +39,9 @@ from scapy.layers.inet import (
 )
 from scapy.layers.l2 import ARP, Ether
 
+from appliance.checksum import ones_sum
 from appliance.config import ApplianceConfig, Filtering, Timeouts
-from appliance.engine import Side
+from appliance.engine import Offload, Side
 
 LAN, WAN = Side.LAN, Side.WAN
 
@@ -630,6 +632,92 @@ def test_tcp_aggregate_is_cut_into_mtu_sized_segments(harness: Harness) -> None:
     assert [s[TCP].seq for s in segments] == [1000 + 1460 * i for i in range(8)]
     assert b"".join(bytes(s[TCP].payload) for s in segments) == payload
     assert [str(s[TCP].flags) for s in segments] == ["A"] * 7 + ["PA"]
+
+
+def _pseudo_sum(src: str, dst: str, l4_len: int) -> int:
+    """What a checksum offload leaves in a TCP header: the pseudo-header sum, not complemented."""
+    return ones_sum(inet_aton(src) + inet_aton(dst) + b"\x00\x06" + l4_len.to_bytes(2, "big"))
+
+
+def _needs_csum(packet: IP, dst_mac: str, src_mac: str) -> bytes:
+    """A frame as the kernel hands it over with NEEDS_CSUM: the TCP checksum field partial."""
+    raw = bytearray(bytes(Ether(dst=dst_mac, src=src_mac) / packet))
+    partial = _pseudo_sum(packet.src, packet.dst, len(raw) - 34)
+    raw[50:52] = partial.to_bytes(2, "big")
+    return bytes(raw)
+
+
+AGGREGATE_PAYLOAD = bytes(range(256)) * 160  # 40960 bytes: a GRO aggregate
+
+
+def test_needs_csum_aggregate_is_translated_once_and_left_for_the_kernel(
+    harness: Harness,
+) -> None:
+    aggregate = (
+        IP(src=HOST, dst=SERVER, flags="DF", id=100, ttl=64)
+        / TCP(sport=44000, dport=80, flags="A", seq=1000)
+        / AGGREGATE_PAYLOAD
+    )
+    offload = Offload(needs_csum=True, gso_size=1448, ecn=True)
+    frame = _needs_csum(aggregate, LAN_MAC, HOST_MACS[HOST])
+    out = harness.nat.handle_offload(LAN, frame, harness.now, offload)
+    assert len(out) == 1
+    side, sent_bytes, sent_offload = out[0]
+    assert (side, sent_offload) == (WAN, offload)
+    sent = Ether(sent_bytes)
+    assert ones_sum(sent_bytes[14:34]) == 0xFFFF  # the IP header checksum
+    assert (sent.dst, sent.src) == (GATEWAY_MAC, WAN_MAC)
+    assert (sent[IP].src, sent[IP].dst, sent[IP].ttl, sent[IP].len) == (
+        WAN_IP, SERVER, 63, len(aggregate)
+    )  # fmt: skip
+    ext_port = sent[TCP].sport
+    assert (sent[TCP].dport, sent[TCP].seq, bytes(sent[TCP].payload)) == (
+        80, 1000, AGGREGATE_PAYLOAD
+    )  # fmt: skip
+    # Still partial: exactly the pseudo-header sum of the new addresses.
+    assert sent[TCP].chksum == _pseudo_sum(WAN_IP, SERVER, len(aggregate) - 20)
+
+    reply = (
+        IP(src=SERVER, dst=WAN_IP, flags="DF", ttl=64)
+        / TCP(sport=80, dport=ext_port, flags="PA", seq=5000)
+        / AGGREGATE_PAYLOAD
+    )
+    frame = _needs_csum(reply, WAN_MAC, GATEWAY_MAC)
+    back = harness.nat.handle_offload(WAN, frame, harness.now, Offload(True, 1448))
+    assert len(back) == 1 and back[0][0] is LAN and back[0][2] == Offload(True, 1448)
+    restored = Ether(back[0][1])
+    assert ones_sum(back[0][1][14:34]) == 0xFFFF
+    assert (restored[IP].dst, restored[TCP].dport, restored[IP].ttl) == (HOST, 44000, 63)
+    assert restored[TCP].chksum == _pseudo_sum(SERVER, HOST, len(reply) - 20)
+    assert harness.dropped("icmp-unreachable") == 0
+
+
+def test_needs_csum_frame_waiting_for_arp_is_completed_in_software(harness: Harness) -> None:
+    harness.nat.neighbours[WAN] = type(harness.nat.neighbours[WAN])(
+        harness.nat.neighbours[WAN].mac, harness.nat.neighbours[WAN].ip
+    )
+    packet = IP(src=HOST, dst=SERVER, flags="DF") / TCP(sport=44001, dport=80) / (b"x" * 3000)
+    frame = _needs_csum(packet, LAN_MAC, HOST_MACS[HOST])
+    out = harness.nat.handle_offload(LAN, frame, harness.now, Offload(True, 1448))
+    assert [offload for _, _, offload in out] == [None]  # the ARP request
+    resolved = harness.nat.neighbours[WAN].learn(
+        inet_aton(GATEWAY), bytes.fromhex(GATEWAY_MAC.replace(":", "")), harness.now
+    )
+    segments = [IP(packet) for _, packet in resolved]
+    assert len(segments) == 3
+    for segment in segments:
+        assert_checksums_valid(segment)
+        assert len(segment) <= 1500 and segment.src == WAN_IP
+
+
+def test_data_valid_frames_skip_the_l4_checksum_check(harness: Harness) -> None:
+    packet = IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=53, chksum=0x1234) / b"query"
+    frame = bytes(Ether(dst=LAN_MAC, src=HOST_MACS[HOST]) / packet)
+    assert harness.nat.handle(LAN, frame, harness.now) == []
+    assert harness.dropped("bad-udp-checksum") == 1
+    for _ in range(2):  # the full path (a new flow), then the fast path
+        out = harness.nat.handle(LAN, frame, harness.now, l4_verified=True)
+        assert len(out) == 1 and Ether(out[0][1])[IP].src == WAN_IP
 
 
 def test_full_sized_df_tcp_without_offload_still_gets_fragmentation_needed(

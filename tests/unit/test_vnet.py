@@ -1,0 +1,35 @@
+"""The shell's virtio_net_hdr codec: what the kernel says of a frame, as the engine's Offload."""
+
+import pytest
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from appliance.engine import Offload
+from appliance.shell import NO_VNET_HDR, VNET_HDR, decode_vnet_hdr, encode_vnet_hdr
+
+
+def test_plain_and_data_valid_frames_have_no_offload() -> None:
+    assert decode_vnet_hdr(NO_VNET_HDR) == (None, False)
+    assert decode_vnet_hdr(VNET_HDR.pack(2, 0, 0, 0, 0, 0)) == (None, True)
+
+
+def test_tcp_aggregate_round_trip() -> None:
+    header = VNET_HDR.pack(1, 0x81, 66, 1448, 34, 16)
+    offload, valid = decode_vnet_hdr(header)
+    assert (offload, valid) == (Offload(True, 1448, ecn=True), False)
+    frame = bytes(Ether() / IP() / TCP(options=[("NOP", None)] * 12) / (b"x" * 5000))
+    assert encode_vnet_hdr(frame, offload) == VNET_HDR.pack(1, 0x81, 14 + 20 + 32, 1448, 34, 16)
+
+
+def test_partial_udp_checksum_round_trip() -> None:
+    offload, _ = decode_vnet_hdr(VNET_HDR.pack(1, 0, 0, 0, 34, 6))
+    assert offload == Offload(needs_csum=True)
+    frame = bytes(Ether() / IP() / UDP() / b"x")
+    assert encode_vnet_hdr(frame, offload) == VNET_HDR.pack(1, 0, 0, 0, 34, 6)
+    assert encode_vnet_hdr(frame, None) == NO_VNET_HDR
+
+
+@pytest.mark.parametrize("gso_type", [3, 4, 5])  # UDP (UFO), TCPv6, UDP_L4
+def test_other_segmentation_types_are_refused(gso_type: int) -> None:
+    with pytest.raises(ValueError):
+        decode_vnet_hdr(VNET_HDR.pack(1, gso_type, 54, 1400, 34, 6))
