@@ -288,9 +288,7 @@ class Shell:
             try:
                 out = handle(side, frame, now, _checksum_not_ready(ancillary))
             except Exception:  # the appliance must outlive any frame
-                self.nat.counters.drop("internal-error")
-                detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
-                self.errors("internal", f"error: frame from {side} raised: {detail}", now)
+                self._internal_error(side, now)
                 continue
             send(out)
 
@@ -322,9 +320,7 @@ class Shell:
                 else:
                     self._send_offloaded(nat.handle_offload(side, frame, now, offload))
             except Exception:  # the appliance must outlive any frame
-                self.nat.counters.drop("internal-error")
-                detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
-                self.errors("internal", f"error: frame from {side} raised: {detail}", now)
+                self._internal_error(side, now)
 
     def _send_offloaded(self, out: OffloadOutput) -> None:
         sockets = self.sockets
@@ -333,6 +329,11 @@ class Shell:
                 sockets[side].sendmsg([encode_vnet_hdr(frame, offload), frame])
             except OSError as error:
                 self._tx_error(side, error)
+
+    def _internal_error(self, side: Side, now: float) -> None:
+        self.nat.counters.drop("internal-error")
+        detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
+        self.errors("internal", f"error: frame from {side} raised: {detail}", now)
 
     def _tx_error(self, side: Side, error: OSError) -> None:
         self.tx_errors += 1

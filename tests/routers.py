@@ -12,6 +12,7 @@ All three offer the interface of ``Nat``.
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 import socket
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
@@ -61,12 +64,39 @@ def dropped_count(lines: list[str]) -> int:
     return counts[-1] if counts else 0
 
 
-class HostAppliance:
+class _ConsoleProcess:
+    """A process in the router namespace whose output is kept line by line (a subclass fills
+    `_lines` from `_process`): alive, output, the drop counter and a SIGTERM stop."""
+
+    def __init__(self) -> None:
+        self._lines: list[str] = []
+        self._process: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def output(self) -> list[str]:
+        """Every line it has printed so far (stdout and stderr)."""
+        return list(self._lines)
+
+    def dropped(self) -> int | None:
+        return dropped_count(self._lines)
+
+    def stop(self) -> int | None:
+        """SIGTERM and wait; returns the exit status (``None`` if it never started)."""
+        if self._process is not None and self.returncode is None:
+            self.returncode = stop_process(self._process)
+        return self.returncode
+
+
+class HostAppliance(_ConsoleProcess):
     """``python -m appliance`` in the router namespace, its stdout and stderr kept line by line."""
 
     kind = "appliance"
 
     def __init__(self, topology: Topology, config: Path) -> None:
+        super().__init__()
         self.topology = topology
         self.command = [
             sys.executable,
@@ -82,10 +112,7 @@ class HostAppliance:
             "--stats-interval",
             str(STATS_INTERVAL),
         ]
-        self._lines: list[str] = []
         self._ready = threading.Event()
-        self._process: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
 
     def start(self) -> None:
         """Start it and wait for its ``READY`` line; fail with its output if it never comes."""
@@ -114,26 +141,10 @@ class HostAppliance:
             if line.startswith("READY"):
                 self._ready.set()
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
     @property
     def pid(self) -> int | None:
         """The appliance's own process id (``ip netns exec`` execs it), for reading /proc."""
         return None if self._process is None else self._process.pid
-
-    def output(self) -> list[str]:
-        """Every line it has printed so far (stdout and stderr)."""
-        return list(self._lines)
-
-    def dropped(self) -> int | None:
-        return dropped_count(self._lines)
-
-    def stop(self) -> int | None:
-        """SIGTERM and wait; returns the exit status (``None`` if it never started)."""
-        if self._process is not None and self.returncode is None:
-            self.returncode = stop_process(self._process)
-        return self.returncode
 
 
 class KernelNat:
@@ -212,7 +223,7 @@ table ip {self.TABLE} {{
         return self.returncode
 
 
-class VmAppliance:
+class VmAppliance(_ConsoleProcess):
     """The built image under QEMU in the router namespace, its NICs the topology's taps.
 
     The serial console is kept line by line; the guest's own ``READY`` says it forwards and its
@@ -223,12 +234,10 @@ class VmAppliance:
     kind = "vm"
 
     def __init__(self, topology: Topology, machine: qemu.Machine, monitor: Path) -> None:
+        super().__init__()
         self.topology = topology
         self.monitor = monitor
         self.command = [*qemu.command(machine), "-monitor", f"unix:{monitor},server=on,wait=off"]
-        self._lines: list[str] = []
-        self._process: subprocess.Popen[bytes] | None = None
-        self.returncode: int | None = None
 
     def start(self) -> None:
         self._process = self.topology.spawn(
@@ -272,20 +281,6 @@ class VmAppliance:
             monitor.sendall(b"system_reset\n")
             _read_until(monitor, MONITOR_PROMPT)
 
-    def alive(self) -> bool:
-        return self._process is not None and self._process.poll() is None
-
-    def output(self) -> list[str]:
-        return list(self._lines)
-
-    def dropped(self) -> int | None:
-        return dropped_count(self._lines)
-
-    def stop(self) -> int | None:
-        if self._process is not None and self.returncode is None:
-            self.returncode = stop_process(self._process)
-        return self.returncode
-
 
 def _read_until(sock: socket.socket, marker: bytes) -> bytes:
     received = b""
@@ -295,3 +290,22 @@ def _read_until(sock: socket.socket, marker: bytes) -> bytes:
             raise ConnectionError(f"the QEMU monitor closed before {marker!r}")
         received += chunk
     return received
+
+
+REFERENCE_VARIABLE = "NATVM_TEST_REFERENCE"
+
+
+@contextmanager
+def host_mode_nat(topology: Topology) -> Iterator[Nat]:
+    """What forwards in host mode: the appliance, or Linux's NAT when NATVM_TEST_REFERENCE=kernel
+    (to tell a broken test from a broken appliance). Its clean exit on SIGTERM is checked."""
+    reference = os.environ.get(REFERENCE_VARIABLE, "")
+    if reference not in ("", "kernel"):
+        raise ValueError(f"{REFERENCE_VARIABLE}={reference!r}: expected unset or 'kernel'")
+    router: Nat = (
+        KernelNat(topology) if reference else HostAppliance(topology, REPO / "ops-config.json")
+    )
+    router.start()
+    yield router
+    status = router.stop()
+    assert status == 0, f"exit status {status} on SIGTERM; output:\n" + "\n".join(router.output())

@@ -6,20 +6,13 @@ that validates the topology and the tests, not the appliance.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
-from routers import REPO, HostAppliance, KernelNat, Nat
+from routers import Nat, host_mode_nat
 from services import Services, running_services
 from topology import Attach, Topology, session_prefix
 from topology import topology as built_topology
-
-REFERENCE_VARIABLE = "NATVM_TEST_REFERENCE"
-STARTERS: dict[str, Callable[[Topology], Nat]] = {
-    "": lambda topo: HostAppliance(topo, REPO / "ops-config.json"),
-    "kernel": KernelNat,
-}
 
 
 @pytest.fixture(scope="session")
@@ -36,15 +29,9 @@ def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="session")
 def nat(topology: Topology) -> Iterator[Nat]:
-    """What forwards for the whole session; its clean exit on SIGTERM is checked at the end."""
-    reference = os.environ.get(REFERENCE_VARIABLE, "")
-    if reference not in STARTERS:
-        pytest.fail(f"{REFERENCE_VARIABLE}={reference!r}: expected unset or 'kernel'")
-    router = STARTERS[reference](topology)
-    router.start()
-    yield router
-    status = router.stop()
-    assert status == 0, f"exit status {status} on SIGTERM; output:\n" + "\n".join(router.output())
+    """What forwards for the whole session (see routers.host_mode_nat)."""
+    with host_mode_nat(topology) as router:
+        yield router
 
 
 @pytest.fixture

@@ -5,12 +5,11 @@ the rest of the tier keeps offloads off."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import pytest
 import traffic
-from routers import REPO, HostAppliance, KernelNat, Nat
+from routers import Nat, host_mode_nat
 from services import Services, running_services
 from topology import Attach, Topology, session_prefix
 from topology import topology as built_topology
@@ -32,13 +31,9 @@ def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> It
 
 @pytest.fixture(scope="module")
 def nat(topology: Topology) -> Iterator[Nat]:
-    kernel = os.environ.get("NATVM_TEST_REFERENCE") == "kernel"
-    router = KernelNat(topology) if kernel else HostAppliance(topology, REPO / "ops-config.json")
-    router.start()
-    yield router
-    status = router.stop()
+    with host_mode_nat(topology) as router:
+        yield router
     output = "\n".join(router.output())
-    assert status == 0, f"exit status {status} on SIGTERM; output:\n{output}"
     if router.kind == "appliance":
         assert " tx_errors=0" in output, output
 
