@@ -199,7 +199,7 @@ class Nat:
                 else self._fast_in(frame, now, l4_verified)
             )
             if fast is not None:
-                return fast
+                return [fast]
         return self._full(side, frame, now, checksum_partial, l4_verified)
 
     def handle_offload(
@@ -212,6 +212,13 @@ class Nat:
         for which the offload cannot be kept (the next hop's MAC is not known yet) get complete
         checksums and are cut in software, as `handle` does with `checksum_partial`."""
         self.counters.frames_in[side] += 1
+        fast = (
+            self._fast_out(frame, now, True, offload)
+            if side is Side.LAN
+            else self._fast_in(frame, now, True, offload)
+        )
+        if fast is not None:
+            return [(fast[0], fast[1], offload)]
         return self._run(side, frame, now, True, False, offload)
 
     def _full(
@@ -282,7 +289,9 @@ class Nat:
     #   - to our MAC (not broadcast); IPv4 without options (IHL 5); neither fragment nor reserved
     #     flag; the total length fits the frame and the MTU; TTL above 1; header checksum valid;
     #   - TCP or UDP with a sound header and a valid checksum (UDP may carry none), the checksum
-    #     complete (`checksum_partial` frames take the full path, which finishes them);
+    #     complete (`checksum_partial` frames take the full path, which finishes them) or left
+    #     partial for the kernel (`handle_offload`: the checksum is not checked, only its
+    #     pseudo-header part adjusted, and a TCP aggregate may exceed the MTU);
     #   - the addresses pass the full path's source and destination checks (below), and the next
     #     hop's MAC is cached and fresh (nothing to queue, nothing to refresh);
     #   - the session exists (a new one takes the full path); `FlowTable.refresh` then moves its
@@ -291,8 +300,10 @@ class Nat:
     # The checksum arithmetic is `_patch`'s, summed: RFC 1624 eqn. 3 applied to several words at
     # once gives the same 16 bits as applying it word by word (a fold of a fold is the fold).
 
-    def _fast_out(self, frame: bytes, now: float, verified: bool = False) -> Output | None:
-        l4_len = self._plain_l4_len(frame, self.macs[Side.LAN])
+    def _fast_out(
+        self, frame: bytes, now: float, verified: bool = False, offload: Offload | None = None
+    ) -> tuple[Side, bytes] | None:
+        l4_len = self._plain_l4_len(frame, self.macs[Side.LAN], offload)
         if l4_len < 0:
             return None
         src, dst = frame[26:30], frame[30:34]
@@ -321,10 +332,12 @@ class Nat:
         buf = bytearray(frame[: 34 + l4_len])
         buf[26:30] = self.wan_ip
         buf[34:36] = ext_port.to_bytes(2, "big")
-        return self._fast_emit(Side.WAN, buf, mac, proto, addr_term, port_term)
+        return self._fast_emit(Side.WAN, buf, mac, proto, addr_term, port_term, offload)
 
-    def _fast_in(self, frame: bytes, now: float, verified: bool = False) -> Output | None:
-        l4_len = self._plain_l4_len(frame, self.macs[Side.WAN])
+    def _fast_in(
+        self, frame: bytes, now: float, verified: bool = False, offload: Offload | None = None
+    ) -> tuple[Side, bytes] | None:
+        l4_len = self._plain_l4_len(frame, self.macs[Side.WAN], offload)
         if l4_len < 0 or frame[30:34] != self.wan_ip:
             return None
         src = frame[26:30]
@@ -349,15 +362,20 @@ class Nat:
         buf = bytearray(frame[: 34 + l4_len])
         buf[30:34] = int_addr
         buf[36:38] = int_port.to_bytes(2, "big")
-        return self._fast_emit(Side.LAN, buf, mac, proto, addr_term, port_term)
+        return self._fast_emit(Side.LAN, buf, mac, proto, addr_term, port_term, offload)
 
-    def _plain_l4_len(self, frame: bytes, our_mac: bytes) -> int:
+    def _plain_l4_len(self, frame: bytes, our_mac: bytes, offload: Offload | None) -> int:
         """The TCP/UDP segment length of a frame the fast path may take, else -1."""
         if len(frame) < 42 or frame[14] != 0x45 or frame[12:14] != b"\x08\x00":
             return -1
         total = (frame[16] << 8) | frame[17]
+        # A TCP aggregate is cut to the MTU by the kernel on transmit; anything else must fit.
+        aggregate = offload is not None and offload.gso_size
+        if aggregate and frame[23] != TCP:
+            return -1
+        limit = 0xFFFF if aggregate else self.mtu
         # Flags byte: only DF (0x40) may be set; the fragment offset must be zero.
-        if total > len(frame) - 14 or total > self.mtu or frame[20] & 0xBF or frame[21]:
+        if total > len(frame) - 14 or total > limit or frame[20] & 0xBF or frame[21]:
             return -1
         if frame[22] <= 1 or frame[:6] != our_mac:
             return -1
@@ -375,24 +393,36 @@ class Nat:
         return l4_len
 
     def _fast_emit(
-        self, side: Side, buf: bytearray, mac: bytes, proto: int, addr_term: int, port_term: int
-    ) -> Output:
-        """Finish a fast-path packet (addresses and ports already set) and send it."""
+        self,
+        side: Side,
+        buf: bytearray,
+        mac: bytes,
+        proto: int,
+        addr_term: int,
+        port_term: int,
+        offload: Offload | None,
+    ) -> tuple[Side, bytes]:
+        """Finish a fast-path packet (addresses and ports already set): the frame to send."""
         buf[22] -= 1  # TTL; its checksum term is 0xFEFF, below
         buf[24:26] = _checksum_after(_word(buf, 24), addr_term + _TTL_TERM).to_bytes(2, "big")
         check = 50 if proto == TCP else 40
         old = _word(buf, check)
         if proto == TCP or old:  # a UDP checksum of 0 means none: it stays 0
-            new = _checksum_after(old, addr_term + port_term)
-            if new == 0 and proto == UDP:
-                new = 0xFFFF  # RFC 768: a computed zero is sent as all ones
+            if offload is not None:
+                # A partial checksum is the pseudo-header's sum, not complemented: only the
+                # address is in it (`adjust_partial`, with the terms summed).
+                new = ~_checksum_after(~old & 0xFFFF, addr_term) & 0xFFFF
+            else:
+                new = _checksum_after(old, addr_term + port_term)
+                if new == 0 and proto == UDP:
+                    new = 0xFFFF  # RFC 768: a computed zero is sent as all ones
             buf[check : check + 2] = new.to_bytes(2, "big")
         buf[0:6] = mac
         buf[6:12] = self.macs[side]
         counters = self.counters
         counters.translated["tcp" if proto == TCP else "udp"] += 1
         counters.frames_out[side] += 1
-        return [(side, bytes(buf))]
+        return side, bytes(buf)
 
     # -- link layer ------------------------------------------------------------------------
 
