@@ -27,20 +27,15 @@ from appliance.engine import Nat, Offload, OffloadOutput, Side
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
-PACKET_AUXDATA = 8
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-PACKET_OUTGOING = 4
-TP_STATUS_CSUMNOTREADY = 1 << 3
 SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCETHTOOL = 0x8913, 0x8914, 0x8946
 IFF_UP = 0x1
-# Offloads that would hand the appliance merged super-frames or leave checksums unfinished.
-ETHTOOL_SGRO, ETHTOOL_SRXCSUM, ETHTOOL_SFLAGS, ETHTOOL_GFLAGS = 0x2C, 0x15, 0x26, 0x25
+ETHTOOL_SFLAGS, ETHTOOL_GFLAGS = 0x26, 0x25
 ETH_FLAG_LRO = 1 << 15
 
 RECV_BATCH = 64  # frames drained from one socket before looking at the other
 FRAME_BUFFER = 65536 + 64
-_AUX_SPACE = socket.CMSG_SPACE(struct.calcsize("IIIHHHH"))
 
 # struct virtio_net_hdr, before every frame on a socket with PACKET_VNET_HDR.
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -107,11 +102,13 @@ class RateLimitedLog:
         self._windows[key] = (start, count + 1)
 
 
-def open_interface(name: str, vnet: bool = True) -> tuple[socket.socket, bytes, bool]:
-    """An AF_PACKET socket bound to `name`, the interface up; its MAC; whether frames carry a
-    virtio_net_hdr. With one (`vnet`, when the kernel has PACKET_VNET_HDR) GRO stays on: TCP
-    aggregates come in whole and go out for the kernel to segment. Without, GRO is turned off
-    and PACKET_AUXDATA says which checksums are partial."""
+def open_interface(name: str) -> tuple[socket.socket, bytes]:
+    """An AF_PACKET socket bound to `name`, the interface up, and its MAC. Every frame on it
+    carries a virtio_net_hdr (PACKET_VNET_HDR), so GRO stays on: TCP aggregates come in whole,
+    checksums may be left partial, and both go out for the kernel to finish. The socket never
+    sees the frames it sends itself (PACKET_IGNORE_OUTGOING), so a frame is read with a plain
+    recv: Python's recvfrom would cost one more system call per frame (an ioctl that names the
+    interface in the address it returns)."""
     try:
         socket.if_nametoindex(name)
     except OSError:
@@ -124,20 +121,17 @@ def open_interface(name: str, vnet: bool = True) -> tuple[socket.socket, bytes, 
         # Up before bind: binding to a down interface leaves ENETDOWN pending on the socket,
         # and the first send would fail with it.
         _bring_up(sock, name)
-        if vnet:
+        for option in (PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING):
             try:
-                sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
+                sock.setsockopt(SOL_PACKET, option, 1)
             except OSError:
-                vnet = False
-        _disable_offloads(sock, name, gro=not vnet)
-        if vnet:
-            _grow_buffers(sock)
+                raise ShellError(
+                    "this kernel lacks PACKET_VNET_HDR or PACKET_IGNORE_OUTGOING: "
+                    "natvm needs Linux 4.20 or later"
+                ) from None
+        _disable_lro(sock, name)
+        _grow_buffers(sock)
         sock.bind((name, ETH_P_ALL))
-        if not vnet:
-            sock.setsockopt(SOL_PACKET, PACKET_AUXDATA, 1)
-        # Before Linux 4.20 this option is missing: outgoing frames are skipped by pkttype.
-        with contextlib.suppress(OSError):
-            sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
         sock.setblocking(False)
     except OSError as error:
         sock.close()
@@ -146,7 +140,7 @@ def open_interface(name: str, vnet: bool = True) -> tuple[socket.socket, bytes, 
     if len(mac) != 6:
         sock.close()
         raise ShellError(f"interface {name!r} is not an Ethernet interface")
-    return sock, bytes(mac), vnet
+    return sock, bytes(mac)
 
 
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
@@ -184,13 +178,9 @@ def _ethtool(sock: socket.socket, name: str, command: int, value: int = 0) -> in
     return int(struct.unpack_from("II", request.raw)[1])
 
 
-def _disable_offloads(sock: socket.socket, name: str, gro: bool) -> None:
-    # GRO/LRO would merge received TCP segments into frames far over the MTU, which cannot be
-    # sent back out through AF_PACKET without a virtio_net_hdr (DESIGN.md, known pitfalls).
-    # LRO is off in any case: its merged frames are not fit to forward (the kernel's own
-    # forwarding turns it off too).
-    if gro:
-        _ethtool(sock, name, ETHTOOL_SGRO, 0)
+def _disable_lro(sock: socket.socket, name: str) -> None:
+    # LRO's merged frames, unlike GRO's, are not fit to forward (the kernel's own forwarding
+    # turns it off too).
     flags = _ethtool(sock, name, ETHTOOL_GFLAGS)
     if flags is not None and flags & ETH_FLAG_LRO:
         _ethtool(sock, name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
@@ -215,13 +205,6 @@ def wait_for_carrier(name: str, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-def _checksum_not_ready(ancillary: list[tuple[int, int, bytes]]) -> bool:
-    for level, kind, data in ancillary:
-        if level == SOL_PACKET and kind == PACKET_AUXDATA and len(data) >= 4:
-            return bool(struct.unpack_from("I", data)[0] & TP_STATUS_CSUMNOTREADY)
-    return False
-
-
 class Shell:
     def __init__(
         self,
@@ -229,10 +212,8 @@ class Shell:
         sockets: dict[Side, socket.socket],
         log: Log,
         stats_interval: float,
-        vnet: bool = False,
     ) -> None:
         self.nat, self.sockets, self.log = nat, sockets, log
-        self.vnet = vnet  # every frame on both sockets has a virtio_net_hdr
         self.stats_interval = stats_interval
         self.errors = RateLimitedLog(log)
         self.stopping = False
@@ -271,38 +252,16 @@ class Shell:
         return self.nat.counters.line(len(self.nat.table)) + f" tx_errors={self.tx_errors}"
 
     def _drain(self, side: Side) -> None:
-        if self.vnet:
-            self._drain_vnet(side)
-            return
         # Per frame this is the hot loop: names are bound once, and the clock is read once per
         # batch (a batch takes well under a millisecond; the engine's timers count seconds).
-        recvmsg, handle, send = self.sockets[side].recvmsg, self.nat.handle, self._send
-        now = time.monotonic()
-        for _ in range(RECV_BATCH):
-            try:
-                frame, ancillary, _, address = recvmsg(FRAME_BUFFER, _AUX_SPACE)
-            except (BlockingIOError, InterruptedError):
-                return
-            if address[2] == PACKET_OUTGOING:
-                continue
-            try:
-                out = handle(side, frame, now, _checksum_not_ready(ancillary))
-            except Exception:  # the appliance must outlive any frame
-                self._internal_error(side, now)
-                continue
-            send(out)
-
-    def _drain_vnet(self, side: Side) -> None:
-        recvfrom, nat, send = self.sockets[side].recvfrom, self.nat, self._send
+        recv, nat, send = self.sockets[side].recv, self.nat, self._send
         handle, header_size = nat.handle, VNET_HDR.size
         now = time.monotonic()
         for _ in range(RECV_BATCH):
             try:
-                data, address = recvfrom(FRAME_BUFFER + header_size)
+                data = recv(FRAME_BUFFER + header_size)
             except (BlockingIOError, InterruptedError):
                 return
-            if address[2] == PACKET_OUTGOING:
-                continue
             flags = data[0] if data else 0
             if not flags & VNET_NEEDS_CSUM and len(data) > 1 and not data[1]:
                 offload, valid = None, bool(flags & VNET_DATA_VALID)  # the common case, inline
@@ -343,16 +302,9 @@ class Shell:
 
     def _send(self, out: list[tuple[Side, bytes]]) -> None:
         sockets = self.sockets
-        if self.vnet:
-            for side, frame in out:
-                try:
-                    sockets[side].send(NO_VNET_HDR + frame)
-                except OSError as error:
-                    self._tx_error(side, error)
-            return
         for side, frame in out:
             try:
-                sockets[side].send(frame)
+                sockets[side].send(NO_VNET_HDR + frame)
             except OSError as error:
                 self._tx_error(side, error)
 
@@ -367,14 +319,14 @@ def run(
     """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
-    wan_sock, wan_mac, wan_vnet = open_interface(wan_ifname)
-    lan_sock, lan_mac, lan_vnet = open_interface(lan_ifname, vnet=wan_vnet)
-    if wan_vnet and not lan_vnet:
-        # Both sockets the same way: reopen the WAN side without the header.
+    wan_sock, wan_mac = open_interface(wan_ifname)
+    try:
+        lan_sock, lan_mac = open_interface(lan_ifname)
+    except ShellError:
         wan_sock.close()
-        wan_sock, wan_mac, wan_vnet = open_interface(wan_ifname, vnet=False)
+        raise
     nat = Nat(config, wan_mac, lan_mac)
-    shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval, wan_vnet)
+    shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval)
 
     def stop(signum: int, frame: FrameType | None) -> None:
         shell.stopping = True
