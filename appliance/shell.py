@@ -36,6 +36,7 @@ ETH_FLAG_LRO = 1 << 15
 
 RECV_BATCH = 64  # frames drained from one socket before looking at the other
 FRAME_BUFFER = 65536 + 64
+HEADER_MEMO = 256  # distinct virtio_net_hdr values remembered decoded
 
 # struct virtio_net_hdr, before every frame on a socket with PACKET_VNET_HDR.
 VNET_HDR = struct.Struct("<BBHHHH")  # flags, gso_type, hdr_len, gso_size, csum_start, csum_offset
@@ -214,6 +215,7 @@ class Shell:
         stats_interval: float,
     ) -> None:
         self.nat, self.sockets, self.log = nat, sockets, log
+        self.headers: dict[bytes, tuple[Offload | None, bool | None]] = {}
         self.stats_interval = stats_interval
         self.errors = RateLimitedLog(log)
         self.stopping = False
@@ -255,23 +257,24 @@ class Shell:
         # Per frame this is the hot loop: names are bound once, and the clock is read once per
         # batch (a batch takes well under a millisecond; the engine's timers count seconds).
         recv, nat, send = self.sockets[side].recv, self.nat, self._send
-        handle, header_size = nat.handle, VNET_HDR.size
+        handle, header_size, headers = nat.handle, VNET_HDR.size, self.headers
         now = time.monotonic()
         for _ in range(RECV_BATCH):
             try:
                 data = recv(FRAME_BUFFER + header_size)
             except (BlockingIOError, InterruptedError):
                 return
-            flags = data[0] if data else 0
-            if not flags & VNET_NEEDS_CSUM and len(data) > 1 and not data[1]:
-                offload, valid = None, bool(flags & VNET_DATA_VALID)  # the common case, inline
-            else:
-                try:
-                    offload, valid = decode_vnet_hdr(data)
-                except (ValueError, struct.error):  # UDP or IPv6 segmentation; a short read
-                    nat.counters.frames_in[side] += 1
-                    nat.counters.drop("unsupported-offload")
-                    continue
+            # A link sends few distinct headers (per kind of frame and segment size): decoding
+            # each once saves building an Offload per frame.
+            header = data[:header_size]
+            decoded = headers.get(header)
+            if decoded is None:
+                decoded = self._decode(header)
+            offload, valid = decoded
+            if valid is None:  # UDP or IPv6 segmentation; a short read
+                nat.counters.frames_in[side] += 1
+                nat.counters.drop("unsupported-offload")
+                continue
             frame = data[header_size:]
             try:
                 if offload is None:
@@ -280,6 +283,17 @@ class Shell:
                     self._send_offloaded(nat.handle_offload(side, frame, now, offload))
             except Exception:  # the appliance must outlive any frame
                 self._internal_error(side, now)
+
+    def _decode(self, header: bytes) -> tuple[Offload | None, bool | None]:
+        """`decode_vnet_hdr`, remembered (valid None: not translatable); a bounded memo."""
+        try:
+            decoded: tuple[Offload | None, bool | None] = decode_vnet_hdr(header)
+        except (ValueError, struct.error):
+            decoded = None, None
+        if len(self.headers) >= HEADER_MEMO:
+            self.headers.clear()  # a peer sending ever new headers must not grow it unbounded
+        self.headers[header] = decoded
+        return decoded
 
     def _send_offloaded(self, out: OffloadOutput) -> None:
         sockets = self.sockets

@@ -4,8 +4,16 @@ import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from appliance.engine import Offload
-from appliance.shell import NO_VNET_HDR, VNET_HDR, decode_vnet_hdr, encode_vnet_hdr
+from appliance.config import ApplianceConfig
+from appliance.engine import Nat, Offload
+from appliance.shell import (
+    HEADER_MEMO,
+    NO_VNET_HDR,
+    VNET_HDR,
+    Shell,
+    decode_vnet_hdr,
+    encode_vnet_hdr,
+)
 
 
 def test_plain_and_data_valid_frames_have_no_offload() -> None:
@@ -33,3 +41,15 @@ def test_partial_udp_checksum_round_trip() -> None:
 def test_other_segmentation_types_are_refused(gso_type: int) -> None:
     with pytest.raises(ValueError):
         decode_vnet_hdr(VNET_HDR.pack(1, gso_type, 54, 1400, 34, 6))
+
+
+def test_shell_remembers_decoded_headers_within_a_bound(demo_config: ApplianceConfig) -> None:
+    shell = Shell(Nat(demo_config, bytes(6), bytes(6)), {}, lambda line: None, 10.0)
+    aggregate = VNET_HDR.pack(1, 0x81, 66, 1448, 34, 16)
+    assert shell._decode(aggregate) == (Offload(True, 1448, ecn=True), False)
+    assert shell.headers[aggregate] == (Offload(True, 1448, ecn=True), False)
+    assert shell._decode(VNET_HDR.pack(1, 4, 54, 1400, 34, 6)) == (None, None)  # UDP GSO
+    assert shell._decode(b"\x01") == (None, None)  # a short read
+    for size in range(1000):
+        shell._decode(VNET_HDR.pack(1, 1, 54, size, 34, 16))
+    assert len(shell.headers) <= HEADER_MEMO
