@@ -153,10 +153,17 @@ def test(c: Context, fast: bool = False) -> None:
         "offloads": "checksum offload, TSO and GSO on the hosts' veths and GRO on the router's, "
         "for the kernel and natvm alike (Linux's defaults; default on). --no-offloads turns "
         "them all off: every NAT then handles MTU-sized frames one by one",
+        "busy-poll": "natvm's busy_poll_us: microseconds it keeps polling after a frame "
+        "instead of sleeping (default 0); e.g. 20000 with --workloads ping",
     }
 )
 def bench(
-    c: Context, runs: int = 3, quick: bool = False, workloads: str = "", offloads: bool = True
+    c: Context,
+    runs: int = 3,
+    quick: bool = False,
+    workloads: str = "",
+    offloads: bool = True,
+    busy_poll: int = 0,
 ) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
     import importlib
@@ -175,4 +182,7 @@ def bench(
     runs = 1 if quick and runs == 3 else runs
     if runs < 1:
         raise Exit("natvm: error: --runs must be at least 1", 1)
-    bench_run.bench(bench_run.Options(runs=runs, quick=quick, workloads=names, offloads=offloads))
+    if not 0 <= busy_poll <= 1_000_000:
+        raise Exit("natvm: error: --busy-poll must be 0..1000000 microseconds", 1)
+    options = bench_run.Options(runs, quick, names, offloads, busy_poll)
+    bench_run.bench(options)

@@ -99,6 +99,9 @@ class NatSettings:
     mtu: int = 1500
     ping_on_wan: bool = False
     port_reuse_delay: float = 120.0
+    # After a frame, keep polling the NICs without sleeping for this long (Linux's
+    # net.core.busy_poll, for the appliance): no wake-up latency, for a CPU kept busy.
+    busy_poll_us: int = 0
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,8 @@ _TIMEOUT_RULES = {
     "icmp_query": (60.0, "RFC 5508 REQ-2", "ICMP query (echo) mapping timeout"),
 }
 _NAT_KEYS: tuple[str, ...] = ("port_range", "filtering", "timeouts", "port_forwards", "max_flows")
-_NAT_KEYS += ("max_flows_per_host", "mtu", "ping_on_wan", "port_reuse_delay")
+_NAT_KEYS += ("max_flows_per_host", "mtu", "ping_on_wan", "port_reuse_delay", "busy_poll_us")
+_MAX_BUSY_POLL_US = 1_000_000
 _FORWARD_KEYS = ("protocol", "external_port", "lan_host", "lan_port")
 _NIC_KEYS = ("IPAddress", "NetMask", "Gateway", "BridgeName")
 _MAX_SECONDS = 10**9  # about 31 years: "never", still a finite float to add to a clock
@@ -357,6 +361,9 @@ def _nat(value: object, path: str, lan: IPv4Interface) -> NatSettings:
         mtu=_int(obj.get("mtu", d.mtu), f"{path}.mtu", 576, 9000),
         ping_on_wan=_bool(obj.get("ping_on_wan", d.ping_on_wan), f"{path}.ping_on_wan"),
         port_reuse_delay=_seconds(delay, f"{path}.port_reuse_delay", 120.0, "RFC 6888 REQ-8"),
+        busy_poll_us=_int(
+            obj.get("busy_poll_us", d.busy_poll_us), f"{path}.busy_poll_us", 0, _MAX_BUSY_POLL_US
+        ),
     )
 
 
@@ -446,6 +453,7 @@ def _nat_document(nat: NatSettings) -> dict[str, object]:
         "mtu": nat.mtu,
         "ping_on_wan": nat.ping_on_wan,
         "port_reuse_delay": _number(nat.port_reuse_delay),
+        "busy_poll_us": nat.busy_poll_us,
     }
 
 
@@ -517,6 +525,11 @@ _OVERRIDES: dict[str, tuple[tuple[str | int, ...], _Convert, str]] = {
     "natvm.ping_on_wan": (_NAT, _last("ping_on_wan", _flag), "answer pings on the WAN: 0 or 1"),
     "natvm.max_flows": (_NAT, _last("max_flows"), "most flows in the table"),
     "natvm.max_flows_per_host": (_NAT, _last("max_flows_per_host"), "most flows per LAN host"),
+    "natvm.busy_poll_us": (
+        _NAT,
+        _last("busy_poll_us"),
+        "microseconds to keep polling after a frame (0: sleep at once)",
+    ),
 } | {
     f"natvm.timeout.{name}": ((*_NAT, "timeouts"), _last(name), f"{what}, s (min {low:g}, {rfc})")
     for name, (low, rfc, what) in _TIMEOUT_RULES.items()

@@ -74,6 +74,14 @@ def encode_vnet_hdr(frame: bytes, offload: Offload | None) -> bytes:
     )
 
 
+def poll_timeout_ms(now: float, next_timer: float, busy_until: float) -> int:
+    """How long the loop may sleep in poll: not at all while busy polling, else until the next
+    timer, rounded up (a little late is harmless; early would wake it for nothing)."""
+    if now < busy_until:
+        return 0
+    return max(0, int((next_timer - now) * 1000)) + 1
+
+
 class ShellError(Exception):
     """A fatal condition the operator can fix, as one line."""
 
@@ -231,6 +239,7 @@ class Shell:
         poller.register(wake_read, select.POLLIN)
         previous = signal.set_wakeup_fd(wake_write)
         next_tick = next_stats = time.monotonic()
+        busy_poll, busy_until = self.nat.config.nat.busy_poll_us / 1e6, 0.0
         try:
             while not self.stopping:
                 now = time.monotonic()
@@ -240,11 +249,13 @@ class Shell:
                 if now >= next_stats:
                     self.log(self.stats_line())
                     next_stats = now + self.stats_interval
-                timeout_ms = max(0, int((min(next_tick, next_stats) - now) * 1000)) + 1
-                for fd, _ in poller.poll(timeout_ms):
+                ready = poller.poll(poll_timeout_ms(now, min(next_tick, next_stats), busy_until))
+                for fd, _ in ready:
                     side = by_fd.get(fd)
                     if side is not None:
                         self._drain(side)
+                if ready and busy_poll:
+                    busy_until = time.monotonic() + busy_poll
         finally:
             signal.set_wakeup_fd(previous)
             os.close(wake_read)

@@ -73,6 +73,7 @@ class Options:
     # Linux's defaults (checksum offload, TSO, GSO on the hosts) and GRO on wan0/lan0: what a
     # router would run with. Off, every NAT handles MTU-sized frames one by one.
     offloads: bool = True
+    busy_poll_us: int = 0  # natvm's busy_poll_us (the kernel has no counterpart to set)
 
 
 def parse_workloads(text: str) -> tuple[str, ...]:
@@ -91,9 +92,9 @@ def missing_tools() -> list[str]:
 # --- the two NATs --------------------------------------------------------------------------
 
 
-def natvm_config(directory: Path) -> Path:
+def natvm_config(directory: Path, busy_poll_us: int = 0) -> Path:
     document = json.loads((REPO / "ops-config.json").read_text())
-    document["ManifestPassthrough"]["nat"].update(BENCH_LIMITS)
+    document["ManifestPassthrough"]["nat"].update(BENCH_LIMITS, busy_poll_us=busy_poll_us)
     path = directory / "bench-config.json"
     path.write_text(json.dumps(document, indent=2))
     return path
@@ -191,11 +192,12 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     started, clock, load_before = datetime.now(UTC), time.monotonic(), os.getloadavg()[0]
     settings = Settings.quick() if options.quick else Settings()
     runs: list[dict[str, Any]] = []
+    busy = f"; natvm busy-polls {options.busy_poll_us} us" if options.busy_poll_us else ""
     say(f"natvm bench: {options.runs} run(s) of {', '.join(options.workloads)}"
         f"{' (quick)' if options.quick else ''}; Linux NAT vs natvm, alternating; "
-        f"offloads {'on' if options.offloads else 'off'}")  # fmt: skip
+        f"offloads {'on' if options.offloads else 'off'}{busy}")  # fmt: skip
     with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="natvm-bench-") as tmp:
-        config = natvm_config(Path(tmp))
+        config = natvm_config(Path(tmp), options.busy_poll_us)
         with topology(session_prefix(), Attach.VETH, options.offloads) as topo:
             ctx = prepare(topo, settings)
             for number in range(options.runs):

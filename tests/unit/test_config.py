@@ -107,6 +107,7 @@ def test_defaults_when_only_the_nics_are_given() -> None:
         1500,
     )
     assert (config.nat.ping_on_wan, config.nat.port_reuse_delay) == (False, 120.0)
+    assert config.nat.busy_poll_us == 0  # sleep as soon as there is nothing to do
     assert (config.memory_mib, config.cpus) == (128, 1)
     assert config.wan.gateway is None and config.wan.bridge is None
 
@@ -413,6 +414,11 @@ ERRORS: list[tuple[dict[str, Any] | list[object], str]] = [
         edited((f"{NAT}.port_reuse_delay", 60)),
         f"{NAT}.port_reuse_delay: 60 is below the minimum of 120 s (RFC 6888 REQ-8)",
     ),
+    (
+        edited((f"{NAT}.busy_poll_us", -1)),
+        f"{NAT}.busy_poll_us: -1 is out of range 0..1000000",
+    ),
+    (edited((f"{NAT}.busy_poll_us", "50")), f"{NAT}.busy_poll_us: '50' is not an integer"),
 ]
 
 
@@ -551,6 +557,7 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
         "mtu": draw(st.integers(576, 9000)),
         "ping_on_wan": draw(st.booleans()),
         "port_reuse_delay": draw(seconds(120)),
+        "busy_poll_us": draw(st.integers(0, 1_000_000)),
     }
     memory = draw(st.sampled_from(["64m", "128M", "1G", "3g", "512", ""]))
     run = {"Nics": [wan, lan], "Memory": memory, "CPUs": draw(st.integers(0, 64))}
@@ -681,6 +688,7 @@ OVERRIDES: dict[str, tuple[str, Callable[[ApplianceConfig], object], object]] = 
     "natvm.ping_on_wan": ("0", lambda c: c.nat.ping_on_wan, False),
     "natvm.max_flows": ("5000", lambda c: c.nat.max_flows, 5000),
     "natvm.max_flows_per_host": ("10", lambda c: c.nat.max_flows_per_host, 10),
+    "natvm.busy_poll_us": ("20000", lambda c: c.nat.busy_poll_us, 20000),
     "natvm.timeout.udp": ("600", lambda c: c.nat.timeouts.udp, 600.0),
     "natvm.timeout.tcp_established": ("86400", lambda c: c.nat.timeouts.tcp_established, 86400.0),
     "natvm.timeout.tcp_transitory": ("300.5", lambda c: c.nat.timeouts.tcp_transitory, 300.5),

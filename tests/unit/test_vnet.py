@@ -1,4 +1,5 @@
-"""The shell's virtio_net_hdr codec: what the kernel says of a frame, as the engine's Offload."""
+"""The shell's pure parts: the virtio_net_hdr codec (what the kernel says of a frame, as the
+engine's Offload), its memo, and how long the loop sleeps."""
 
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
@@ -13,6 +14,7 @@ from appliance.shell import (
     Shell,
     decode_vnet_hdr,
     encode_vnet_hdr,
+    poll_timeout_ms,
 )
 
 
@@ -53,3 +55,10 @@ def test_shell_remembers_decoded_headers_within_a_bound(demo_config: ApplianceCo
     for size in range(1000):
         shell._decode(VNET_HDR.pack(1, 1, 54, size, 34, 16))
     assert len(shell.headers) <= HEADER_MEMO
+
+
+def test_poll_sleeps_until_the_next_timer_unless_busy_polling() -> None:
+    assert poll_timeout_ms(now=10.0, next_timer=10.5, busy_until=0.0) == 501
+    assert poll_timeout_ms(now=10.0, next_timer=9.0, busy_until=0.0) == 1  # a timer is late
+    assert poll_timeout_ms(now=10.0, next_timer=10.5, busy_until=10.02) == 0
+    assert poll_timeout_ms(now=10.25, next_timer=10.5, busy_until=10.125) == 251
