@@ -42,11 +42,13 @@ def deployment(config_path: Path, out: Path) -> deploy.Deployment:
     )
 
 
-def do_build(config: Path, debug: bool) -> image_build.Build:
+def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.Build:
     started = time.monotonic()
-    print(f"building natvm into {image_build.OUTPUT}", flush=True)
+    out = image_build.REFERENCE_OUTPUT if reference else image_build.OUTPUT
+    what = "the kernel-NAT reference image" if reference else "natvm"
+    print(f"building {what} into {out}", flush=True)
     try:
-        b = image_build.Build(config, deployment(config, image_build.OUTPUT))
+        b = image_build.Build(config, deployment(config, out), out=out, reference=reference)
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
@@ -61,10 +63,18 @@ def do_build(config: Path, debug: bool) -> image_build.Build:
     return b
 
 
-@task(help={"config": "ops-config.json to bake in", "debug": "show tracebacks"})
-def build(c: Context, config: str = str(CONFIG), debug: bool = False) -> None:
+@task(
+    help={
+        "config": "ops-config.json to bake in",
+        "debug": "show tracebacks",
+        "reference": "build the kernel-NAT reference image (nft) into build/reference/ instead",
+    }
+)
+def build(
+    c: Context, config: str = str(CONFIG), debug: bool = False, reference: bool = False
+) -> None:
     """Build build/vmlinuz, build/initramfs and the deployment files."""
-    do_build(Path(config), debug)
+    do_build(Path(config), debug, reference)
 
 
 @task(help={"debug": "show tracebacks"})
