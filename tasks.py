@@ -162,10 +162,17 @@ def test(c: Context, fast: bool = False) -> None:
         "workloads": "comma-separated subset of table,ping,tcp1,tcp4,udp64,udp1400,conn",
         "offloads": "checksum offload, TSO and GSO on the hosts' veths and GRO on the router's "
         "(for the kernel and natvm alike); default: all off",
+        "vm": "compare inside the VM instead: natvm's image vs the kernel-NAT reference image "
+        "(builds both), on taps; under TCG the figures are emulated",
     }
 )
 def bench(
-    c: Context, runs: int = 3, quick: bool = False, workloads: str = "", offloads: bool = False
+    c: Context,
+    runs: int = 3,
+    quick: bool = False,
+    workloads: str = "",
+    offloads: bool = False,
+    vm: bool = False,
 ) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
     import importlib
@@ -175,7 +182,9 @@ def bench(
     bench_run = importlib.import_module("bench.run")
     if os.geteuid() != 0:
         raise Exit("natvm: error: bench builds network namespaces: run it as root", 1)
-    if missing := bench_run.missing_tools():
+    if vm and offloads:
+        raise Exit("natvm: error: --offloads is for host mode (the VM's taps carry no offloads)", 1)
+    if missing := bench_run.missing_tools(vm):
         raise Exit(f"natvm: error: missing tools: {', '.join(missing)} (apt-get install them)", 1)
     try:
         names = bench_run.parse_workloads(workloads)
@@ -184,4 +193,8 @@ def bench(
     runs = 1 if quick and runs == 3 else runs
     if runs < 1:
         raise Exit("natvm: error: --runs must be at least 1", 1)
-    bench_run.bench(bench_run.Options(runs=runs, quick=quick, workloads=names, offloads=offloads))
+    if vm:  # both images, from the same sources and lock
+        do_build(CONFIG, debug=False)
+        do_build(CONFIG, debug=False, reference=True)
+    options = bench_run.Options(runs=runs, quick=quick, workloads=names, offloads=offloads, vm=vm)
+    bench_run.bench(options)
