@@ -176,8 +176,8 @@ def _start(start: Starter, ctx: Context, kind: str, config: Path) -> Nat | str:
     try:
         return start(ctx.topo, kind, config)
     except (AssertionError, OSError, subprocess.SubprocessError, ValueError) as error:
-        lines = str(error).splitlines() or [type(error).__name__]
-        return f"{kind} did not start: {lines[0][:200]} | {' | '.join(lines[-3:])[:300]}"
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        return f"{kind} did not start: {first_line[:300]}"
 
 
 def _failed(kind: str, name: str, reason: str) -> dict[str, Any]:
@@ -245,7 +245,8 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     say(mode["label"])
     say(report.table(runs))
     say("")
-    for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in METHOD.items())]:
+    method = {**METHOD, "vm": vm_mode.METHOD} if vm else METHOD
+    for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in method.items())]:
         say(f"  {line}")
     say(
         f"  machine: {os.cpu_count()} CPUs; 1-min load average {load[0]:.1f} before, "
