@@ -42,11 +42,13 @@ def deployment(config_path: Path, out: Path) -> deploy.Deployment:
     )
 
 
-def do_build(config: Path, debug: bool) -> image_build.Build:
+def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.Build:
     started = time.monotonic()
-    print(f"building natvm into {image_build.OUTPUT}", flush=True)
+    out = image_build.REFERENCE_OUTPUT if reference else image_build.OUTPUT
+    what = "the kernel-NAT reference image" if reference else "natvm"
+    print(f"building {what} into {out}", flush=True)
     try:
-        b = image_build.Build(config, deployment(config, image_build.OUTPUT))
+        b = image_build.Build(config, deployment(config, out), out=out, reference=reference)
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
@@ -61,10 +63,18 @@ def do_build(config: Path, debug: bool) -> image_build.Build:
     return b
 
 
-@task(help={"config": "ops-config.json to bake in", "debug": "show tracebacks"})
-def build(c: Context, config: str = str(CONFIG), debug: bool = False) -> None:
+@task(
+    help={
+        "config": "ops-config.json to bake in",
+        "debug": "show tracebacks",
+        "reference": "build the kernel-NAT reference image (nft) into build/reference/ instead",
+    }
+)
+def build(
+    c: Context, config: str = str(CONFIG), debug: bool = False, reference: bool = False
+) -> None:
     """Build build/vmlinuz, build/initramfs and the deployment files."""
-    do_build(Path(config), debug)
+    do_build(Path(config), debug, reference)
 
 
 @task(help={"debug": "show tracebacks"})
@@ -151,10 +161,12 @@ def test(c: Context, fast: bool = False) -> None:
         "quick": "a short smoke run: one run, shorter measurements",
         "workloads": "comma-separated subset of table,ping,tcp1,tcp4,udp64,udp1400,conn",
         "offloads": "checksum offload, TSO and GSO on the hosts' veths and GRO on the router's, "
-        "for the kernel and natvm alike (Linux's defaults; default on). --no-offloads turns "
-        "them all off: every NAT then handles MTU-sized frames one by one",
+        "for the kernel and natvm alike (Linux's defaults; default on; host mode only). "
+        "--no-offloads turns them all off: every NAT then handles MTU-sized frames one by one",
         "busy-poll": "natvm's busy_poll_us: microseconds it keeps polling after a frame "
         "instead of sleeping (default 0); e.g. 20000 with --workloads ping",
+        "vm": "compare inside the VM instead: natvm's image vs the kernel-NAT reference image "
+        "(builds both), on taps; under TCG the figures are emulated",
     }
 )
 def bench(
@@ -164,6 +176,7 @@ def bench(
     workloads: str = "",
     offloads: bool = True,
     busy_poll: int = 0,
+    vm: bool = False,
 ) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
     import importlib
@@ -173,7 +186,7 @@ def bench(
     bench_run = importlib.import_module("bench.run")
     if os.geteuid() != 0:
         raise Exit("natvm: error: bench builds network namespaces: run it as root", 1)
-    if missing := bench_run.missing_tools():
+    if missing := bench_run.missing_tools(vm):
         raise Exit(f"natvm: error: missing tools: {', '.join(missing)} (apt-get install them)", 1)
     try:
         names = bench_run.parse_workloads(workloads)
@@ -184,5 +197,8 @@ def bench(
         raise Exit("natvm: error: --runs must be at least 1", 1)
     if not 0 <= busy_poll <= 1_000_000:
         raise Exit("natvm: error: --busy-poll must be 0..1000000 microseconds", 1)
-    options = bench_run.Options(runs, quick, names, offloads, busy_poll)
+    if vm:  # both images, from the same sources and lock
+        do_build(CONFIG, debug=False)
+        do_build(CONFIG, debug=False, reference=True)
+    options = bench_run.Options(runs, quick, names, offloads, busy_poll, vm)
     bench_run.bench(options)

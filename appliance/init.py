@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import shell
+from appliance import reference, shell
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
@@ -241,10 +241,12 @@ def release_files(paths: Iterable[str]) -> int:
     return freed
 
 
-def load_configuration() -> config_module.ApplianceConfig:
+def load_configuration() -> tuple[str, config_module.ApplianceConfig]:
+    """The boot mode (`natvm.mode`: natvm or kernel) and the configuration."""
     baked = config_module.load_config(CONFIG_FILE)
     cmdline = Path("/proc/cmdline").read_text()
-    return config_module.apply_overrides(baked, config_module.parse_kernel_cmdline(cmdline))
+    mode, overrides = reference.split_mode(config_module.parse_kernel_cmdline(cmdline))
+    return mode, config_module.apply_overrides(baked, overrides)
 
 
 def boot() -> None:
@@ -252,11 +254,15 @@ def boot() -> None:
     mount_filesystems()
     log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
     log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
-    config = load_configuration()
+    mode, config = load_configuration()
     done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
     freed = release_files(done_with)
     log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
     wan, lan = wait_for_nics(2)
+    if mode == "kernel":  # the reference image: Linux is the NAT (appliance/reference.py)
+        log(f"kernel NAT reference: WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}")
+        reference.run(config, wan, lan, bring_up, write_sysctls, shell.log_line)
+        return
     write_sysctls(nic_sysctls((wan, lan)))
     for name in (wan, lan):
         bring_up(name)
@@ -278,7 +284,8 @@ def main() -> None:
     try:
         boot()
     except BaseException as error:  # PID 1 must turn every failure into a reboot
-        if not isinstance(error, InitError | shell.ShellError | OSError | ValueError):
+        expected = InitError | shell.ShellError | reference.ReferenceError | OSError | ValueError
+        if not isinstance(error, expected):
             traceback.print_exc()
         log(f"fatal: {error}; rebooting in {REBOOT_DELAY_SECONDS:.0f} s")
         time.sleep(REBOOT_DELAY_SECONDS)

@@ -3,6 +3,10 @@
 Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deployment files
 (libvirt.xml, xen.cfg, qubes/, run-qemu.sh). Nothing in the outputs depends on the time or the
 host, so a rebuild from the same lock and sources is byte-identical.
+
+`Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel and
+/init, plus nft and the nftables modules, booted with `natvm.mode=kernel` as the kernel-NAT
+baseline of `invoke bench --vm`. It has no deployment files: it is a benchmark tool, not a product.
 """
 
 import hashlib
@@ -20,6 +24,7 @@ from image.lock import Pin
 
 SOURCE = Path(__file__).resolve().parent.parent
 OUTPUT = SOURCE / "build"
+REFERENCE_OUTPUT = OUTPUT / "reference"
 DEMO_TAPS = ("natvm-wan0", "natvm-lan0")
 
 
@@ -37,10 +42,12 @@ class Build:
     xen_missing: list[str] = field(default_factory=list)
     contents: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
+    reference: bool = False  # the kernel-NAT reference image (nft, nftables modules)
 
 
 def packages(b: Build) -> None:
-    b.pins = lock.load()
+    pinned = lock.load()
+    b.pins = lock.reference_pins(pinned) if b.reference else lock.product_pins(pinned)
     b.root = debs.extract(b.pins)
 
 
@@ -56,6 +63,7 @@ def _category(path: str) -> str:
     for prefix, name in (
         ("lib/modules", "kernel modules"),
         ("usr/bin", "python3.11 binary"),
+        ("usr/sbin/nft", "nft (reference image)"),
         ("usr/lib/python3.11/lib-dynload", "stdlib extensions (.so)"),
         ("usr/lib/python3.11", "stdlib bytecode"),
         ("opt/natvm", "appliance"),
@@ -67,7 +75,7 @@ def _category(path: str) -> str:
 
 def image(b: Build) -> None:
     with tempfile.TemporaryDirectory(prefix="natvm-pyc-") as scratch:
-        inputs = initramfs.Inputs(b.root, b.source, b.config, Path(scratch))
+        inputs = initramfs.Inputs(b.root, b.source, b.config, Path(scratch), b.reference)
         entries = initramfs.entries(inputs)
     archive = cpio.archive(entries)
     (b.out / "initramfs").write_bytes(initramfs.compress(archive))
@@ -79,6 +87,8 @@ def image(b: Build) -> None:
 
 
 def deployment(b: Build) -> None:
+    if b.reference:
+        return  # the reference image is booted by the benchmark only
     (b.out / "libvirt.xml").write_text(deploy.libvirt_xml(b.vm))
     (b.out / "xen.cfg").write_text(deploy.xl_config(b.vm))
     kernels = b.out / "qubes" / "vm-kernels" / deploy.NAME
@@ -100,7 +110,7 @@ def _sha256(path: Path) -> str:
 
 
 def manifest(b: Build) -> None:
-    sums = {name: _sha256(b.out / name) for name in OUTPUTS}
+    sums = {name: _sha256(b.out / name) for name in outputs(b)}
     document = {
         "name": deploy.NAME,
         "kernel": {"release": b.kernel_release, "xen_options_missing": b.xen_missing},
@@ -124,6 +134,13 @@ OUTPUTS = (
     "qubes/vm-kernels/natvm/vmlinuz",
     "qubes/vm-kernels/natvm/initramfs",
 )
+REFERENCE_OUTPUTS = ("vmlinuz", "initramfs")
+
+
+def outputs(b: Build) -> tuple[str, ...]:
+    return REFERENCE_OUTPUTS if b.reference else OUTPUTS
+
+
 STEPS: tuple[Callable[[Build], None], ...] = (packages, kernel, image, deployment, manifest)
 
 

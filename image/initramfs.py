@@ -11,6 +11,9 @@ Layout in the image:
   /lib/modules/<ver>/...      the .ko files; /etc/natvm/modules lists them in load order
   /etc/natvm/ops-config.json  the baked configuration
   /dev/console, /dev/urandom  so Python has a console and randomness before /dev is mounted
+The reference initramfs (`Inputs.reference`, for `invoke bench --vm`) adds /usr/sbin/nft, the
+libraries it links and the nftables NAT modules: booted with `natvm.mode=kernel`, the same /init
+has Linux forward and translate instead of the appliance (see appliance/reference.py).
 """
 
 import gzip
@@ -25,6 +28,7 @@ from image.elf import Elf
 CONFIG_PATH = "etc/natvm/ops-config.json"
 MODULE_LIST = "etc/natvm/modules"
 ENTRY = ("appliance.init",)
+NFT = "usr/sbin/nft"  # the reference image's only extra program
 INIT = """#!/usr/bin/python3.11 -SI
 # natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).
 import sys
@@ -49,6 +53,7 @@ class Inputs:
     source: Path
     config: Path
     scratch: Path  # compiled bytecode is written here before it is archived
+    reference: bool = False  # also nft and the kernel's NAT modules (the reference image)
 
 
 def _copy(root: Path, path: str) -> Iterator[cpio.Entry]:
@@ -108,9 +113,19 @@ def python(inputs: Inputs) -> list[cpio.Entry]:
     return entries
 
 
+def reference_userland(inputs: Inputs) -> list[cpio.Entry]:
+    """nft and the libraries it needs, only in the reference image."""
+    if not inputs.reference:
+        return []
+    entries = list(_copy(inputs.root, NFT))
+    for library in runtime.libraries(inputs.root, [inputs.root / NFT]):
+        entries += _copy(inputs.root, str(library.relative_to(inputs.root)))
+    return entries
+
+
 def modules(inputs: Inputs) -> list[cpio.Entry]:
     moddir = kmod.modules_dir(inputs.root)
-    order = kmod.load_order(moddir)
+    order = kmod.load_order(moddir, kmod.WANTED + (kmod.REFERENCE if inputs.reference else ()))
     paths = [str(ko.relative_to(inputs.root)) for ko in order]
     listing = "".join(f"/{p}\n" for p in paths).encode()
     return [
@@ -123,7 +138,7 @@ def configuration(inputs: Inputs) -> list[cpio.Entry]:
     return [cpio.file(CONFIG_PATH, inputs.config.read_bytes())]
 
 
-STEPS = (skeleton, python, modules, configuration)
+STEPS = (skeleton, python, reference_userland, modules, configuration)
 
 
 def entries(inputs: Inputs) -> list[cpio.Entry]:

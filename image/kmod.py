@@ -12,6 +12,8 @@ from image.errors import ImageError
 
 # virtio_net and virtio_pci for QEMU/libvirt, virtio-rng for boot entropy, xen-netfront for Xen.
 WANTED = ("virtio_pci", "virtio_net", "virtio_rng", "xen_netfront")
+# The reference image only: nftables with NAT chains, masquerade, DNAT/SNAT and conntrack matches.
+REFERENCE = ("nf_tables", "nft_chain_nat", "nft_nat", "nft_masq", "nft_ct")
 
 
 def modules_dir(root: Path) -> Path:

@@ -26,6 +26,22 @@ PACKAGES = (
     "libexpat1",
     "libffi8",  # needed by _ctypes
 )
+# Only in the reference image (`invoke build --reference`): nft and the libraries it links, for
+# the kernel-NAT reference mode the VM benchmark compares natvm with. The product image never
+# takes these (`product_pins`), so its contents and manifest do not depend on them.
+REFERENCE_PACKAGES = (
+    "nftables",  # /usr/sbin/nft
+    "libnftables1",
+    "libnftnl11",
+    "libmnl0",
+    "libxtables12",
+    "libjansson4",
+    "libgmp10",
+    "libedit2",  # nft's command-line editing; linked even when reading a file
+    "libbsd0",
+    "libmd0",
+    "libtinfo6",
+)
 _HEADER = "# natvm image packages: name version sha256 (amd64; refresh with `invoke lock`)\n"
 
 
@@ -63,6 +79,19 @@ def load(path: Path = LOCK_FILE) -> list[Pin]:
     return parse(path.read_text())
 
 
+def product_pins(pins: list[Pin]) -> list[Pin]:
+    """The pins of the product image: all but the reference image's extra packages."""
+    return [pin for pin in pins if pin.name not in REFERENCE_PACKAGES]
+
+
+def reference_pins(pins: list[Pin]) -> list[Pin]:
+    """The pins of the reference image: the product's and nft's; fails if nft is not pinned."""
+    missing = sorted(set(REFERENCE_PACKAGES) - {pin.name for pin in pins})
+    if missing:
+        raise ImageError(f"the lock file pins no {', '.join(missing)}", "run `invoke lock`")
+    return pins
+
+
 def kernel_pin(pins: list[Pin]) -> Pin:
     for pin in pins:
         if pin.name.startswith("linux-image-"):
@@ -89,12 +118,14 @@ def _pin(name: str) -> Pin:
 
 
 def refresh(path: Path = LOCK_FILE) -> list[Pin]:
-    """Pin the candidate versions of the kernel and `PACKAGES`, write the lock, return it."""
+    """Pin the candidate versions of the kernel, `PACKAGES` and `REFERENCE_PACKAGES`, write the
+    lock, return it."""
     require("apt-cache", "apt")
     depends = _show(KERNEL_META)["Depends"]
     kernel = re.match(r"(linux-image-[\w.-]+)", depends)
     if kernel is None:
         raise ImageError(f"cannot find the kernel package in {KERNEL_META}'s Depends: {depends}")
-    pins = [_pin(kernel.group(1)), *(_pin(name) for name in PACKAGES)]
+    names = (*PACKAGES, *REFERENCE_PACKAGES)
+    pins = [_pin(kernel.group(1)), *(_pin(name) for name in names)]
     path.write_text(format_pins(pins))
     return pins

@@ -69,8 +69,8 @@ def _find_library(root: Path, name: str) -> Path:
         if (root / libdir / name).exists():
             return root / libdir / name
     raise ImageError(
-        f"{name} is needed by the image's Python but no pinned package has it",
-        "add its package to PACKAGES in image/lock.py, then `invoke lock`",
+        f"{name} is needed by a program of the image but no pinned package has it",
+        "add its package to PACKAGES (or REFERENCE_PACKAGES) in image/lock.py, then `invoke lock`",
     )
 
 

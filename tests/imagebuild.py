@@ -17,8 +17,9 @@ def deployment(out: Path) -> deploy.Deployment:
     )
 
 
-def build_image(out: Path) -> build.Build:
-    """Run every build step into `out`; the first run downloads the pinned packages."""
-    b = build.Build(CONFIG, deployment(out), out=out)
+def build_image(out: Path, reference: bool = False) -> build.Build:
+    """Run every build step into `out`; the first run downloads the pinned packages.
+    `reference`: the kernel-NAT reference image (nft, nftables modules) instead."""
+    b = build.Build(CONFIG, deployment(out), out=out, reference=reference)
     build.run(b, lambda name, seconds: None)
     return b

@@ -8,6 +8,8 @@ in turn, on the same veth pairs with the same offload settings, and measures the
 through both (``workloads.py``). The order of the two alternates from run to run, so a drift of
 the machine does not favour one side. ``report.py`` pairs the figures run by run, prints
 natvm/kernel ratios with min/median/max, and writes everything to ``build/bench/<time>.json``.
+With ``--vm`` (``vm.py``) the two NATs are VMs on the VM tier's taps instead: natvm's image and
+the kernel-NAT reference image, each booted fresh per phase with the same QEMU settings.
 
 Rules
 -----

@@ -26,10 +26,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from routers import REPO, HostAppliance, KernelNat
+from routers import REPO, HostAppliance, KernelNat, Nat
 from topology import Attach, Topology, session_prefix, topology
 
+from image import qemu
+
 from . import report
+from . import vm as vm_mode
 from .mappings import DISCARD_PORT
 from .workloads import (
     WORKLOADS,
@@ -71,9 +74,11 @@ class Options:
     quick: bool = False
     workloads: tuple[str, ...] = tuple(WORKLOADS)
     # Linux's defaults (checksum offload, TSO, GSO on the hosts) and GRO on wan0/lan0: what a
-    # router would run with. Off, every NAT handles MTU-sized frames one by one.
+    # router would run with. Off, every NAT handles MTU-sized frames one by one. Host mode only:
+    # the VM's taps have no offloads.
     offloads: bool = True
     busy_poll_us: int = 0  # natvm's busy_poll_us (the kernel has no counterpart to set)
+    vm: bool = False  # both NATs inside the VM on taps: natvm's image vs the reference image
 
 
 def parse_workloads(text: str) -> tuple[str, ...]:
@@ -85,8 +90,9 @@ def parse_workloads(text: str) -> tuple[str, ...]:
     return tuple(name for name in WORKLOADS if name in names) if names else tuple(WORKLOADS)
 
 
-def missing_tools() -> list[str]:
-    return [tool for tool in TOOLS if shutil.which(tool) is None]
+def missing_tools(vm: bool = False) -> list[str]:
+    tools = (*TOOLS, qemu.QEMU) if vm else TOOLS
+    return [tool for tool in tools if shutil.which(tool) is None]
 
 
 # --- the two NATs --------------------------------------------------------------------------
@@ -135,33 +141,55 @@ def memory(router: Router) -> int:
 # --- measuring -----------------------------------------------------------------------------
 
 
-def measure(ctx: Context, kind: str, names: tuple[str, ...], config: Path) -> dict[str, Any]:
+Starter = Callable[[Topology, str, Path], Nat]  # (topology, kind, natvm config) -> started NAT
+
+
+def measure(
+    ctx: Context, kind: str, names: tuple[str, ...], config: Path, start: Starter = start_fresh
+) -> dict[str, Any]:
     """Every figure of ``names`` through NAT ``kind``: the table phase, then the traffic phase.
 
-    A NAT that dies is noted on the figure it died during and restarted for the next workload.
+    A NAT that dies is noted on the figure it died during and restarted for the next workload;
+    one that does not start fails the workloads it was for, and the run goes on.
     """
     figures: dict[str, Any] = {}
     traffic = tuple(name for name in names if name != "table")
     for phase in [p for p in (("table",) if "table" in names else (), traffic) if p]:
-        router = start_fresh(ctx.topo, kind, config)
+        router = _start(start, ctx, kind, config)
         try:
             for name in phase:
+                if isinstance(router, str):
+                    figures.update(_failed(kind, name, router))
+                    continue
                 measured = _measure_one(ctx, kind, name, router)
                 if not router.alive():
                     tail = " | ".join(router.output()[-3:])
                     for figure in measured.values():
                         figure["note"] += f" {kind} died; its last output: {tail}"
                     router.stop()
-                    router = start_fresh(ctx.topo, kind, config)
+                    router = _start(start, ctx, kind, config)
                 figures.update(measured)
         finally:
-            router.stop()
+            if not isinstance(router, str):
+                router.stop()
     return figures
 
 
-def _measure_one(
-    ctx: Context, kind: str, name: str, router: HostAppliance | KernelNat
-) -> dict[str, Any]:
+def _start(start: Starter, ctx: Context, kind: str, config: Path) -> Nat | str:
+    """The started NAT, or why it did not start (one line)."""
+    try:
+        return start(ctx.topo, kind, config)
+    except (AssertionError, OSError, subprocess.SubprocessError, ValueError) as error:
+        first_line = (str(error).splitlines() or [type(error).__name__])[0]
+        return f"{kind} did not start: {first_line[:300]}"
+
+
+def _failed(kind: str, name: str, reason: str) -> dict[str, Any]:
+    print(f"    {kind:<6} {name:<8} failed: {reason}", flush=True)
+    return {name: dataclasses.asdict(Measurement(None, f"failed: {reason}"))}
+
+
+def _measure_one(ctx: Context, kind: str, name: str, router: Nat) -> dict[str, Any]:
     started = time.monotonic()
     try:
         measured = WORKLOADS[name](ctx, router)
@@ -192,27 +220,42 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     started, clock, load_before = datetime.now(UTC), time.monotonic(), os.getloadavg()[0]
     settings = Settings.quick() if options.quick else Settings()
     runs: list[dict[str, Any]] = []
+    natvm_settings = {**BENCH_LIMITS, "busy_poll_us": options.busy_poll_us}
+    vm = vm_mode.setup(natvm_settings, REPO / "ops-config.json") if options.vm else None
+    mode = _mode(vm)
+    if vm is not None:  # the VM's taps carry no offloads
+        options = dataclasses.replace(options, offloads=False)
+    offloads = options.offloads
     busy = f"; natvm busy-polls {options.busy_poll_us} us" if options.busy_poll_us else ""
     say(f"natvm bench: {options.runs} run(s) of {', '.join(options.workloads)}"
         f"{' (quick)' if options.quick else ''}; Linux NAT vs natvm, alternating; "
-        f"offloads {'on' if options.offloads else 'off'}{busy}")  # fmt: skip
+        f"offloads {'on' if offloads else 'off'}{busy}; {mode['label']}")  # fmt: skip
+    # VM mode measures no table (see bench/vm.py): those figures are n/a, with the reason.
+    names = tuple(n for n in options.workloads if not (vm and n == "table"))
     with _sigterm_unwinds(), tempfile.TemporaryDirectory(prefix="natvm-bench-") as tmp:
         config = natvm_config(Path(tmp), options.busy_poll_us)
-        with topology(session_prefix(), Attach.VETH, options.offloads) as topo:
+        start = vm_mode.starter(vm, Path(tmp)) if vm else start_fresh
+        attach = Attach.TAP if vm else Attach.VETH
+        with topology(session_prefix(), attach, offloads) as topo:
             ctx = prepare(topo, settings)
             for number in range(options.runs):
                 order = ("kernel", "natvm") if number % 2 == 0 else ("natvm", "kernel")
                 say(f"  run {number + 1}/{options.runs}")
                 run: dict[str, Any] = {"order": list(order)}
                 for kind in order:
-                    run[kind] = measure(ctx, kind, options.workloads, config)
+                    run[kind] = measure(ctx, kind, names, config, start)
+                    if vm:
+                        run[kind].update(vm_mode.not_applicable(options.workloads))
                 runs.append(run)
     seconds, load = time.monotonic() - clock, (load_before, os.getloadavg()[0])
-    path = _write(_document(options, settings, started, seconds, load, runs), started)
+    document = _document(options, settings, started, seconds, load, runs)
+    path = _write({"mode": mode, **document}, started)
     say("")
+    say(mode["label"])
     say(report.table(runs))
     say("")
-    for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in METHOD.items())]:
+    method = {**METHOD, "vm": vm_mode.METHOD} if vm else METHOD
+    for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in method.items())]:
         say(f"  {line}")
     say(
         f"  machine: {os.cpu_count()} CPUs; 1-min load average {load[0]:.1f} before, "
@@ -220,6 +263,15 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     )
     say(f"took {seconds:.0f} s; wrote {path.relative_to(REPO)}")
     return path
+
+
+def _mode(vm: vm_mode.VmSetup | None) -> dict[str, Any]:
+    """Where the NATs ran, for the header and the JSON."""
+    if vm is None:
+        return {"name": "host", "label": "host mode: both NATs in the router namespace on veths"}
+    label = f"{vm.label}; kernel = Linux NAT in the reference image, natvm = natvm's image"
+    return {"name": "vm", "accelerator": vm.accel, "emulated": vm.accel == "tcg",
+            "memory_mib": vm.memory_mib, "cpus": vm.cpus, "label": label}  # fmt: skip
 
 
 @contextlib.contextmanager

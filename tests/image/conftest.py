@@ -20,3 +20,8 @@ def package_root() -> Path:
 @pytest.fixture(scope="session")
 def built(tmp_path_factory: pytest.TempPathFactory) -> build.Build:
     return build_image(tmp_path_factory.mktemp("build"))
+
+
+@pytest.fixture(scope="session")
+def built_reference(tmp_path_factory: pytest.TempPathFactory) -> build.Build:
+    return build_image(tmp_path_factory.mktemp("reference"), reference=True)

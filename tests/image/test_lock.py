@@ -34,3 +34,11 @@ def test_the_committed_lock_pins_a_kernel_and_python() -> None:
     names = [pin.name for pin in lock.load()]
     assert lock.kernel_pin(lock.load()).name.startswith("linux-image-")
     assert set(lock.PACKAGES) <= set(names)
+
+
+def test_the_product_takes_no_reference_package_and_the_reference_takes_all() -> None:
+    pins = lock.load()
+    assert not {p.name for p in lock.product_pins(pins)} & set(lock.REFERENCE_PACKAGES)
+    assert lock.reference_pins(pins) == pins
+    with pytest.raises(ImageError, match=r"pins no .*\bnftables\b"):
+        lock.reference_pins(lock.product_pins(pins))
