@@ -2,8 +2,11 @@
 
 The VM gets exactly two NICs, virtio-net on host tap devices (WAN first, then LAN: the image
 maps roles by PCI order), a virtio-rng, and a serial console; `-nodefaults` and no `-nic` keep
-QEMU from adding a default NIC, and user-mode networking is never used. `vnet_hdr=off` makes the
-host side hand the guest plain MTU-sized frames with full checksums.
+QEMU from adding a default NIC, and user-mode networking is never used. `vnet_hdr=on`, as libvirt
+sets it for virtio on a tap: the NICs offer checksum and segmentation offloads, so the guest's
+GRO hands the appliance TCP aggregates and it sends them back whole for the host to cut (the
+appliance's shell reads every frame with its virtio_net_hdr). Under TCG that makes TCP through
+the VM about 2.5 times as fast as with plain MTU-sized frames (`invoke bench --vm`).
 """
 
 import os
@@ -45,7 +48,7 @@ def kernel_cmdline(extra: tuple[str, ...] = ()) -> str:
 
 
 def _nic(role: str, tap: str, mac: str) -> list[str]:
-    netdev = f"tap,id={role},ifname={tap},script=no,downscript=no,vnet_hdr=off"
+    netdev = f"tap,id={role},ifname={tap},script=no,downscript=no,vnet_hdr=on"
     return ["-netdev", netdev, "-device", f"virtio-net-pci,netdev={role},mac={mac},romfile="]
 
 

@@ -46,7 +46,7 @@ def test_two_virtio_nics_on_taps_and_no_other_network() -> None:
     netdevs = [properties(v) for v in values(argv, "-netdev")]
     assert [n[""] for n in netdevs] == ["tap", "tap"]
     assert [n["ifname"] for n in netdevs] == ["tw", "tl"]
-    assert all(n["vnet_hdr"] == "off" and n["script"] == "no" for n in netdevs)
+    assert all(n["vnet_hdr"] == "on" and n["script"] == "no" for n in netdevs)
     devices = [properties(v) for v in values(argv, "-device")]
     nics = [d for d in devices if d[""] == "virtio-net-pci"]
     assert [d["netdev"] for d in nics] == [n["id"] for n in netdevs]  # WAN first, then LAN
