@@ -99,6 +99,7 @@ class Counters:
     drops: dict[str, int] = field(default_factory=dict)
     refused: dict[str, int] = field(default_factory=dict)
     icmp_errors_sent: int = 0
+    aggregates: int = 0  # TCP aggregates (GRO/TSO) received and translated whole
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + count
@@ -113,7 +114,7 @@ class Counters:
         ]
         parts.append(f"flows={flows}")
         parts += [f"nat_{proto}={count}" for proto, count in self.translated.items()]
-        parts.append(f"icmp_errors_sent={self.icmp_errors_sent}")
+        parts.append(f"icmp_errors_sent={self.icmp_errors_sent} aggregates={self.aggregates}")
         parts += [f"refused_{reason}={count}" for reason, count in sorted(self.refused.items())]
         parts.append(f"dropped={sum(self.drops.values())}")
         parts += [f"drop_{reason}={count}" for reason, count in sorted(self.drops.items())]
@@ -212,6 +213,8 @@ class Nat:
         for which the offload cannot be kept (the next hop's MAC is not known yet) get complete
         checksums and are cut in software, as `handle` does with `checksum_partial`."""
         self.counters.frames_in[side] += 1
+        if offload.gso_size:
+            self.counters.aggregates += 1
         fast = (
             self._fast_out(frame, now, True, offload)
             if side is Side.LAN

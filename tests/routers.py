@@ -43,7 +43,7 @@ BOOT_TIMEOUT = 180.0  # TCG: no usable KVM on these machines
 MONITOR_PROMPT = b"(qemu) "
 CONSOLE_ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 STATS_INTERVAL = 1.0  # seconds: counters fresh enough for a test to wait on them
-DROPPED = re.compile(r"^stats .*\bdropped=(\d+)")
+STATS = re.compile(r"^stats (.*)")
 
 
 class Nat(Protocol):
@@ -58,10 +58,13 @@ class Nat(Protocol):
     def stop(self) -> int | None: ...
 
 
-def dropped_count(lines: list[str]) -> int:
-    """The drop counter of the last stats line the appliance printed (0 before the first)."""
-    counts = [int(m.group(1)) for m in map(DROPPED.match, lines) if m]
-    return counts[-1] if counts else 0
+def stats_counter(lines: list[str], name: str) -> int:
+    """Counter `name` of the last stats line the appliance printed (0 before the first)."""
+    for match in map(STATS.match, reversed(lines)):
+        if match:
+            fields = dict(word.partition("=")[::2] for word in match.group(1).split())
+            return int(fields.get(name, 0))
+    return 0
 
 
 class _ConsoleProcess:
@@ -81,7 +84,11 @@ class _ConsoleProcess:
         return list(self._lines)
 
     def dropped(self) -> int | None:
-        return dropped_count(self._lines)
+        return stats_counter(self._lines, "dropped")
+
+    def counter(self, name: str) -> int:
+        """Counter `name` of its last stats line (0 before the first)."""
+        return stats_counter(self._lines, name)
 
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status (``None`` if it never started)."""

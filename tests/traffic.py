@@ -183,6 +183,17 @@ def check_http_bulk_download(topo: Topology, services: Services) -> None:
         assert hashlib.sha256(target.read_bytes()).hexdigest() == services.bulk_sha256
 
 
+def check_aggregates_translated_whole(
+    topo: Topology, services: Services, aggregates: Callable[[], int]
+) -> None:
+    """A bulk download arrives intact and the appliance's `aggregates` counter (TCP aggregates
+    from GRO, translated whole and cut by the kernel on the way out) rises: the offload path
+    carried it, not one frame at a time."""
+    before = aggregates()
+    check_http_bulk_download(topo, services)
+    wait_for(lambda: aggregates() > before, "the aggregates counter to rise", COUNTER_WAIT)
+
+
 def check_iperf_bulk_upload(topo: Topology, services: Services) -> None:
     """iperf3 sends megabytes of TCP from the LAN; the server receives every byte."""
     size = 4 << 20

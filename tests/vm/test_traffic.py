@@ -21,6 +21,13 @@ def test_http_bulk_download(topology: Topology, nat: Nat, services: Services) ->
     traffic.check_http_bulk_download(topology, services)
 
 
+def test_tcp_aggregates_translated_whole(
+    topology: Topology, nat: VmAppliance, services: Services
+) -> None:
+    # The guest's GRO merges the download's segments; the appliance translates the aggregates.
+    traffic.check_aggregates_translated_whole(topology, services, lambda: nat.counter("aggregates"))
+
+
 def test_tcp_bulk_upload(topology: Topology, nat: Nat) -> None:
     traffic.check_tcp_bulk_upload(topology)
 
