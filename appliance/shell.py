@@ -111,7 +111,7 @@ class RateLimitedLog:
         self._windows[key] = (start, count + 1)
 
 
-def open_interface(name: str) -> tuple[socket.socket, bytes]:
+def open_interface(name: str, buffer_size: int) -> tuple[socket.socket, bytes]:
     """An AF_PACKET socket bound to `name`, the interface up, and its MAC. Every frame on it
     carries a virtio_net_hdr (PACKET_VNET_HDR), so GRO stays on: TCP aggregates come in whole,
     checksums may be left partial, and both go out for the kernel to finish. The socket never
@@ -139,7 +139,7 @@ def open_interface(name: str) -> tuple[socket.socket, bytes]:
                     "natvm needs Linux 4.20 or later"
                 ) from None
         _disable_lro(sock, name)
-        _grow_buffers(sock)
+        _grow_buffers(sock, buffer_size)
         sock.bind((name, ETH_P_ALL))
         sock.setblocking(False)
     except OSError as error:
@@ -153,17 +153,39 @@ def open_interface(name: str) -> tuple[socket.socket, bytes]:
 
 
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
-SOCKET_BUFFER = 8 << 20
+MIN_SOCKET_BUFFER, MAX_SOCKET_BUFFER = 1 << 20, 8 << 20
 
 
-def _grow_buffers(sock: socket.socket) -> None:
-    # The default buffers (about 200 KiB) hold only three 64 KiB aggregates: a burst would be
-    # dropped on receive, or fail with EAGAIN on send.
+def socket_buffer_size(memory_total: int) -> int:
+    """The size of each socket buffer on a machine with `memory_total` bytes: 1/64 of it,
+    within 1..8 MiB.
+
+    The default (about 200 KiB) holds only three 64 KiB aggregates: a burst would be dropped on
+    receive, or fail with EAGAIN on send. But a buffer's limit counts what its frames account
+    for, and a small frame received into a slice of a larger page keeps the whole page: full
+    8 MiB buffers ran a 128 MiB guest out of memory under a UDP flood, and as PID 1 cannot be
+    killed, the kernel panicked. 1/64 keeps the four buffers to 1/16 of memory by account."""
+    return max(MIN_SOCKET_BUFFER, min(MAX_SOCKET_BUFFER, memory_total // 64))
+
+
+def memory_total(meminfo: str = "/proc/meminfo") -> int:
+    """MemTotal in bytes (0 if unreadable: the smallest buffers then)."""
+    try:
+        with open(meminfo) as lines:
+            for line in lines:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def _grow_buffers(sock: socket.socket, size: int) -> None:
     for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, force, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
-            sock.setsockopt(socket.SOL_SOCKET, plain, SOCKET_BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, plain, size)
 
 
 def _ifreq(name: str, payload: bytes) -> bytes:
@@ -344,9 +366,10 @@ def run(
     """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
-    wan_sock, wan_mac = open_interface(wan_ifname)
+    buffer_size = socket_buffer_size(memory_total())
+    wan_sock, wan_mac = open_interface(wan_ifname, buffer_size)
     try:
-        lan_sock, lan_mac = open_interface(lan_ifname)
+        lan_sock, lan_mac = open_interface(lan_ifname, buffer_size)
     except ShellError:
         wan_sock.close()
         raise

@@ -66,6 +66,13 @@ METHOD = {
     "natvm: growth of the process's VmRSS; kernel: growth of the nf_conntrack slab "
     "(/proc/slabinfo, machine-wide; excludes conntrack extensions and the hash table)",
 }
+# What a reader of host-mode figures must know: where each NAT's work lands.
+HOST_METHOD = (
+    "veth delivers a frame in its sender's context, so the receiving host's kernel work (bridge, "
+    "TCP/UDP receive, waking the reader) runs inside natvm's sendmsg, on natvm's CPU, and for "
+    "Linux's NAT inside the sending host's send; natvm is one process on one CPU, Linux's "
+    "forwarding runs on every CPU that sends"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -254,7 +261,7 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     say(mode["label"])
     say(report.table(runs))
     say("")
-    method = {**METHOD, "vm": vm_mode.METHOD} if vm else METHOD
+    method = {**METHOD, "vm": vm_mode.METHOD} if vm else {**METHOD, "host": HOST_METHOD}
     for line in [*report.notes(runs), *(f"{k}: {v}" for k, v in method.items())]:
         say(f"  {line}")
     say(

@@ -3,6 +3,7 @@
 import pytest
 import traffic
 from routers import REPO, HostAppliance, Nat
+from services import Services
 from topology import Topology
 
 pytestmark = pytest.mark.netns
@@ -10,6 +11,10 @@ pytestmark = pytest.mark.netns
 
 def test_malformed_burst(topology: Topology, nat: Nat) -> None:
     traffic.check_malformed_burst(topology, nat)
+
+
+def test_udp_flood(topology: Topology, nat: Nat, services: Services) -> None:
+    traffic.check_udp_flood(topology, nat, services)
 
 
 def test_missing_interface_is_one_clear_line(

@@ -1,6 +1,8 @@
 """The shell's pure parts: the virtio_net_hdr codec (what the kernel says of a frame, as the
 engine's Offload), its memo, and how long the loop sleeps."""
 
+from pathlib import Path
+
 import pytest
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
@@ -9,12 +11,16 @@ from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Offload
 from appliance.shell import (
     HEADER_MEMO,
+    MAX_SOCKET_BUFFER,
+    MIN_SOCKET_BUFFER,
     NO_VNET_HDR,
     VNET_HDR,
     Shell,
     decode_vnet_hdr,
     encode_vnet_hdr,
+    memory_total,
     poll_timeout_ms,
+    socket_buffer_size,
 )
 
 
@@ -62,3 +68,15 @@ def test_poll_sleeps_until_the_next_timer_unless_busy_polling() -> None:
     assert poll_timeout_ms(now=10.0, next_timer=9.0, busy_until=0.0) == 1  # a timer is late
     assert poll_timeout_ms(now=10.0, next_timer=10.5, busy_until=10.02) == 0
     assert poll_timeout_ms(now=10.25, next_timer=10.5, busy_until=10.125) == 251
+
+
+def test_socket_buffers_follow_memory_within_bounds(tmp_path: Path) -> None:
+    mib = 1 << 20
+    assert socket_buffer_size(92 * mib) == 92 * mib // 64  # a 128 MiB guest: about 1.4 MiB
+    assert socket_buffer_size(40 * mib) == MIN_SOCKET_BUFFER
+    assert socket_buffer_size(24 << 30) == MAX_SOCKET_BUFFER  # a host
+    assert socket_buffer_size(0) == MIN_SOCKET_BUFFER  # memory unknown
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       94812 kB\nMemFree:        59292 kB\n")
+    assert memory_total(str(meminfo)) == 94812 * 1024
+    assert memory_total(str(tmp_path / "missing")) == 0

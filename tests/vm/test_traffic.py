@@ -80,6 +80,10 @@ def test_hairpin_udp(topology: Topology, nat: Nat) -> None:
     traffic.check_hairpin_udp(topology)
 
 
+def test_udp_flood(topology: Topology, nat: Nat, services: Services) -> None:
+    traffic.check_udp_flood(topology, nat, services)
+
+
 def test_ping_appliance_addresses(topology: Topology, nat: Nat) -> None:
     traffic.check_ping_appliance_addresses(topology)
 
