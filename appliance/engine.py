@@ -175,43 +175,33 @@ class Nat:
 
     # -- entry points ----------------------------------------------------------------------
 
-    def handle(
-        self,
-        side: Side,
-        frame: bytes,
-        now: float,
-        checksum_partial: bool = False,
-        l4_verified: bool = False,
-    ) -> Output:
-        """Process one received frame; returns the frames to send.
+    def handle(self, side: Side, frame: bytes, now: float, l4_verified: bool = False) -> Output:
+        """Process one received frame with complete checksums; returns the frames to send.
 
-        `checksum_partial`: the kernel says the frame's TCP/UDP checksum was left for an offload
-        that never ran (a local sender; Xen netfront), and a TCP frame may be a GSO aggregate
-        far over the MTU. Such frames are not checked but get complete checksums on the way out,
-        and oversized TCP ones are cut into segments (segments.py). This is for a shell without
-        virtio_net_hdr; with one, `handle_offload` keeps the offload instead.
         `l4_verified`: the kernel has verified the TCP/UDP checksum (DATA_VALID): not redone.
+        A frame whose checksum was left for an offload goes to `handle_offload` instead.
         """
         self.counters.frames_in[side] += 1
-        if not checksum_partial:
-            fast = (
-                self._fast_out(frame, now, l4_verified)
-                if side is Side.LAN
-                else self._fast_in(frame, now, l4_verified)
-            )
-            if fast is not None:
-                return [fast]
-        return self._full(side, frame, now, checksum_partial, l4_verified)
+        fast = (
+            self._fast_out(frame, now, l4_verified)
+            if side is Side.LAN
+            else self._fast_in(frame, now, l4_verified)
+        )
+        if fast is not None:
+            return [fast]
+        return self._full(side, frame, now, l4_verified)
 
     def handle_offload(
         self, side: Side, frame: bytes, now: float, offload: Offload
     ) -> OffloadOutput:
-        """`handle` for a frame whose checksum is partial (`offload.needs_csum`), perhaps a TCP
-        aggregate: translated with its checksum left partial (only the pseudo-header's addresses
-        change it) and returned with the offload the kernel must finish on transmit. The MTU
-        checks do not apply to an aggregate: the kernel cuts it into segments that fit. Frames
-        for which the offload cannot be kept (the next hop's MAC is not known yet) get complete
-        checksums and are cut in software, as `handle` does with `checksum_partial`."""
+        """`handle` for a frame whose TCP/UDP checksum was left for an offload
+        (`offload.needs_csum`: a local sender, Xen netfront, a guest's GRO), perhaps a TCP
+        aggregate far over the MTU: translated with its checksum left partial (only the
+        pseudo-header's addresses change it) and returned with the offload the kernel must
+        finish on transmit. The MTU checks do not apply to an aggregate: the kernel cuts it into
+        segments that fit. Frames for which the offload cannot be kept (the next hop's MAC is not
+        known yet, so they wait in a queue) get complete checksums, and aggregates are cut into
+        segments in software (segments.py)."""
         self.counters.frames_in[side] += 1
         if offload.gso_size:
             self.counters.aggregates += 1
@@ -222,31 +212,24 @@ class Nat:
         )
         if fast is not None:
             return [(fast[0], fast[1], offload)]
-        return self._run(side, frame, now, True, False, offload)
+        return self._run(side, frame, now, False, offload)
 
-    def _full(
-        self,
-        side: Side,
-        frame: bytes,
-        now: float,
-        checksum_partial: bool,
-        l4_verified: bool = False,
-    ) -> Output:
+    def _full(self, side: Side, frame: bytes, now: float, l4_verified: bool = False) -> Output:
         """Every frame the fast path does not take: the whole of the engine's behaviour."""
-        return [(s, f) for s, f, _ in self._run(side, frame, now, checksum_partial, l4_verified)]
+        return [(s, f) for s, f, _ in self._run(side, frame, now, l4_verified)]
 
     def _run(
         self,
         side: Side,
         frame: bytes,
         now: float,
-        checksum_partial: bool,
         l4_verified: bool,
         offload: Offload | None = None,
     ) -> OffloadOutput:
         out: OffloadOutput = []
         self._out = out
-        self._partial, self._verified, self._offload = checksum_partial, l4_verified, offload
+        # An offloaded frame's checksum is partial: not checked, finished by whoever sends it.
+        self._partial, self._verified, self._offload = offload is not None, l4_verified, offload
         try:
             self._frame(side, frame, now)
         except Drop as drop:
@@ -291,9 +274,8 @@ class Nat:
     # path would take its plain forwarding branch:
     #   - to our MAC (not broadcast); IPv4 without options (IHL 5); neither fragment nor reserved
     #     flag; the total length fits the frame and the MTU; TTL above 1; header checksum valid;
-    #   - TCP or UDP with a sound header and a valid checksum (UDP may carry none), the checksum
-    #     complete (`checksum_partial` frames take the full path, which finishes them) or left
-    #     partial for the kernel (`handle_offload`: the checksum is not checked, only its
+    #   - TCP or UDP with a sound header and a valid checksum (UDP may carry none), or a
+    #     checksum left partial for the kernel (`handle_offload`: not checked, only its
     #     pseudo-header part adjusted, and a TCP aggregate may exceed the MTU);
     #   - the addresses pass the full path's source and destination checks (below), and the next
     #     hop's MAC is cached and fresh (nothing to queue, nothing to refresh);

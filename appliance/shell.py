@@ -161,10 +161,9 @@ def socket_buffer_size(memory_total: int) -> int:
     within 1..8 MiB.
 
     The default (about 200 KiB) holds only three 64 KiB aggregates: a burst would be dropped on
-    receive, or fail with EAGAIN on send. But a buffer's limit counts what its frames account
-    for, and a small frame received into a slice of a larger page keeps the whole page: full
-    8 MiB buffers ran a 128 MiB guest out of memory under a UDP flood, and as PID 1 cannot be
-    killed, the kernel panicked. 1/64 keeps the four buffers to 1/16 of memory by account."""
+    receive, or fail with EAGAIN on send. But a small guest has little to spare: 8 MiB buffers
+    (four of them) ran a 128 MiB guest out of memory under a UDP flood, and as PID 1 cannot be
+    killed, the kernel panicked. 1/64 keeps the four buffers to 1/16 of memory."""
     return max(MIN_SOCKET_BUFFER, min(MAX_SOCKET_BUFFER, memory_total // 64))
 
 
@@ -311,7 +310,7 @@ class Shell:
             frame = data[header_size:]
             try:
                 if offload is None:
-                    send(handle(side, frame, now, False, valid))
+                    send(handle(side, frame, now, valid))
                 else:
                     self._send_offloaded(nat.handle_offload(side, frame, now, offload))
             except Exception:  # the appliance must outlive any frame

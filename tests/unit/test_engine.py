@@ -598,52 +598,20 @@ def test_counters_line_names_everything(harness: Harness) -> None:
 # -- offloaded frames: partial checksums and TCP aggregates ------------------------------------
 
 
-def _partial(packet: IP) -> bytes:
-    """The frame a local stack hands over with checksum offload: L4 checksum not filled in."""
-    frame = Ether(dst=LAN_MAC, src=HOST_MACS[HOST]) / packet
-    raw = bytearray(bytes(frame))
-    offset = 14 + 20 + (16 if TCP in packet else 6)
-    raw[offset : offset + 2] = b"\x12\x34"
-    return bytes(raw)
-
-
-def test_partial_checksum_frames_leave_with_complete_checksums(harness: Harness) -> None:
-    frame = _partial(IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=53) / b"offloaded")
-    out = harness.nat.handle(LAN, frame, harness.now, checksum_partial=True)
-    assert len(out) == 1
-    sent = Ether(out[0][1])
-    assert_checksums_valid(sent)
-    assert sent[IP].src == WAN_IP
-
-
-def test_tcp_aggregate_is_cut_into_mtu_sized_segments(harness: Harness) -> None:
-    payload = bytes(range(256)) * 40  # 10240 bytes: a GSO super-segment
-    aggregate = (
-        IP(src=HOST, dst=SERVER, flags="DF", id=100)
-        / TCP(sport=44000, dport=80, flags="PA", seq=1000)
-        / payload
-    )
-    out = harness.nat.handle(LAN, _partial(aggregate), harness.now, checksum_partial=True)
-    segments = [Ether(frame) for _, frame in out]
-    assert len(segments) == 8 and all(side is WAN for side, _ in out)
-    for segment in segments:
-        assert_checksums_valid(segment)
-        assert len(segment[IP]) <= 1500 and segment[IP].src == WAN_IP
-    assert [s[TCP].seq for s in segments] == [1000 + 1460 * i for i in range(8)]
-    assert b"".join(bytes(s[TCP].payload) for s in segments) == payload
-    assert [str(s[TCP].flags) for s in segments] == ["A"] * 7 + ["PA"]
-
-
-def _pseudo_sum(src: str, dst: str, l4_len: int) -> int:
-    """What a checksum offload leaves in a TCP header: the pseudo-header sum, not complemented."""
-    return ones_sum(inet_aton(src) + inet_aton(dst) + b"\x00\x06" + l4_len.to_bytes(2, "big"))
+def _pseudo_sum(src: str, dst: str, l4_len: int, proto: int = 6) -> int:
+    """What a checksum offload leaves in a TCP/UDP header: the pseudo-header sum, not
+    complemented."""
+    pseudo = inet_aton(src) + inet_aton(dst) + bytes((0, proto)) + l4_len.to_bytes(2, "big")
+    return ones_sum(pseudo)
 
 
 def _needs_csum(packet: IP, dst_mac: str, src_mac: str) -> bytes:
-    """A frame as the kernel hands it over with NEEDS_CSUM: the TCP checksum field partial."""
+    """A frame as the kernel hands it over with NEEDS_CSUM: the TCP/UDP checksum field
+    partial."""
     raw = bytearray(bytes(Ether(dst=dst_mac, src=src_mac) / packet))
-    partial = _pseudo_sum(packet.src, packet.dst, len(raw) - 34)
-    raw[50:52] = partial.to_bytes(2, "big")
+    partial = _pseudo_sum(packet.src, packet.dst, len(raw) - 34, packet.proto)
+    offset = 50 if packet.proto == 6 else 40
+    raw[offset : offset + 2] = partial.to_bytes(2, "big")
     return bytes(raw)
 
 
@@ -692,22 +660,52 @@ def test_needs_csum_aggregate_is_translated_once_and_left_for_the_kernel(
     assert harness.dropped("icmp-unreachable") == 0
 
 
-def test_needs_csum_frame_waiting_for_arp_is_completed_in_software(harness: Harness) -> None:
-    harness.nat.neighbours[WAN] = type(harness.nat.neighbours[WAN])(
-        harness.nat.neighbours[WAN].mac, harness.nat.neighbours[WAN].ip
-    )
-    packet = IP(src=HOST, dst=SERVER, flags="DF") / TCP(sport=44001, dport=80) / (b"x" * 3000)
-    frame = _needs_csum(packet, LAN_MAC, HOST_MACS[HOST])
-    out = harness.nat.handle_offload(LAN, frame, harness.now, Offload(True, 1448))
-    assert [offload for _, _, offload in out] == [None]  # the ARP request
+def _forget_gateway(harness: Harness) -> None:
+    """The WAN side's neighbour cache emptied: the next frame out waits for ARP."""
+    neighbours = harness.nat.neighbours[WAN]
+    harness.nat.neighbours[WAN] = type(neighbours)(neighbours.mac, neighbours.ip)
+
+
+def _after_arp_reply(harness: Harness) -> list[IP]:
+    """The packets that were waiting for the gateway's MAC, once it answers."""
     resolved = harness.nat.neighbours[WAN].learn(
         inet_aton(GATEWAY), bytes.fromhex(GATEWAY_MAC.replace(":", "")), harness.now
     )
-    segments = [IP(packet) for _, packet in resolved]
-    assert len(segments) == 3
+    return [IP(packet) for _, packet in resolved]
+
+
+def test_needs_csum_frame_waiting_for_arp_is_completed_in_software(harness: Harness) -> None:
+    """A queued frame cannot keep its offload (the kernel sees it only later, as a plain
+    frame): its partial checksum is finished in software."""
+    _forget_gateway(harness)
+    packet = IP(src=HOST, dst=SERVER) / UDP(sport=5000, dport=53) / b"offloaded"
+    frame = _needs_csum(packet, LAN_MAC, HOST_MACS[HOST])
+    out = harness.nat.handle_offload(LAN, frame, harness.now, Offload(True))
+    assert [offload for _, _, offload in out] == [None]  # the ARP request
+    [sent] = _after_arp_reply(harness)
+    assert_checksums_valid(sent)
+    assert (sent.src, bytes(sent[UDP].payload)) == (WAN_IP, b"offloaded")
+
+
+def test_tcp_aggregate_waiting_for_arp_is_cut_into_mtu_sized_segments(harness: Harness) -> None:
+    _forget_gateway(harness)
+    payload = bytes(range(256)) * 40  # 10240 bytes: a GSO super-segment
+    aggregate = (
+        IP(src=HOST, dst=SERVER, flags="DF", id=100)
+        / TCP(sport=44000, dport=80, flags="PA", seq=1000)
+        / payload
+    )
+    frame = _needs_csum(aggregate, LAN_MAC, HOST_MACS[HOST])
+    out = harness.nat.handle_offload(LAN, frame, harness.now, Offload(True, 1460))
+    assert [offload for _, _, offload in out] == [None]  # the ARP request
+    segments = _after_arp_reply(harness)
+    assert len(segments) == 8
     for segment in segments:
         assert_checksums_valid(segment)
         assert len(segment) <= 1500 and segment.src == WAN_IP
+    assert [s[TCP].seq for s in segments] == [1000 + 1460 * i for i in range(8)]
+    assert b"".join(bytes(s[TCP].payload) for s in segments) == payload
+    assert [str(s[TCP].flags) for s in segments] == ["A"] * 7 + ["PA"]
 
 
 def test_data_valid_frames_skip_the_l4_checksum_check(harness: Harness) -> None:

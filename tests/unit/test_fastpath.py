@@ -80,10 +80,10 @@ def both(
     full.counters.frames_in[side] += 1  # what `handle` counts before choosing a path
     if offload is None:
         fast_out: object = nat.handle(side, frame, now)
-        full_out: object = full._full(side, frame, now, False)
+        full_out: object = full._full(side, frame, now)
     else:
         fast_out = nat.handle_offload(side, frame, now, offload)
-        full_out = full._run(side, frame, now, True, False, offload)
+        full_out = full._run(side, frame, now, False, offload)
     return (fast_out, state(nat)), (full_out, state(full))
 
 
