@@ -72,8 +72,8 @@ def test_poll_sleeps_until_the_next_timer_unless_busy_polling() -> None:
 
 def test_socket_buffers_follow_memory_within_bounds(tmp_path: Path) -> None:
     mib = 1 << 20
-    assert socket_buffer_size(92 * mib) == 92 * mib // 64  # a 128 MiB guest: about 1.4 MiB
-    assert socket_buffer_size(40 * mib) == MIN_SOCKET_BUFFER
+    assert socket_buffer_size(92 * mib) == 92 * mib // 128  # a 128 MiB guest: 736 KiB
+    assert socket_buffer_size(16 * mib) == MIN_SOCKET_BUFFER
     assert socket_buffer_size(24 << 30) == MAX_SOCKET_BUFFER  # a host
     assert socket_buffer_size(0) == MIN_SOCKET_BUFFER  # memory unknown
     meminfo = tmp_path / "meminfo"
