@@ -230,6 +230,23 @@ table ip {self.TABLE} {{
         return self.returncode
 
 
+def tier_machine(
+    images: Path, topology: Topology, accel: str, *extra_cmdline: str, no_reboot: bool = False
+) -> qemu.Machine:
+    """The VM tier's machine: the kernel and initramfs in `images` on the topology's taps,
+    128 MiB and one CPU as ops-config.json has them."""
+    return qemu.Machine(
+        images / "vmlinuz",
+        images / "initramfs",
+        memory_mib=128,
+        cpus=1,
+        taps=(topology.appliance_wan, topology.appliance_lan),
+        accel=accel,
+        extra_cmdline=extra_cmdline,
+        no_reboot=no_reboot,
+    )
+
+
 class VmAppliance(_ConsoleProcess):
     """The built image under QEMU in the router namespace, its NICs the topology's taps.
 

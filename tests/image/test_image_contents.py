@@ -40,6 +40,13 @@ def extract(archive: bytes, into: Path) -> None:
             target.chmod(stat.S_IMODE(entry.mode))
 
 
+def run_from_image(root: Path, program: str, *args: str) -> list[str]:
+    """The command line that runs `program` of an extracted image with the image's own loader
+    and libraries, none of the host's."""
+    libraries = ":".join(str(root / d) for d in runtime.LIBDIRS)
+    return [str(root / runtime.LOADER), "--library-path", libraries, str(root / program), *args]
+
+
 def test_the_image_runtime_imports_the_appliance_from_its_own_files(
     built: build.Build, tmp_path: Path
 ) -> None:
@@ -49,16 +56,8 @@ def test_the_image_runtime_imports_the_appliance_from_its_own_files(
         "import appliance.init, appliance.shell, appliance.config;"
         "print('\\n'.join(str(getattr(m, '__file__', None)) for m in sys.modules.values()))"
     )
-    argv = [
-        str(tmp_path / runtime.LOADER),
-        "--library-path",
-        ":".join(str(tmp_path / d) for d in runtime.LIBDIRS),
-        str(tmp_path / runtime.PYTHON),
-        "-S",
-        "-c",
-        probe,
-        str(tmp_path / runtime.APP_DIR),
-    ]
+    app = str(tmp_path / runtime.APP_DIR)
+    argv = run_from_image(tmp_path, runtime.PYTHON, "-S", "-c", probe, app)
     env = {"PYTHONHOME": str(tmp_path / "usr"), "PYTHONDONTWRITEBYTECODE": "1"}
     files = subprocess.run(argv, env=env, capture_output=True, text=True, check=True).stdout
     loaded = [f for f in files.split() if f != "None"]

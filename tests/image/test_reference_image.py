@@ -6,9 +6,9 @@ import json
 import subprocess
 from pathlib import Path
 
-from test_image_contents import extract
+from test_image_contents import extract, run_from_image
 
-from image import build, cpio, initramfs, lock, runtime
+from image import build, cpio, initramfs, lock
 
 NFT_LIBRARIES = ("libnftables.so.1", "libnftnl.so.11", "libmnl.so.0", "libedit.so.2")
 NFT_MODULES = ("nf_tables.ko", "nft_chain_nat.ko", "nft_masq.ko", "nft_nat.ko", "nf_conntrack.ko")
@@ -47,12 +47,6 @@ def test_the_reference_nft_runs_from_the_images_own_files(
     built_reference: build.Build, tmp_path: Path
 ) -> None:
     extract(gzip.decompress((built_reference.out / "initramfs").read_bytes()), tmp_path)
-    argv = [
-        str(tmp_path / runtime.LOADER),
-        "--library-path",
-        ":".join(str(tmp_path / d) for d in runtime.LIBDIRS),
-        str(tmp_path / initramfs.NFT),
-        "--version",
-    ]
+    argv = run_from_image(tmp_path, initramfs.NFT, "--version")
     version = subprocess.run(argv, env={}, capture_output=True, text=True, check=True).stdout
     assert version.startswith("nftables v1.")

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import pytest
 from imagebuild import build_image
-from routers import Nat, VmAppliance
+from routers import Nat, VmAppliance, tier_machine
 from services import Services, running_services
 from topology import Attach, Topology, session_prefix
 from topology import topology as built_topology
@@ -52,14 +52,7 @@ def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> It
 def nat(
     topology: Topology, image: Build, accel: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Nat]:
-    machine = qemu.Machine(
-        image.out / "vmlinuz",
-        image.out / "initramfs",
-        memory_mib=128,
-        cpus=1,
-        taps=(topology.appliance_wan, topology.appliance_lan),
-        accel=accel,
-    )
+    machine = tier_machine(image.out, topology, accel)
     vm = VmAppliance(topology, machine, tmp_path_factory.mktemp("qemu") / "monitor.sock")
     try:
         vm.start()

@@ -6,10 +6,9 @@ from pathlib import Path
 
 import pytest
 from imagebuild import build_image
-from routers import VmAppliance
+from routers import VmAppliance, tier_machine
 from topology import SERVER_A, Attach, Topology, session_prefix, topology
 
-from image import build, qemu
 from image.build import Build
 
 pytestmark = pytest.mark.vm
@@ -28,18 +27,9 @@ def wired() -> Iterator[Topology]:
 
 
 def test_reference_image_forwards_a_ping_with_linux_nat(
-    wired: Topology, reference_image: build.Build, accel: str, tmp_path: Path
+    wired: Topology, reference_image: Build, accel: str, tmp_path: Path
 ) -> None:
-    machine = qemu.Machine(
-        reference_image.out / "vmlinuz",
-        reference_image.out / "initramfs",
-        memory_mib=128,
-        cpus=1,
-        taps=(wired.appliance_wan, wired.appliance_lan),
-        accel=accel,
-        extra_cmdline=("natvm.mode=kernel",),
-        no_reboot=True,
-    )
+    machine = tier_machine(reference_image.out, wired, accel, "natvm.mode=kernel", no_reboot=True)
     vm = VmAppliance(wired, machine, tmp_path / "monitor.sock")
     try:
         vm.start()
