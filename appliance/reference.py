@@ -29,6 +29,7 @@ from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from types import FrameType
 
+from appliance import shell
 from appliance.config import ApplianceConfig, ConfigError, PortForward
 
 MODE_KEY = "natvm.mode"
@@ -214,11 +215,8 @@ def _mac(name: str) -> str:
 
 
 def ready_line(config: ApplianceConfig, wan: str, lan: str, macs: tuple[str, str]) -> str:
-    """The appliance's READY line (appliance/shell.py), so that every waiter works unchanged."""
-    return (
-        f"READY wan={wan} {config.wan.address} mac={macs[0]} "
-        f"lan={lan} {config.lan.address} mac={macs[1]} (kernel NAT reference)"
-    )
+    """The appliance's READY line, so that every waiter works unchanged."""
+    return shell.ready_line(config, wan, lan, macs) + " (kernel NAT reference)"
 
 
 def run(

@@ -357,6 +357,14 @@ class Shell:
                 self._tx_error(side, error)
 
 
+def ready_line(config: ApplianceConfig, wan: str, lan: str, macs: tuple[str, str]) -> str:
+    """The line that says the NAT forwards: what `invoke run` and the tests wait for."""
+    return (
+        f"READY wan={wan} {config.wan.address} mac={macs[0]} "
+        f"lan={lan} {config.lan.address} mac={macs[1]}"
+    )
+
+
 def run(
     config: ApplianceConfig,
     wan_ifname: str,
@@ -386,10 +394,7 @@ def run(
         if not wait_for_carrier(name, CARRIER_WAIT):
             log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; forwarding anyway")
     shell._send(nat.start(time.monotonic()))
-    log(
-        f"READY wan={wan_ifname} {config.wan.address} mac={wan_mac.hex(':')} "
-        f"lan={lan_ifname} {config.lan.address} mac={lan_mac.hex(':')}"
-    )
+    log(ready_line(config, wan_ifname, lan_ifname, (wan_mac.hex(":"), lan_mac.hex(":"))))
     try:
         shell.serve()
     finally:
