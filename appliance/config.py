@@ -471,9 +471,14 @@ _Convert = Callable[[str, Sequence[str]], dict[str, object]]
 
 
 def _scalar(key: str, word: str) -> object:
-    if re.fullmatch(r"[0-9]{1,9}", word):
-        return int(word)
-    return float(word) if re.fullmatch(r"[0-9]{1,9}\.[0-9]{1,6}", word) else word
+    # Any number reads as one, of any size or sign, so that the key's own check names its bound
+    # ("-1 is out of range 0..1000000") instead of calling a number "not an integer".
+    try:
+        if re.fullmatch(r"-?[0-9]+", word):
+            return int(word)
+        return float(word) if re.fullmatch(r"-?[0-9]+\.[0-9]+", word) else word
+    except ValueError:  # past int()'s 4300 digits, more than a kernel command line holds
+        return word
 
 
 def _flag(key: str, word: str) -> object:
