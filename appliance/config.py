@@ -15,28 +15,27 @@ message starts with that path and shows the value; nothing else escapes, so the 
 line instead of a traceback. Cross-field rules (gateway inside the WAN subnet, forwards into the
 LAN, disjoint subnets and forward ranges) are checked as soon as both fields are parsed.
 
+Each key under ``ManifestPassthrough.nat`` is one declaration, on the field of ``NatSettings`` (or
+``Timeouts``) it fills: ``setting(default, kind, word, help)``. Its kind (``Integer(576, 9000)``,
+``Seconds(120.0, "RFC 4787 REQ-5")``, ...) reads and checks the JSON value, writes it back, turns
+``natvm.*`` words into a JSON value and states the bounds the README's tables repeat. The file's
+valid keys, their defaults, ``to_document`` and the kernel words are all derived from these
+declarations, so a new key is one field.
+
 Kernel command-line words ``natvm.KEY=VALUE`` (``override_keys()``) override single settings.
 ``apply_overrides`` writes them into the document that ``to_document`` rebuilds from a parsed
 config and parses that again: one validation path, whose errors on overridden values are relabelled
 with the ``natvm.*`` key that set them.
-
-Limits, and where they come from:
-- UDP mapping timeout at least 120 s, default 300 s: RFC 4787 REQ-5.
-- TCP idle timeouts: established at least 2 h 4 min (7440 s), transitory (opening or closing) at
-  least 4 min (240 s): RFC 5382 REQ-5.
-- ICMP query mapping timeout at least 60 s: RFC 5508 REQ-2.
-- A freed external port rests at least 120 s before a new mapping gets it: RFC 6888 REQ-8.
-- MTU 576..9000: every IPv4 host accepts 576-octet datagrams (RFC 791); 9000 is a jumbo frame.
 """
 
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, NoReturn, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 
 class ConfigError(ValueError):
@@ -77,59 +76,6 @@ class PortForward:
         return self.lan_first + external_port - self.external_first
 
 
-@dataclass(frozen=True)
-class Timeouts:
-    """Idle timeouts in seconds; the minimums and their RFCs are in the module docstring."""
-
-    udp: float = 300.0
-    tcp_established: float = 7440.0
-    tcp_transitory: float = 240.0
-    icmp_query: float = 60.0
-
-
-@dataclass(frozen=True)
-class NatSettings:
-    port_first: int = 1024
-    port_last: int = 65535
-    filtering: Filtering = Filtering.ADDRESS_DEPENDENT
-    timeouts: Timeouts = Timeouts()
-    port_forwards: tuple[PortForward, ...] = ()
-    max_flows: int = 65536
-    max_flows_per_host: int = 4096
-    mtu: int = 1500
-    ping_on_wan: bool = False
-    port_reuse_delay: float = 120.0
-    # After a frame, keep polling the NICs without sleeping for this long (Linux's
-    # net.core.busy_poll, for the appliance): no wake-up latency, for a CPU kept busy.
-    busy_poll_us: int = 0
-
-
-@dataclass(frozen=True)
-class Nic:
-    address: IPv4Interface  # IPAddress + NetMask
-    gateway: IPv4Address | None  # inside the NIC's subnet; only the WAN NIC has one
-    bridge: str | None  # BridgeName: used only by the host side to attach the VM's NIC
-
-
-@dataclass(frozen=True)
-class ApplianceConfig:
-    wan: Nic  # RunConfig.Nics[0]
-    lan: Nic  # RunConfig.Nics[1]
-    nat: NatSettings
-    memory_mib: int = 128  # RunConfig.Memory
-    cpus: int = 1  # RunConfig.CPUs
-
-
-# name -> (minimum seconds, where the minimum comes from, what the timer covers)
-_TIMEOUT_RULES = {
-    "udp": (120.0, "RFC 4787 REQ-5", "UDP mapping idle timeout"),
-    "tcp_established": (7440.0, "RFC 5382 REQ-5", "established TCP idle timeout"),
-    "tcp_transitory": (240.0, "RFC 5382 REQ-5", "opening/closing TCP idle timeout"),
-    "icmp_query": (60.0, "RFC 5508 REQ-2", "ICMP query (echo) mapping timeout"),
-}
-_NAT_KEYS: tuple[str, ...] = ("port_range", "filtering", "timeouts", "port_forwards", "max_flows")
-_NAT_KEYS += ("max_flows_per_host", "mtu", "ping_on_wan", "port_reuse_delay", "busy_poll_us")
-_MAX_BUSY_POLL_US = 1_000_000
 _FORWARD_KEYS = ("protocol", "external_port", "lan_host", "lan_port")
 _NIC_KEYS = ("IPAddress", "NetMask", "Gateway", "BridgeName")
 _MAX_SECONDS = 10**9  # about 31 years: "never", still a finite float to add to a clock
@@ -138,7 +84,11 @@ _PORT_RANGE = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 _MEMORY = re.compile(r"([0-9]{1,7})([mMgG]?)")
 # also a safe command-line word for the host side: no leading '-', no '/', no spaces
 _BRIDGE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,14}")
+_T = TypeVar("_T")
 _E = TypeVar("_E", bound=StrEnum)
+
+
+# --- values: each check fails with the path, the value and what is wrong with it ------------------
 
 
 def _show(value: object) -> str:
@@ -185,22 +135,6 @@ def _int(value: object, path: str, low: int, high: int) -> int:
     return value
 
 
-def _bool(value: object, path: str) -> bool:
-    if not isinstance(value, bool):
-        _fail(path, value, "is not a boolean (true or false)")
-    return value
-
-
-def _seconds(value: object, path: str, minimum: float, reason: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
-        _fail(path, value, "is not a number of seconds")
-    if value < minimum:
-        _fail(path, value, f"is below the minimum of {minimum:g} s ({reason})")
-    if value > _MAX_SECONDS:
-        _fail(path, value, f"is above the maximum of {_MAX_SECONDS} s")
-    return float(value)
-
-
 def _choice(value: object, path: str, choices: type[_E]) -> _E:
     if not isinstance(value, str) or value not in {choice.value for choice in choices}:
         _fail(path, value, f"is not one of {', '.join(repr(c.value) for c in choices)}")
@@ -222,6 +156,10 @@ def _port_range(value: object, path: str) -> tuple[int, int]:
 
 def _port_text(first: int, last: int) -> str:
     return str(first) if first == last else f"{first}-{last}"
+
+
+def _number(seconds: float) -> int | float:
+    return int(seconds) if seconds.is_integer() else seconds
 
 
 def _address(value: object, path: str) -> IPv4Address:
@@ -265,6 +203,351 @@ def _neighbour(value: object, path: str, interface: IPv4Interface, side: str) ->
     return address
 
 
+def _forward(value: object, path: str, lan: IPv4Interface) -> PortForward:
+    obj = _object(value, path, _FORWARD_KEYS)
+    protocol = _choice(_required(obj, "protocol", path), f"{path}.protocol", Protocol)
+    first, last = _port_range(_required(obj, "external_port", path), f"{path}.external_port")
+    lan_first = _int(_required(obj, "lan_port", path), f"{path}.lan_port", 1, 65535)
+    if lan_first + last - first > 65535:
+        _fail(f"{path}.lan_port", lan_first, f"+ {last - first} ports would end past 65535")
+    host = _neighbour(_required(obj, "lan_host", path), f"{path}.lan_host", lan, "LAN")
+    return PortForward(protocol, first, last, host, lan_first)
+
+
+def _forward_document(forward: PortForward) -> dict[str, object]:
+    return {
+        "protocol": forward.protocol.value,
+        "external_port": _port_text(forward.external_first, forward.external_last),
+        "lan_host": str(forward.lan_host),
+        "lan_port": forward.lan_first,
+    }
+
+
+def _scalar(word: str) -> object:
+    """A kernel word as the file would hold it: a number if it reads as one, else the text."""
+    # Any number reads as one, of any size or sign, so that the key's own check names its bound
+    # ("-1 is out of range 0..1000000") instead of calling a number "not an integer".
+    try:
+        if re.fullmatch(r"-?[0-9]+", word):
+            return int(word)
+        return float(word) if re.fullmatch(r"-?[0-9]+\.[0-9]+", word) else word
+    except ValueError:  # past int()'s 4300 digits, more than a kernel command line holds
+        return word
+
+
+# --- kinds of keys: how a key's value is read, written, given on the kernel command line ----------
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What a key's reader may consult beside its own value."""
+
+    lan: IPv4Interface  # port forwards lead into the LAN
+    earlier: Mapping[str, object]  # the fields of the same object read so far
+
+
+class Kind(Generic[_T]):
+    """A type of key: reads and checks its JSON value, writes it back, reads its kernel words."""
+
+    def read(self, value: object, path: str, context: _Context) -> _T:
+        """The checked value; ConfigError naming path if the file's value is invalid."""
+        raise NotImplementedError
+
+    def write(self, value: _T) -> object:
+        """The JSON value the file holds for value: read(write(value)) == value."""
+        return value
+
+    def word(self, key: str, values: Sequence[str]) -> object:
+        """The JSON value of the words natvm.KEY=VALUE, in their order; read() then checks it."""
+        return _scalar(values[-1])  # a later word wins, as for the kernel's own parameters
+
+    def bounds(self) -> str:
+        """The bounds as the README's tables state them ('' if its text says it in prose)."""
+        return ""
+
+
+@dataclass(frozen=True)
+class Integer(Kind[int]):
+    low: int
+    high: int
+    at_most: str = ""  # an earlier key of the same object this one may not exceed
+
+    def read(self, value: object, path: str, context: _Context) -> int:
+        number = _int(value, path, self.low, self.high)
+        limit = context.earlier.get(self.at_most)
+        if isinstance(limit, int) and number > limit:
+            _fail(path, number, f"is above {self.at_most} ({limit})")
+        return number
+
+    def bounds(self) -> str:
+        return f"{self.low}..{self.at_most or self.high}"
+
+
+@dataclass(frozen=True)
+class Seconds(Kind[float]):
+    minimum: float
+    reason: str  # where the minimum comes from
+
+    def read(self, value: object, path: str, context: _Context) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+            _fail(path, value, "is not a number of seconds")
+        if value < self.minimum:
+            _fail(path, value, f"is below the minimum of {self.minimum:g} s ({self.reason})")
+        if value > _MAX_SECONDS:
+            _fail(path, value, f"is above the maximum of {_MAX_SECONDS} s")
+        return float(value)
+
+    def write(self, value: float) -> object:
+        return _number(value)
+
+    def bounds(self) -> str:
+        return f"≥ {self.minimum:g} ({self.reason})"
+
+
+@dataclass(frozen=True)
+class Choice(Kind[_E]):
+    choices: type[_E]
+
+    def read(self, value: object, path: str, context: _Context) -> _E:
+        return _choice(value, path, self.choices)
+
+    def write(self, value: _E) -> object:
+        return value.value
+
+    def bounds(self) -> str:
+        return ", ".join(self.choices)
+
+
+@dataclass(frozen=True)
+class Boolean(Kind[bool]):
+    def read(self, value: object, path: str, context: _Context) -> bool:
+        if not isinstance(value, bool):
+            _fail(path, value, "is not a boolean (true or false)")
+        return value
+
+    def word(self, key: str, values: Sequence[str]) -> object:
+        if values[-1] not in ("0", "1"):
+            raise ConfigError(f"{key}: {values[-1]!r} is not 0 or 1", key)
+        return values[-1] == "1"
+
+
+@dataclass(frozen=True)
+class PortRange(Kind[tuple[int, int]]):
+    def read(self, value: object, path: str, context: _Context) -> tuple[int, int]:
+        return _port_range(value, path)
+
+    def write(self, value: tuple[int, int]) -> object:
+        return _port_text(*value)
+
+    def bounds(self) -> str:
+        return "1..65535"
+
+
+@dataclass(frozen=True)
+class PortForwards(Kind[tuple[PortForward, ...]]):
+    def read(self, value: object, path: str, context: _Context) -> tuple[PortForward, ...]:
+        forwards: list[PortForward] = []
+        for index, item in enumerate(_array(value, path)):
+            new = _forward(item, f"{path}[{index}]", context.lan)
+            for old in forwards:
+                overlap = (
+                    old.external_first <= new.external_last
+                    and new.external_first <= old.external_last
+                )
+                if overlap and old.protocol == new.protocol:
+                    ports = _port_text(new.external_first, new.external_last)
+                    taken = _port_text(old.external_first, old.external_last)
+                    problem = f"overlaps the {old.protocol} forward of {taken}"
+                    _fail(f"{path}[{index}].external_port", ports, problem)
+            forwards.append(new)
+        return tuple(forwards)
+
+    def write(self, value: tuple[PortForward, ...]) -> object:
+        return [_forward_document(forward) for forward in value]
+
+    def word(self, key: str, values: Sequence[str]) -> object:
+        """Every word is a forward (PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT); 'none' is none."""
+        forwards: list[object] = []
+        for word in values if list(values) != ["none"] else []:
+            parts = word.split(":")
+            if len(parts) != 4:
+                raise ConfigError(
+                    f"{key}: {word!r} is not PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT", key
+                )
+            values_in_order = [*parts[:3], _scalar(parts[3])]
+            forwards.append(dict(zip(_FORWARD_KEYS, values_in_order, strict=True)))
+        return forwards
+
+
+@dataclass(frozen=True)
+class Section(Kind[_T]):
+    """A JSON object whose keys are declared with setting() on a frozen dataclass's fields."""
+
+    cls: type[_T]
+
+    def read(self, value: object, path: str, context: _Context) -> _T:
+        keys = _settings(self.cls)
+        obj = _object(value, path, [each.name for each in keys])
+        values: dict[str, Any] = {}
+        for each in keys:
+            # an absent key takes its default through the same check: a default may clash with
+            # another key's value (max_flows_per_host with a small max_flows)
+            given = obj[each.name] if each.name in obj else each.kind.write(each.default)
+            got = each.kind.read(given, f"{path}.{each.name}", _Context(context.lan, values))
+            values.update(zip(each.fills, got if len(each.fills) > 1 else (got,), strict=True))
+        return self.cls(**values)
+
+    def write(self, value: _T) -> object:
+        return {each.name: each.kind.write(_value_of(value, each)) for each in _settings(self.cls)}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One JSON key of a settings object, declared with setting() on the field it fills."""
+
+    kind: Kind[Any]
+    word: str | None  # the natvm.* kernel word that overrides it, if any
+    help: str  # one line, for override_keys()
+    name: str = ""  # the JSON key; the field's name unless given
+    fills: tuple[str, ...] = ()  # the fields its value spreads over; the field's own unless given
+    default: object = None  # its fields' default, as read() returns it (set by _settings)
+
+
+_SETTING = "natvm.setting"  # the key of a field's metadata that holds its Setting
+
+
+def setting(default: _T, kind: Kind[_T], word: str | None, help: str) -> _T:
+    """A dataclass field that is a JSON key of kind, overridden by the kernel word `word`."""
+    return field(default=default, metadata={_SETTING: Setting(kind, word, help)})
+
+
+def _settings(cls: type[Any]) -> list[Setting]:
+    """The keys declared on cls's fields, in order, their name, fills and default filled in."""
+    keys, defaults = [], cls()
+    for each in fields(cls):
+        if _SETTING in each.metadata:
+            declared: Setting = each.metadata[_SETTING]
+            fills = declared.fills or (each.name,)
+            named = replace(declared, name=declared.name or each.name, fills=fills)
+            keys.append(replace(named, default=_value_of(defaults, named)))
+    return keys
+
+
+def _value_of(settings: object, key: Setting) -> object:
+    values = tuple(getattr(settings, name) for name in key.fills)
+    return values if len(values) > 1 else values[0]
+
+
+# --- the settings ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """Idle timeouts in seconds, each at least the minimum its RFC sets."""
+
+    udp: float = setting(
+        300.0, Seconds(120.0, "RFC 4787 REQ-5"), "natvm.timeout.udp", "UDP mapping idle timeout, s"
+    )
+    tcp_established: float = setting(
+        7440.0,
+        Seconds(7440.0, "RFC 5382 REQ-5"),
+        "natvm.timeout.tcp_established",
+        "established TCP idle timeout, s",
+    )
+    tcp_transitory: float = setting(
+        240.0,
+        Seconds(240.0, "RFC 5382 REQ-5"),
+        "natvm.timeout.tcp_transitory",
+        "opening/closing TCP idle timeout, s",
+    )
+    icmp_query: float = setting(
+        60.0,
+        Seconds(60.0, "RFC 5508 REQ-2"),
+        "natvm.timeout.icmp_query",
+        "ICMP query (echo) mapping timeout, s",
+    )
+
+
+@dataclass(frozen=True)
+class NatSettings:
+    """ManifestPassthrough.nat: each key one setting(default, kind, word, help), in file order."""
+
+    # one JSON key, port_range ("1024-65535"), fills both ends of the range
+    port_first: int = field(
+        default=1024,
+        metadata={
+            _SETTING: Setting(
+                PortRange(),
+                "natvm.ports",
+                "external ports for mappings, FIRST[-LAST]",
+                name="port_range",
+                fills=("port_first", "port_last"),
+            )
+        },
+    )
+    port_last: int = 65535
+    # setting() returns a dataclasses.Field, as field() does: ruff's RUF009 cannot see that
+    filtering: Filtering = setting(  # noqa: RUF009
+        Filtering.ADDRESS_DEPENDENT, Choice(Filtering), "natvm.filtering", "inbound filtering"
+    )
+    timeouts: Timeouts = setting(Timeouts(), Section(Timeouts), None, "idle timeouts")  # noqa: RUF009
+    port_forwards: tuple[PortForward, ...] = setting(
+        (),
+        PortForwards(),
+        "natvm.forward",
+        "port forward PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT, repeatable, replaces the file's "
+        "forwards ('none': no forwards)",
+    )
+    max_flows: int = setting(
+        65536, Integer(1, _MAX_FLOWS), "natvm.max_flows", "most flows in the table"
+    )
+    max_flows_per_host: int = setting(
+        4096,
+        Integer(1, _MAX_FLOWS, at_most="max_flows"),
+        "natvm.max_flows_per_host",
+        "most flows per LAN host",
+    )
+    # every IPv4 host accepts 576-octet datagrams (RFC 791); 9000 is a jumbo frame
+    mtu: int = setting(1500, Integer(576, 9000), "natvm.mtu", "MTU of both NICs")
+    ping_on_wan: bool = setting(
+        False, Boolean(), "natvm.ping_on_wan", "answer pings on the WAN: 0 or 1"
+    )
+    # a freed external port rests this long before a new mapping gets it
+    port_reuse_delay: float = setting(
+        120.0, Seconds(120.0, "RFC 6888 REQ-8"), None, "rest of a freed external port, s"
+    )
+    # After a frame, keep polling the NICs without sleeping for this long (Linux's
+    # net.core.busy_poll, for the appliance): no wake-up latency, for a CPU kept busy.
+    busy_poll_us: int = setting(
+        0,
+        Integer(0, 1_000_000),
+        "natvm.busy_poll_us",
+        "microseconds to keep polling after a frame (0: sleep at once)",
+    )
+
+
+_NAT = Section(NatSettings)
+
+
+@dataclass(frozen=True)
+class Nic:
+    address: IPv4Interface  # IPAddress + NetMask
+    gateway: IPv4Address | None  # inside the NIC's subnet; only the WAN NIC has one
+    bridge: str | None  # BridgeName: used only by the host side to attach the VM's NIC
+
+
+@dataclass(frozen=True)
+class ApplianceConfig:
+    wan: Nic  # RunConfig.Nics[0]
+    lan: Nic  # RunConfig.Nics[1]
+    nat: NatSettings
+    memory_mib: int = 128  # RunConfig.Memory
+    cpus: int = 1  # RunConfig.CPUs
+
+
+# --- reading --------------------------------------------------------------------------------------
+
+
 def _bridge(value: object, path: str) -> str | None:
     if value in (None, ""):
         return None
@@ -302,71 +585,6 @@ def _nics(run: Mapping[str, object]) -> tuple[Nic, Nic]:
     return wan, lan
 
 
-def _forward(value: object, path: str, lan: IPv4Interface) -> PortForward:
-    obj = _object(value, path, _FORWARD_KEYS)
-    protocol = _choice(_required(obj, "protocol", path), f"{path}.protocol", Protocol)
-    first, last = _port_range(_required(obj, "external_port", path), f"{path}.external_port")
-    lan_first = _int(_required(obj, "lan_port", path), f"{path}.lan_port", 1, 65535)
-    if lan_first + last - first > 65535:
-        _fail(f"{path}.lan_port", lan_first, f"+ {last - first} ports would end past 65535")
-    host = _neighbour(_required(obj, "lan_host", path), f"{path}.lan_host", lan, "LAN")
-    return PortForward(protocol, first, last, host, lan_first)
-
-
-def _forwards(value: object, path: str, lan: IPv4Interface) -> tuple[PortForward, ...]:
-    forwards: list[PortForward] = []
-    for index, item in enumerate(_array(value, path)):
-        new = _forward(item, f"{path}[{index}]", lan)
-        for old in forwards:
-            overlap = (
-                old.external_first <= new.external_last and new.external_first <= old.external_last
-            )
-            if overlap and old.protocol == new.protocol:
-                ports = _port_text(new.external_first, new.external_last)
-                taken = _port_text(old.external_first, old.external_last)
-                problem = f"overlaps the {old.protocol} forward of {taken}"
-                _fail(f"{path}[{index}].external_port", ports, problem)
-        forwards.append(new)
-    return tuple(forwards)
-
-
-def _timeouts(value: object, path: str) -> Timeouts:
-    obj, default = _object(value, path, tuple(_TIMEOUT_RULES)), Timeouts()
-    return Timeouts(
-        **{
-            name: _seconds(obj.get(name, getattr(default, name)), f"{path}.{name}", low, rfc)
-            for name, (low, rfc, _) in _TIMEOUT_RULES.items()
-        }
-    )
-
-
-def _nat(value: object, path: str, lan: IPv4Interface) -> NatSettings:
-    obj, d = _object(value, path, _NAT_KEYS), NatSettings()
-    ports = obj.get("port_range", _port_text(d.port_first, d.port_last))
-    first, last = _port_range(ports, f"{path}.port_range")
-    max_flows = _int(obj.get("max_flows", d.max_flows), f"{path}.max_flows", 1, _MAX_FLOWS)
-    at = f"{path}.max_flows_per_host"
-    per_host = _int(obj.get("max_flows_per_host", d.max_flows_per_host), at, 1, _MAX_FLOWS)
-    if per_host > max_flows:
-        _fail(at, per_host, f"is above max_flows ({max_flows})")
-    delay = obj.get("port_reuse_delay", d.port_reuse_delay)
-    return NatSettings(
-        port_first=first,
-        port_last=last,
-        filtering=_choice(obj.get("filtering", d.filtering.value), f"{path}.filtering", Filtering),
-        timeouts=_timeouts(obj.get("timeouts", {}), f"{path}.timeouts"),
-        port_forwards=_forwards(obj.get("port_forwards", []), f"{path}.port_forwards", lan),
-        max_flows=max_flows,
-        max_flows_per_host=per_host,
-        mtu=_int(obj.get("mtu", d.mtu), f"{path}.mtu", 576, 9000),
-        ping_on_wan=_bool(obj.get("ping_on_wan", d.ping_on_wan), f"{path}.ping_on_wan"),
-        port_reuse_delay=_seconds(delay, f"{path}.port_reuse_delay", 120.0, "RFC 6888 REQ-8"),
-        busy_poll_us=_int(
-            obj.get("busy_poll_us", d.busy_poll_us), f"{path}.busy_poll_us", 0, _MAX_BUSY_POLL_US
-        ),
-    )
-
-
 def _memory(value: object, path: str) -> int:
     if value == "":
         return ApplianceConfig.memory_mib
@@ -382,10 +600,11 @@ def parse_config(document: object) -> ApplianceConfig:
     run = _object(_required(root, "RunConfig", ""), "RunConfig")
     wan, lan = _nics(run)
     passthrough = _object(root.get("ManifestPassthrough", {}), "ManifestPassthrough")
+    nat = passthrough.get("nat", {})
     return ApplianceConfig(
         wan=wan,
         lan=lan,
-        nat=_nat(passthrough.get("nat", {}), "ManifestPassthrough.nat", lan.address),
+        nat=_NAT.read(nat, "ManifestPassthrough.nat", _Context(lan.address, {})),
         memory_mib=_memory(run.get("Memory", ""), "RunConfig.Memory"),
         cpus=_int(run.get("CPUs", 0), "RunConfig.CPUs", 0, 1024) or ApplianceConfig.cpus,
     )
@@ -419,8 +638,7 @@ def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
-def _number(seconds: float) -> int | float:
-    return int(seconds) if seconds.is_integer() else seconds
+# --- writing --------------------------------------------------------------------------------------
 
 
 def _nic_document(nic: Nic) -> dict[str, object]:
@@ -433,62 +651,19 @@ def _nic_document(nic: Nic) -> dict[str, object]:
     return document
 
 
-def _forward_document(forward: PortForward) -> dict[str, object]:
-    return {
-        "protocol": forward.protocol.value,
-        "external_port": _port_text(forward.external_first, forward.external_last),
-        "lan_host": str(forward.lan_host),
-        "lan_port": forward.lan_first,
-    }
-
-
-def _nat_document(nat: NatSettings) -> dict[str, object]:
-    return {
-        "port_range": _port_text(nat.port_first, nat.port_last),
-        "filtering": nat.filtering.value,
-        "timeouts": {name: _number(getattr(nat.timeouts, name)) for name in _TIMEOUT_RULES},
-        "port_forwards": [_forward_document(forward) for forward in nat.port_forwards],
-        "max_flows": nat.max_flows,
-        "max_flows_per_host": nat.max_flows_per_host,
-        "mtu": nat.mtu,
-        "ping_on_wan": nat.ping_on_wan,
-        "port_reuse_delay": _number(nat.port_reuse_delay),
-        "busy_poll_us": nat.busy_poll_us,
-    }
-
-
 def to_document(config: ApplianceConfig) -> dict[str, object]:
     """The ops config.json document of config: parse_config(to_document(config)) == config."""
     nics = [_nic_document(config.wan), _nic_document(config.lan)]
     run = {"Nics": nics, "Memory": f"{config.memory_mib}m", "CPUs": config.cpus}
-    return {"RunConfig": run, "ManifestPassthrough": {"nat": _nat_document(config.nat)}}
+    return {"RunConfig": run, "ManifestPassthrough": {"nat": _NAT.write(config.nat)}}
 
 
-# Kernel command-line overrides. Each natvm.* key turns its values into keys of one JSON object
-# of the document, found by following `where` from the top; values go in as the file would hold
-# them, so parse_config checks them with the file's messages.
+# --- kernel command-line overrides ----------------------------------------------------------------
+# Each natvm.* key turns its values into keys of one JSON object of the document, found by
+# following `where` from the top; values go in as the file would hold them, so parse_config checks
+# them with the file's messages. The NICs' words are listed here; the NAT's come from its keys.
 _Convert = Callable[[str, Sequence[str]], dict[str, object]]
-
-
-def _scalar(key: str, word: str) -> object:
-    if re.fullmatch(r"[0-9]{1,9}", word):
-        return int(word)
-    return float(word) if re.fullmatch(r"[0-9]{1,9}\.[0-9]{1,6}", word) else word
-
-
-def _flag(key: str, word: str) -> object:
-    if word not in ("0", "1"):
-        raise ConfigError(f"{key}: {word!r} is not 0 or 1", key)
-    return word == "1"
-
-
-def _none(key: str, word: str) -> object:
-    return "" if word == "none" else word  # "" is ops's "not set"
-
-
-def _last(name: str, convert: Callable[[str, str], object] = _scalar) -> _Convert:
-    """A setting given once; a later word wins, as for the kernel's own parameters."""
-    return lambda key, values: {name: convert(key, values[-1])}
+_Override = tuple[tuple[str | int, ...], _Convert, str]  # (where, convert, one-line description)
 
 
 def _interface_word(key: str, values: Sequence[str]) -> dict[str, object]:
@@ -498,41 +673,44 @@ def _interface_word(key: str, values: Sequence[str]) -> dict[str, object]:
     return {"IPAddress": address, "NetMask": prefix}
 
 
-def _forward_words(key: str, values: Sequence[str]) -> dict[str, object]:
-    forwards: list[object] = []
-    for word in values if list(values) != ["none"] else []:
-        parts = word.split(":")
-        if len(parts) != 4:
-            raise ConfigError(f"{key}: {word!r} is not PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT", key)
-        fields = [*parts[:3], _scalar(key, parts[3])]
-        forwards.append(dict(zip(_FORWARD_KEYS, fields, strict=True)))
-    return {"port_forwards": forwards}
+def _gateway_word(key: str, values: Sequence[str]) -> dict[str, object]:
+    return {"Gateway": "" if values[-1] == "none" else values[-1]}  # "" is ops's "not set"
 
 
 _WAN = ("RunConfig", "Nics", 0)
 _LAN = ("RunConfig", "Nics", 1)
-_NAT = ("ManifestPassthrough", "nat")
-_FORWARD_HELP = "PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT, repeatable, replaces the file's forwards"
-# key -> (where, convert, one-line description)
-_OVERRIDES: dict[str, tuple[tuple[str | int, ...], _Convert, str]] = {
+_NIC_OVERRIDES: dict[str, _Override] = {
     "natvm.wan.ip": (_WAN, _interface_word, "WAN address/prefix, e.g. 192.0.2.2/24"),
-    "natvm.wan.gw": (_WAN, _last("Gateway", _none), "WAN gateway address, or 'none'"),
+    "natvm.wan.gw": (_WAN, _gateway_word, "WAN gateway address, or 'none'"),
     "natvm.lan.ip": (_LAN, _interface_word, "LAN address/prefix, e.g. 10.77.0.1/24"),
-    "natvm.ports": (_NAT, _last("port_range"), "external ports for mappings, e.g. 1024-65535"),
-    "natvm.filtering": (_NAT, _last("filtering"), "inbound filtering: " + ", ".join(Filtering)),
-    "natvm.forward": (_NAT, _forward_words, f"port forward {_FORWARD_HELP} ('none': no forwards)"),
-    "natvm.mtu": (_NAT, _last("mtu"), "MTU of both NICs, 576..9000"),
-    "natvm.ping_on_wan": (_NAT, _last("ping_on_wan", _flag), "answer pings on the WAN: 0 or 1"),
-    "natvm.max_flows": (_NAT, _last("max_flows"), "most flows in the table"),
-    "natvm.max_flows_per_host": (_NAT, _last("max_flows_per_host"), "most flows per LAN host"),
-    "natvm.busy_poll_us": (
-        _NAT,
-        _last("busy_poll_us"),
-        "microseconds to keep polling after a frame (0: sleep at once)",
-    ),
-} | {
-    f"natvm.timeout.{name}": ((*_NAT, "timeouts"), _last(name), f"{what}, s (min {low:g}, {rfc})")
-    for name, (low, rfc, what) in _TIMEOUT_RULES.items()
+}
+
+
+def _leaves(cls: type[Any], where: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Setting]]:
+    """The keys of cls and of the sections inside it, each with the JSON keys that lead to it."""
+    for each in _settings(cls):
+        if isinstance(each.kind, Section):
+            yield from _leaves(each.kind.cls, (*where, each.name))
+        else:
+            yield (*where, each.name), each
+
+
+def nat_keys() -> dict[str, Setting]:
+    """The keys under ManifestPassthrough.nat in file order, by dotted name: "timeouts.udp"."""
+    return {".".join(where): each for where, each in _leaves(NatSettings, ())}
+
+
+def _nat_override(where: tuple[str, ...], declared: Setting) -> _Override:
+    def convert(word: str, values: Sequence[str]) -> dict[str, object]:
+        return {declared.name: declared.kind.word(word, values)}
+
+    bounds = declared.kind.bounds()
+    help = f"{declared.help}: {bounds}" if bounds else declared.help
+    return ("ManifestPassthrough", "nat", *where[:-1]), convert, help
+
+
+_OVERRIDES = _NIC_OVERRIDES | {
+    each.word: _nat_override(where, each) for where, each in _leaves(NatSettings, ()) if each.word
 }
 
 

@@ -792,6 +792,21 @@ OVERRIDE_ERRORS = [
     ({"natvm.mtu": [""]}, "natvm.mtu: '' is not an integer"),
     ({"natvm.ping_on_wan": ["yes"]}, "natvm.ping_on_wan: 'yes' is not 0 or 1"),
     ({"natvm.max_flows_per_host": ["0"]}, "natvm.max_flows_per_host: 0 is out of range"),
+    # numbers of any size and sign reach the key's check, which names the bound
+    (
+        {"natvm.max_flows": ["9999999999"]},
+        "natvm.max_flows: 9999999999 is out of range 1..16777216",
+    ),
+    ({"natvm.busy_poll_us": ["-1"]}, "natvm.busy_poll_us: -1 is out of range 0..1000000"),
+    ({"natvm.forward": ["tcp:1:10.77.0.10:-1"]}, "natvm.forward: -1 is out of range 1..65535"),
+    (
+        {"natvm.timeout.udp": ["99999999999"]},
+        "natvm.timeout.udp: 99999999999 is above the maximum of 1000000000 s",
+    ),
+    (
+        {"natvm.timeout.udp": ["-1.5"]},
+        "natvm.timeout.udp: -1.5 is below the minimum of 120 s (RFC 4787 REQ-5)",
+    ),
     (
         {"natvm.timeout.udp": ["60"]},
         "natvm.timeout.udp: 60 is below the minimum of 120 s (RFC 4787 REQ-5)",
