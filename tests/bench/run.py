@@ -26,10 +26,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from routers import REPO, HostAppliance, KernelNat, Nat
-from topology import Attach, Topology, session_prefix, topology
-
 from image import qemu
+from tests.support.routers import REPO, HostAppliance, KernelNat, Nat
+from tests.support.topology import Attach, Topology, session_prefix, topology
 
 from . import report
 from . import vm as vm_mode

@@ -4,9 +4,7 @@ from pathlib import Path
 
 from appliance.config import load_config
 from image import build, deploy
-
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = ROOT / "ops-config.json"
+from tests.support import CONFIG
 
 
 def deployment(out: Path) -> deploy.Deployment:
