@@ -179,26 +179,15 @@ def bench(
     vm: bool = False,
 ) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
-    import importlib
-    import os
+    from bench import run as bench_run  # here, not above: pyroute2 and scapy slow every task
 
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the test topology and tests/bench
-    bench_run = importlib.import_module("bench.run")
-    if os.geteuid() != 0:
-        raise Exit("natvm: error: bench builds network namespaces: run it as root", 1)
-    if missing := bench_run.missing_tools(vm):
-        raise Exit(f"natvm: error: missing tools: {', '.join(missing)} (apt-get install them)", 1)
     try:
-        names = bench_run.parse_workloads(workloads)
-    except ValueError as error:
-        raise Exit(f"natvm: error: {error}", 1) from None
-    runs = 1 if quick and runs == 3 else runs
-    if runs < 1:
-        raise Exit("natvm: error: --runs must be at least 1", 1)
+        options = bench_run.options(runs, quick, workloads, offloads, busy_poll, vm)
+    except bench_run.SetupError as error:
+        raise die(error, debug=False) from None
     if not 0 <= busy_poll <= 1_000_000:
         raise Exit("natvm: error: --busy-poll must be 0..1000000 microseconds", 1)
     if vm:  # both images, from the same sources and lock
         do_build(CONFIG, debug=False)
         do_build(CONFIG, debug=False, reference=True)
-    options = bench_run.Options(runs, quick, names, offloads, busy_poll, vm)
     bench_run.bench(options)
