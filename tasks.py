@@ -34,21 +34,14 @@ def progress(name: str, seconds: float) -> None:
     print(f"  {name:<12} {seconds:6.2f} s", flush=True)
 
 
-def deployment(config_path: Path, out: Path) -> deploy.Deployment:
-    config = load_config(config_path)
-    bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
-    return deploy.Deployment(
-        config.memory_mib, config.cpus, bridges, out / "vmlinuz", out / "initramfs"
-    )
-
-
 def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.Build:
     started = time.monotonic()
     out = image_build.REFERENCE_OUTPUT if reference else image_build.OUTPUT
     what = "the kernel-NAT reference image" if reference else "natvm"
     print(f"building {what} into {out}", flush=True)
     try:
-        b = image_build.Build(config, deployment(config, out), out=out, reference=reference)
+        vm = deploy.deployment(load_config(config), out)
+        b = image_build.Build(config, vm, out=out, reference=reference)
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
