@@ -95,7 +95,6 @@ def clean(c: Context) -> None:
         "taps": "use existing taps WAN,LAN instead of the demo namespaces",
         "bridged": "attach to the bridges named in RunConfig.Nics[].BridgeName",
         "show_command": "print the QEMU command line and exit",
-        "dry_run": "same as --show-command",
         "debug": "show tracebacks",
     }
 )
@@ -107,28 +106,15 @@ def run(
     taps: str = "",
     bridged: bool = False,
     show_command: bool = False,
-    dry_run: bool = False,
     debug: bool = False,
 ) -> None:
     """Boot natvm under QEMU between a LAN and a WAN namespace and show NAT working."""
     path = Path(config)
     try:
-        settings = load_config(path)
-    except ConfigError as error:
+        options = demo.options(path, load_config(path), memory, cpus, taps, bridged)
+    except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
-    options = demo.Options(
-        memory_mib=memory or settings.memory_mib,
-        cpus=cpus or settings.cpus,
-        taps=tuple(taps.split(",")) if taps else (),
-        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),
-    )
-    if options.taps and len(options.taps) != 2:
-        raise Exit("natvm: error: --taps takes two names: WAN,LAN", 1)
-    if options.bridges and not all(options.bridges):
-        raise Exit(
-            f"natvm: error: {path} names no BridgeName for both NICs (needed by --bridged)", 1
-        )
-    if show_command or dry_run:
+    if show_command:
         print(demo.show_command(options, image_build.OUTPUT))
         return
     do_build(path, debug)
