@@ -112,15 +112,12 @@ def run(
     path = Path(config)
     try:
         options = demo.options(path, load_config(path), memory, cpus, taps, bridged)
-    except (ImageError, ConfigError) as error:
-        raise die(error, debug) from None
-    if show_command:
-        print(demo.show_command(options, image_build.OUTPUT))
-        return
-    do_build(path, debug)
-    try:
+        if show_command:
+            print(demo.show_command(options, image_build.OUTPUT))
+            return
+        do_build(path, debug)
         demo.run_demo(options, image_build.OUTPUT)
-    except ImageError as error:
+    except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
 
 
