@@ -34,21 +34,14 @@ def progress(name: str, seconds: float) -> None:
     print(f"  {name:<12} {seconds:6.2f} s", flush=True)
 
 
-def deployment(config_path: Path, out: Path) -> deploy.Deployment:
-    config = load_config(config_path)
-    bridges = (config.wan.bridge or "natvm-wan", config.lan.bridge or "natvm-lan")
-    return deploy.Deployment(
-        config.memory_mib, config.cpus, bridges, out / "vmlinuz", out / "initramfs"
-    )
-
-
 def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.Build:
     started = time.monotonic()
     out = image_build.REFERENCE_OUTPUT if reference else image_build.OUTPUT
     what = "the kernel-NAT reference image" if reference else "natvm"
     print(f"building {what} into {out}", flush=True)
     try:
-        b = image_build.Build(config, deployment(config, out), out=out, reference=reference)
+        vm = deploy.deployment(load_config(config), out)
+        b = image_build.Build(config, vm, out=out, reference=reference)
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
@@ -102,7 +95,6 @@ def clean(c: Context) -> None:
         "taps": "use existing taps WAN,LAN instead of the demo namespaces",
         "bridged": "attach to the bridges named in RunConfig.Nics[].BridgeName",
         "show_command": "print the QEMU command line and exit",
-        "dry_run": "same as --show-command",
         "debug": "show tracebacks",
     }
 )
@@ -114,34 +106,18 @@ def run(
     taps: str = "",
     bridged: bool = False,
     show_command: bool = False,
-    dry_run: bool = False,
     debug: bool = False,
 ) -> None:
     """Boot natvm under QEMU between a LAN and a WAN namespace and show NAT working."""
     path = Path(config)
     try:
-        settings = load_config(path)
-    except ConfigError as error:
-        raise die(error, debug) from None
-    options = demo.Options(
-        memory_mib=memory or settings.memory_mib,
-        cpus=cpus or settings.cpus,
-        taps=tuple(taps.split(",")) if taps else (),
-        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),
-    )
-    if options.taps and len(options.taps) != 2:
-        raise Exit("natvm: error: --taps takes two names: WAN,LAN", 1)
-    if options.bridges and not all(options.bridges):
-        raise Exit(
-            f"natvm: error: {path} names no BridgeName for both NICs (needed by --bridged)", 1
-        )
-    if show_command or dry_run:
-        print(demo.show_command(options, image_build.OUTPUT))
-        return
-    do_build(path, debug)
-    try:
+        options = demo.options(path, load_config(path), memory, cpus, taps, bridged)
+        if show_command:
+            print(demo.show_command(options, image_build.OUTPUT))
+            return
+        do_build(path, debug)
         demo.run_demo(options, image_build.OUTPUT)
-    except ImageError as error:
+    except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
 
 
@@ -179,22 +155,12 @@ def bench(
     vm: bool = False,
 ) -> None:
     """Measure natvm against Linux's NAT in namespaces (root); writes build/bench/*.json."""
-    import importlib
-    import os
+    from bench import run as bench_run  # here, not above: pyroute2 and scapy slow every task
 
-    sys.path[:0] = [str(ROOT / "tests"), str(ROOT)]  # the test topology and tests/bench
-    bench_run = importlib.import_module("bench.run")
-    if os.geteuid() != 0:
-        raise Exit("natvm: error: bench builds network namespaces: run it as root", 1)
-    if missing := bench_run.missing_tools(vm):
-        raise Exit(f"natvm: error: missing tools: {', '.join(missing)} (apt-get install them)", 1)
     try:
-        names = bench_run.parse_workloads(workloads)
-    except ValueError as error:
-        raise Exit(f"natvm: error: {error}", 1) from None
-    runs = 1 if quick and runs == 3 else runs
-    if runs < 1:
-        raise Exit("natvm: error: --runs must be at least 1", 1)
+        options = bench_run.options(runs, quick, workloads, offloads, busy_poll, vm)
+    except bench_run.SetupError as error:
+        raise die(error, debug=False) from None
     try:  # natvm's own check of busy_poll_us, before any namespace exists
         apply_overrides(load_config(CONFIG), {"natvm.busy_poll_us": [str(busy_poll)]})
     except ConfigError as error:
@@ -202,5 +168,4 @@ def bench(
     if vm:  # both images, from the same sources and lock
         do_build(CONFIG, debug=False)
         do_build(CONFIG, debug=False, reference=True)
-    options = bench_run.Options(runs, quick, names, offloads, busy_poll, vm)
     bench_run.bench(options)

@@ -1,7 +1,8 @@
 """`invoke run`: boot the image under QEMU between a LAN and a WAN namespace, show NAT working.
 
-Wiring (the same shape as tests/topology.py; nothing links to the root namespace, and no
-namespace has a default route, so no packet can leave the machine):
+Wiring (the same shape as tests.support.topology; nothing links to the root namespace, and no
+namespace has a default route, so no packet can leave the machine). The addresses are
+ops-config.json's (see `addresses`); with the shipped file:
 
     natvm-demo-lan  lan0 10.77.0.10/24 -+                        +- wan0 192.0.2.1/24 natvm-demo-wan
                                    br-lan -[tap]- VM -[tap]- br-wan  lo 198.51.100.10/32 (HTTP)
@@ -12,6 +13,7 @@ With `taps` or `bridges` the demo namespaces are skipped and the VM is attached 
 """
 
 import contextlib
+import itertools
 import os
 import re
 import shlex
@@ -23,27 +25,84 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from image import qemu
 from image.command import require, run
+from image.deploy import RunSettings
 from image.errors import ImageError
 
 PREFIX = "natvm-demo-"
 ROUTER, WAN, LAN = (PREFIX + role for role in ("router", "wan", "lan"))
 TAPS = ("tap-wan", "tap-lan")
-LAN_HOST, GATEWAY, LAN_ROUTER = "10.77.0.10/24", "192.0.2.1/24", "10.77.0.1"
-SERVER = "198.51.100.10"
+SERVER = "198.51.100.10"  # on the WAN host's lo: a server beyond the appliance's gateway
+# Routed from the LAN host through the appliance, with the WAN subnet: RFC 5737's documentation
+# ranges, where the WAN side lives (SERVER is in one).
+DOCUMENTATION_NETWORKS = ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24")
+LAN_HOST_NUMBER = 10  # the LAN host's address in its subnet: ops-config.json forwards ports there
 READY_TIMEOUT = 180.0
 _ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")  # SeaBIOS and the kernel clear the screen
+
+
+@dataclass(frozen=True)
+class Addresses:
+    """The demo hosts' addresses, on the subnets of ops-config.json's NICs."""
+
+    lan_host: IPv4Interface
+    wan_host: IPv4Interface  # the appliance's gateway, which also answers for SERVER
+    appliance_lan: IPv4Address  # the LAN host's router
+    wan_network: IPv4Network
 
 
 @dataclass(frozen=True)
 class Options:
     memory_mib: int
     cpus: int
+    addresses: Addresses
     taps: tuple[str, ...] = ()  # existing taps: WAN, LAN
     bridges: tuple[str, ...] = ()  # existing bridges: WAN, LAN
+
+
+def options(
+    config: Path,
+    settings: RunSettings,
+    memory_mib: int = 0,
+    cpus: int = 0,
+    taps: str = "",
+    bridged: bool = False,
+) -> Options:
+    """`invoke run`'s options over the settings read from `config`: a 0 takes the config's
+    value; an ImageError names an option that cannot work."""
+    chosen = Options(
+        memory_mib=memory_mib or settings.memory_mib,
+        cpus=cpus or settings.cpus,
+        addresses=addresses(settings),
+        taps=tuple(taps.split(",")) if taps else (),
+        bridges=(settings.wan.bridge or "", settings.lan.bridge or "") if bridged else (),
+    )
+    if chosen.taps and len(chosen.taps) != 2:
+        raise ImageError("--taps takes two names: WAN,LAN")
+    if chosen.bridges and not all(chosen.bridges):
+        raise ImageError(f"{config} names no BridgeName for both NICs (needed by --bridged)")
+    return chosen
+
+
+def addresses(settings: RunSettings) -> Addresses:
+    """The WAN host is the appliance's gateway (else the first free address of the WAN subnet),
+    the LAN host the LAN subnet's address LAN_HOST_NUMBER (else its first free one)."""
+    wan, lan, gateway = settings.wan.address, settings.lan.address, settings.wan.gateway
+    wan_host = IPv4Interface((gateway, wan.network.prefixlen)) if gateway else _host_on(wan, 1)
+    return Addresses(_host_on(lan, LAN_HOST_NUMBER), wan_host, lan.ip, wan.network)
+
+
+def _host_on(nic: IPv4Interface, number: int) -> IPv4Interface:
+    """Address `number` of `nic`'s subnet for a demo host, else the first that is not `nic`'s."""
+    numbered = list(itertools.islice(nic.network.hosts(), number))[-1:]  # hosts() starts at 1
+    for address in itertools.chain(numbered, nic.network.hosts()):
+        if address != nic.ip:
+            return IPv4Interface((address, nic.network.prefixlen))
+    raise ImageError(f"the subnet {nic.network} has no address left for a demo host")
 
 
 def say(message: str, started: float | None = None) -> None:
@@ -96,13 +155,13 @@ def _side(bridge: str, tap: str, host_ns: str, host_if: str, address: str) -> No
     _ip("-n", host_ns, "link", "set", host_if, "up")
 
 
-def build_topology() -> None:
+def build_topology(hosts: Addresses) -> None:
     _namespaces()
-    _side("br-wan", TAPS[0], WAN, "wan0", GATEWAY)
-    _side("br-lan", TAPS[1], LAN, "lan0", LAN_HOST)
+    _side("br-wan", TAPS[0], WAN, "wan0", str(hosts.wan_host))
+    _side("br-lan", TAPS[1], LAN, "lan0", str(hosts.lan_host))
     _ip("-n", WAN, "addr", "add", f"{SERVER}/32", "dev", "lo")
-    for net in ("192.0.2.0/24", "198.51.100.0/24", "203.0.113.0/24"):
-        _ip("-n", LAN, "route", "add", net, "via", LAN_ROUTER)
+    for net in dict.fromkeys((str(hosts.wan_network), *DOCUMENTATION_NETWORKS)):  # once each
+        _ip("-n", LAN, "route", "add", net, "via", str(hosts.appliance_lan))
 
 
 def destroy_topology() -> None:
@@ -206,13 +265,13 @@ def http_server(wanted: bool) -> Iterator[None]:
             proc.wait(timeout=10)
 
 
-def show_nat() -> None:
+def show_nat(hosts: Addresses) -> None:
     started = time.monotonic()
     ping = run(_in(LAN, "ping", "-c", "3", "-i", "0.3", "-W", "5", SERVER)).splitlines()
-    say(f"LAN 10.77.0.10 -> ping {SERVER}: {ping[-2]}", started)
+    say(f"LAN {hosts.lan_host.ip} -> ping {SERVER}: {ping[-2]}", started)
     started = time.monotonic()
     body = run(_in(LAN, "curl", "-sS", "--max-time", "20", f"http://{SERVER}/"))
-    say(f"LAN 10.77.0.10 -> http://{SERVER}/: {body.strip()!r}", started)
+    say(f"LAN {hosts.lan_host.ip} -> http://{SERVER}/: {body.strip()!r}", started)
 
 
 def _attach_bridges(bridges: tuple[str, ...]) -> None:
@@ -237,7 +296,7 @@ def run_demo(options: Options, out: Path) -> None:
     try:
         started = time.monotonic()
         if demo:
-            build_topology()
+            build_topology(options.addresses)
             say(f"namespaces {LAN} and {WAN} wired through {ROUTER}", started)
         elif options.bridges:
             _attach_bridges(options.bridges)
@@ -247,7 +306,7 @@ def run_demo(options: Options, out: Path) -> None:
             console.wait_for("READY", READY_TIMEOUT)
             say("appliance READY", started)
             if demo:
-                show_nat()
+                show_nat(options.addresses)
             say("running; Ctrl-C stops the VM and removes the wiring")
             signal.signal(signal.SIGTERM, signal.default_int_handler)
             with contextlib.suppress(KeyboardInterrupt):

@@ -1,14 +1,17 @@
 """Deployment files for the built kernel + initramfs: libvirt, Xen `xl`, and QubesOS.
 
-All are generated from one `Deployment` (taken from ops-config.json by the caller): memory,
-CPUs, the bridges of the WAN and LAN NICs (`RunConfig.Nics[].BridgeName`). NIC order is the role:
-the first interface is WAN, the second LAN, as the image's init maps them.
+All are generated from one `Deployment` (`deployment` takes it from ops-config.json as the
+appliance's config parser reads it): memory, CPUs, the bridges of the WAN and LAN NICs
+(`RunConfig.Nics[].BridgeName`). NIC order is the role: the first interface is WAN, the second LAN,
+as the image's init maps them.
 """
 
 import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
+from typing import Protocol
 
 from image import qemu
 
@@ -16,6 +19,33 @@ NAME = "natvm"
 XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
 XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)  # LEAN: see qemu.py
 QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"
+DEFAULT_BRIDGES = ("natvm-wan", "natvm-lan")  # for a NIC without BridgeName
+
+
+class NicSettings(Protocol):
+    """One of `RunConfig.Nics[]`, as `appliance.config.Nic` holds it."""
+
+    @property
+    def address(self) -> IPv4Interface: ...
+    @property
+    def gateway(self) -> IPv4Address | None: ...
+    @property
+    def bridge(self) -> str | None: ...
+
+
+class RunSettings(Protocol):
+    """What the host side reads of ops-config.json's `RunConfig`, as
+    `appliance.config.ApplianceConfig` holds it. A protocol, not that class: image/ copies the
+    appliance into the image and never imports it."""
+
+    @property
+    def wan(self) -> NicSettings: ...
+    @property
+    def lan(self) -> NicSettings: ...
+    @property
+    def memory_mib(self) -> int: ...
+    @property
+    def cpus(self) -> int: ...
 
 
 @dataclass(frozen=True)
@@ -25,6 +55,15 @@ class Deployment:
     bridges: tuple[str, str]  # WAN, LAN
     kernel: Path  # where the files are (or will be) on the hypervisor host
     initrd: Path
+
+
+def deployment(settings: RunSettings, out: Path) -> Deployment:
+    """The deployment of the kernel and initramfs built into `out`."""
+    wan, lan = DEFAULT_BRIDGES
+    bridges = (settings.wan.bridge or wan, settings.lan.bridge or lan)
+    return Deployment(
+        settings.memory_mib, settings.cpus, bridges, out / "vmlinuz", out / "initramfs"
+    )
 
 
 def _element(parent: ET.Element, tag: str, text: str = "", **attributes: str) -> ET.Element:

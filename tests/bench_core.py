@@ -10,20 +10,18 @@ Frames are built with scapy, so the figures cover only `Nat.handle`.
 
 import argparse
 import platform
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from scapy.layers.inet import IP, TCP, UDP
+from scapy.layers.l2 import Ether
+
+from appliance.config import load_config
+from appliance.engine import Nat, Side
+from appliance.packet import ARP_REPLY, build_arp_frame
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from scapy.layers.inet import IP, TCP, UDP  # noqa: E402
-from scapy.layers.l2 import Ether  # noqa: E402
-
-from appliance.config import load_config  # noqa: E402
-from appliance.engine import Nat, Side  # noqa: E402
-from appliance.packet import ARP_REPLY, build_arp_frame  # noqa: E402
 
 WAN_MAC, LAN_MAC, GATEWAY_MAC = "02:00:00:00:00:01", "02:00:00:00:00:02", "02:00:00:00:01:01"
 SERVER = "198.51.100.10"

@@ -2,7 +2,8 @@
 
 Each tier's own conftest provides ``topology`` (how the appliance is attached), ``nat`` (what
 forwards: the appliance as a host process, the VM, or the kernel reference) and ``services`` (the
-servers of ``services.py`` in that topology). They are per tier, not here: a session fixture here
+servers of ``tests.support.services`` in that topology); ``topology`` and ``services`` come from
+the factories of ``tests.support.fixtures``. They are per tier, not here: a session fixture here
 would be built once, for whichever tier asked first, and handed to the other tier too.
 """
 
@@ -16,10 +17,12 @@ from pathlib import Path
 
 import pytest
 
-pytest.register_assert_rewrite("traffic")
+# Before the first import from it: the support package's asserts (the traffic checks') say what
+# they compared, as a test's own do.
+pytest.register_assert_rewrite("tests.support")
 
-from routers import Nat  # noqa: E402
-from topology import session_prefix  # noqa: E402
+from tests.support.routers import Nat  # noqa: E402
+from tests.support.topology import session_prefix  # noqa: E402
 
 TOOLS = ("ip", "ethtool", "nft", "ping", "curl", "dig", "dnsmasq", "traceroute", "iperf3", "ss")
 ROOT_TIERS = ("netns", "vm")

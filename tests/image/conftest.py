@@ -7,9 +7,9 @@ into ~/.cache/natvm (about 80 MB), later runs reuse the cache.
 from pathlib import Path
 
 import pytest
-from imagebuild import build_image
 
 from image import build, debs, lock
+from tests.support.imagebuild import build_image
 
 
 @pytest.fixture(scope="session")

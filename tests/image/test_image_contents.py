@@ -6,10 +6,9 @@ import stat
 import subprocess
 from pathlib import Path
 
-from imagebuild import build_image
-
 from image import build, cpio, kconfig, kmod, runtime
 from image.elf import Elf
+from tests.support.imagebuild import build_image
 
 
 def test_modules_come_after_their_dependencies(package_root: Path) -> None:

@@ -6,9 +6,8 @@ import json
 import subprocess
 from pathlib import Path
 
-from test_image_contents import extract, run_from_image
-
 from image import build, cpio, initramfs, lock
+from tests.image.test_image_contents import extract, run_from_image
 
 NFT_LIBRARIES = ("libnftables.so.1", "libnftnl.so.11", "libmnl.so.0", "libedit.so.2")
 NFT_MODULES = ("nf_tables.ko", "nft_chain_nat.ko", "nft_masq.ko", "nft_nat.ko", "nf_conntrack.ko")

@@ -9,22 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from routers import Nat, host_mode_nat
-from services import Services, running_services
-from topology import Attach, Topology, session_prefix
-from topology import topology as built_topology
 
+from tests.support.fixtures import services_fixture, topology_fixture
+from tests.support.routers import Nat, host_mode_nat
+from tests.support.topology import Attach, Topology
 
-@pytest.fixture(scope="session")
-def topology(required_tools: None) -> Iterator[Topology]:
-    with built_topology(session_prefix(), Attach.VETH) as topo:
-        yield topo
-
-
-@pytest.fixture(scope="session")
-def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
-        yield started
+topology = topology_fixture("session", "", Attach.VETH)
+services = services_fixture("session")
 
 
 @pytest.fixture(scope="session")

@@ -11,20 +11,17 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import traffic
-from routers import REPO, HostAppliance
-from topology import Attach, Topology, session_prefix
-from topology import topology as built_topology
+
+from tests.support import REPO, traffic
+from tests.support.fixtures import topology_fixture
+from tests.support.routers import HostAppliance
+from tests.support.topology import Attach, Topology
 
 pytestmark = pytest.mark.netns
 
 BUSY_POLL_S = 1.0  # the longest the setting allows
 
-
-@pytest.fixture(scope="module")
-def topology(required_tools: None) -> Iterator[Topology]:
-    with built_topology(session_prefix() + "p", Attach.VETH) as topo:
-        yield topo
+topology = topology_fixture("module", "p", Attach.VETH)
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ When this fails, the other tests of both tiers fail in confusing ways: fix the o
 import json
 
 import pytest
-import traffic
-from routers import REPO
-from topology import APPLIANCE_LAN, APPLIANCE_WAN, CLIENT_A, GATEWAY
+
+from tests.support import REPO, traffic
+from tests.support.topology import APPLIANCE_LAN, APPLIANCE_WAN, CLIENT_A, GATEWAY
 
 pytestmark = pytest.mark.netns
 

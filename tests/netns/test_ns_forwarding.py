@@ -1,9 +1,10 @@
 """LAN to WAN through the NAT: echo, TCP (small and bulk), UDP, TTL expiry, ICMP errors."""
 
 import pytest
-import traffic
-from services import Services
-from topology import Topology
+
+from tests.support import traffic
+from tests.support.services import Services
+from tests.support.topology import Topology
 
 pytestmark = pytest.mark.netns
 

@@ -1,9 +1,10 @@
 """WAN to LAN: filtering, port forwards, hairpinning, and the appliance's own addresses."""
 
 import pytest
-import traffic
-from services import Services
-from topology import Topology
+
+from tests.support import traffic
+from tests.support.services import Services
+from tests.support.topology import Topology
 
 pytestmark = pytest.mark.netns
 

@@ -8,25 +8,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-import traffic
-from routers import HostAppliance, Nat, host_mode_nat
-from services import Services, running_services
-from topology import Attach, Topology, session_prefix
-from topology import topology as built_topology
+
+from tests.support import traffic
+from tests.support.fixtures import services_fixture, topology_fixture
+from tests.support.routers import HostAppliance, Nat, host_mode_nat
+from tests.support.services import Services
+from tests.support.topology import Attach, Topology
 
 pytestmark = pytest.mark.netns
 
-
-@pytest.fixture(scope="module")
-def topology(required_tools: None) -> Iterator[Topology]:
-    with built_topology(session_prefix() + "o", Attach.VETH, offloads=True) as topo:
-        yield topo
-
-
-@pytest.fixture(scope="module")
-def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    with running_services(topology, tmp_path_factory.mktemp("offload-services")) as started:
-        yield started
+topology = topology_fixture("module", "o", Attach.VETH, offloads=True)
+services = services_fixture("module")
 
 
 @pytest.fixture(scope="module")

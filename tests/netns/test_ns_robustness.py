@@ -1,10 +1,11 @@
 """Bad input on both NICs leaves the appliance alive and forwarding."""
 
 import pytest
-import traffic
-from routers import REPO, HostAppliance, Nat
-from services import Services
-from topology import Topology
+
+from tests.support import REPO, traffic
+from tests.support.routers import HostAppliance, Nat
+from tests.support.services import Services
+from tests.support.topology import Topology
 
 pytestmark = pytest.mark.netns
 

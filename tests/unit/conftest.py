@@ -1,5 +1,5 @@
 """Fixtures of the pure tier (see nat_harness)."""
 
-from nat_harness import demo_config, harness
+from tests.unit.nat_harness import demo_config, harness
 
 __all__ = ["demo_config", "harness"]

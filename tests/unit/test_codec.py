@@ -9,7 +9,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nat_harness import HOST, LAN_IP, SERVER, assert_ip_checksums_valid
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPOption_NOP, IPOption_RR, IPOption_Timestamp
 from scapy.packet import Packet
 from scapy.utils import checksum
@@ -25,6 +24,7 @@ from appliance.packet import (
     check_l4,
     parse_ipv4,
 )
+from tests.unit.nat_harness import HOST, LAN_IP, SERVER, assert_ip_checksums_valid
 
 # -- checksum.py: RFC 1071 sums and RFC 1624 updates ----------------------------------------
 

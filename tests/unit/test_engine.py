@@ -8,22 +8,6 @@ from dataclasses import replace
 from socket import inet_aton
 
 import pytest
-from nat_harness import (
-    GATEWAY,
-    GATEWAY_MAC,
-    HOST,
-    HOST2,
-    HOST_MACS,
-    LAN_IP,
-    LAN_MAC,
-    SERVER,
-    SERVER2,
-    WAN_IP,
-    WAN_MAC,
-    Harness,
-    assert_checksums_valid,
-    make_harness,
-)
 from scapy.layers.inet import (
     ICMP,
     IP,
@@ -42,6 +26,22 @@ from scapy.layers.l2 import ARP, Ether
 from appliance.checksum import ones_sum
 from appliance.config import ApplianceConfig, Filtering, Timeouts
 from appliance.engine import Offload, Side
+from tests.unit.nat_harness import (
+    GATEWAY,
+    GATEWAY_MAC,
+    HOST,
+    HOST2,
+    HOST_MACS,
+    LAN_IP,
+    LAN_MAC,
+    SERVER,
+    SERVER2,
+    WAN_IP,
+    WAN_MAC,
+    Harness,
+    assert_checksums_valid,
+    make_harness,
+)
 
 LAN, WAN = Side.LAN, Side.WAN
 

@@ -13,13 +13,22 @@ import copy
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from nat_harness import HOST, HOST2, LAN_MAC, SERVER, WAN_IP, WAN_MAC, Harness, make_harness
 from scapy.layers.inet import IP, TCP, UDP, IPOption_NOP
 from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 
 from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Offload, Side
+from tests.unit.nat_harness import (
+    HOST,
+    HOST2,
+    LAN_MAC,
+    SERVER,
+    WAN_IP,
+    WAN_MAC,
+    Harness,
+    make_harness,
+)
 
 LAN, WAN = Side.LAN, Side.WAN
 # (proto, host, internal port): 5000 and 6000 keep their port, 80 is moved into the range;

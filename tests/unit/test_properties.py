@@ -15,23 +15,6 @@ from dataclasses import dataclass
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from nat_harness import (
-    GATEWAY,
-    GATEWAY_MAC,
-    HOST,
-    HOST2,
-    HOST_MACS,
-    LAN_IP,
-    LAN_MAC,
-    ROOT,
-    SERVER,
-    SERVER2,
-    WAN_IP,
-    WAN_MAC,
-    Harness,
-    assert_checksums_valid,
-    make_harness,
-)
 from scapy.layers.inet import (
     ICMP,
     IP,
@@ -49,6 +32,23 @@ from scapy.utils import checksum
 
 from appliance.config import ApplianceConfig, load_config
 from appliance.engine import Nat, Side
+from tests.unit.nat_harness import (
+    GATEWAY,
+    GATEWAY_MAC,
+    HOST,
+    HOST2,
+    HOST_MACS,
+    LAN_IP,
+    LAN_MAC,
+    ROOT,
+    SERVER,
+    SERVER2,
+    WAN_IP,
+    WAN_MAC,
+    Harness,
+    assert_checksums_valid,
+    make_harness,
+)
 
 LAN, WAN = Side.LAN, Side.WAN
 

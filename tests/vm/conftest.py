@@ -9,14 +9,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from imagebuild import build_image
-from routers import Nat, VmAppliance, tier_machine
-from services import Services, running_services
-from topology import Attach, Topology, session_prefix
-from topology import topology as built_topology
 
 from image import qemu
 from image.build import Build
+from tests.support.fixtures import services_fixture, topology_fixture
+from tests.support.imagebuild import build_image
+from tests.support.routers import Nat, VmAppliance, tier_machine
+from tests.support.topology import Attach, Topology
+
+topology = topology_fixture("session", "vm-", Attach.TAP)
+services = services_fixture("session")
 
 
 @pytest.fixture(scope="session")
@@ -34,18 +36,6 @@ def accel(image: Build, request: pytest.FixtureRequest) -> str:
         with capture.global_and_fixture_disabled():  # setup output is captured otherwise
             reporter.write_line(f"VM tier accelerator: {chosen.upper()}")
     return chosen
-
-
-@pytest.fixture(scope="session")
-def topology(required_tools: None) -> Iterator[Topology]:
-    with built_topology(session_prefix() + "vm-", Attach.TAP) as topo:
-        yield topo
-
-
-@pytest.fixture(scope="session")
-def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
-        yield started
 
 
 @pytest.fixture(scope="session")

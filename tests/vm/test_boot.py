@@ -11,9 +11,16 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from topology import SERVER_A, Attach, Topology, session_prefix, stop_process, topology
 
 from image import build, qemu
+from tests.support.topology import (
+    SERVER_A,
+    Attach,
+    Topology,
+    session_prefix,
+    stop_process,
+    topology,
+)
 
 pytestmark = pytest.mark.vm
 BOOT_TIMEOUT = 180.0

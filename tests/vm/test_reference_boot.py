@@ -5,11 +5,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imagebuild import build_image
-from routers import VmAppliance, tier_machine
-from topology import SERVER_A, Attach, Topology, session_prefix, topology
 
 from image.build import Build
+from tests.support.imagebuild import build_image
+from tests.support.routers import VmAppliance, tier_machine
+from tests.support.topology import SERVER_A, Attach, Topology, session_prefix, topology
 
 pytestmark = pytest.mark.vm
 

@@ -1,10 +1,11 @@
 """Real traffic through the booted image: the namespace tier's checks, plus a reset."""
 
 import pytest
-import traffic
-from routers import Nat, VmAppliance
-from services import Services
-from topology import Topology
+
+from tests.support import traffic
+from tests.support.routers import Nat, VmAppliance
+from tests.support.services import Services
+from tests.support.topology import Topology
 
 pytestmark = pytest.mark.vm
 

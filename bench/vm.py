@@ -19,12 +19,11 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from routers import Nat, VmAppliance
-from topology import Topology
-
 from appliance.config import load_config
 from image import qemu
 from image.build import OUTPUT, REFERENCE_OUTPUT
+from tests.support.routers import Nat, VmAppliance
+from tests.support.topology import Topology
 
 from .workloads import Measurement
 

@@ -29,13 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from routers import Nat
 from scapy.compat import raw
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror, UDPerror
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import NoPayload, Packet
-from services import Services
-from topology import (
+
+from tests.support.routers import Nat
+from tests.support.services import Services
+from tests.support.topology import (
     APPLIANCE_LAN,
     APPLIANCE_WAN,
     CLIENT_A,

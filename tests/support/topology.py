@@ -23,8 +23,9 @@ of the machine: no namespace has a link to the root namespace.
 
 Rules
 -----
-- Checksum offload, TSO, GSO and GRO are off on every veth end: the appliance reads frames with
-  AF_PACKET and must see complete checksums and MTU-sized frames (DESIGN.md, known pitfalls).
+- Checksum offload, TSO, GSO and GRO are off on every veth end, so the appliance sees complete
+  checksums and MTU-sized frames: AF_PACKET reads frames after GRO, and a sender's TSO segments
+  and partial checksums cross veths and bridges as they are.
   Except with ``offloads=True`` (host mode only): then the hosts' veths keep checksum offload,
   TSO and GSO on, and the appliance's ``wan0``/``lan0`` have GRO on, so TCP crosses as
   aggregates of up to 64 KiB with partial checksums (the appliance's PACKET_VNET_HDR path).

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from topology import SERVER_A, SERVER_B, Topology
+from tests.support.topology import SERVER_A, SERVER_B, Topology
 
 BULK_SIZE = 4 << 20
 IPERF_PORT = 5201

@@ -18,8 +18,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from services import wait_listening
-from topology import APPLIANCE_LAN, SERVER_A, SERVER_B, Topology, neighbour_mac, stop_process
+from tests.support.services import wait_listening
+from tests.support.topology import (
+    APPLIANCE_LAN,
+    SERVER_A,
+    SERVER_B,
+    Topology,
+    neighbour_mac,
+    stop_process,
+)
 
 from . import mappings
 

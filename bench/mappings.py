@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from ipaddress import IPv4Address
 
-from topology import Topology
+from tests.support.topology import Topology
 
 DISCARD_PORT = 9
 FIRST_PORT = 1024

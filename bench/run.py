@@ -26,10 +26,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from routers import REPO, HostAppliance, KernelNat, Nat
-from topology import Attach, Topology, session_prefix, topology
-
 from image import qemu
+from tests.support import CONFIG, REPO
+from tests.support.routers import HostAppliance, KernelNat, Nat
+from tests.support.topology import Attach, Topology, session_prefix, topology
 
 from . import report
 from . import vm as vm_mode
@@ -88,12 +88,31 @@ class Options:
     vm: bool = False  # both NATs inside the VM on taps: natvm's image vs the reference image
 
 
+class SetupError(Exception):
+    """The benchmark cannot start as asked (not root, a tool missing, a bad option)."""
+
+
+def options(
+    runs: int, quick: bool, workloads: str, offloads: bool, busy_poll_us: int, vm: bool
+) -> Options:
+    """``invoke bench``'s options, checked along with the host it runs on."""
+    if os.geteuid() != 0:
+        raise SetupError("bench builds network namespaces: run it as root")
+    if missing := missing_tools(vm):
+        raise SetupError(f"missing tools: {', '.join(missing)} (apt-get install them)")
+    names = parse_workloads(workloads)
+    runs = 1 if quick and runs == Options.runs else runs  # --quick alone: one run
+    if runs < 1:
+        raise SetupError("--runs must be at least 1")
+    return Options(runs, quick, names, offloads, busy_poll_us, vm)
+
+
 def parse_workloads(text: str) -> tuple[str, ...]:
-    """``--workloads a,b`` in the canonical order; raises ValueError naming an unknown one."""
+    """``--workloads a,b`` in the canonical order; raises SetupError naming an unknown one."""
     names = [name.strip() for name in text.split(",") if name.strip()]
     unknown = [name for name in names if name not in WORKLOADS]
     if unknown:
-        raise ValueError(f"unknown workload {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
+        raise SetupError(f"unknown workload {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     return tuple(name for name in WORKLOADS if name in names) if names else tuple(WORKLOADS)
 
 
@@ -106,7 +125,7 @@ def missing_tools(vm: bool = False) -> list[str]:
 
 
 def natvm_config(directory: Path, busy_poll_us: int = 0) -> Path:
-    document = json.loads((REPO / "ops-config.json").read_text())
+    document = json.loads(CONFIG.read_text())
     document["ManifestPassthrough"]["nat"].update(BENCH_LIMITS, busy_poll_us=busy_poll_us)
     path = directory / "bench-config.json"
     path.write_text(json.dumps(document, indent=2))
@@ -228,7 +247,7 @@ def bench(options: Options, say: Callable[[str], None] = print) -> Path:
     settings = Settings.quick() if options.quick else Settings()
     runs: list[dict[str, Any]] = []
     natvm_settings = {**BENCH_LIMITS, "busy_poll_us": options.busy_poll_us}
-    vm = vm_mode.setup(natvm_settings, REPO / "ops-config.json") if options.vm else None
+    vm = vm_mode.setup(natvm_settings, CONFIG) if options.vm else None
     mode = _mode(vm)
     if vm is not None:  # the VM's taps carry no offloads
         options = dataclasses.replace(options, offloads=False)

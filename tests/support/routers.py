@@ -25,7 +25,9 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from topology import (
+from image import qemu
+from tests.support import CONFIG, REPO
+from tests.support.topology import (
     APPLIANCE_LAN,
     APPLIANCE_WAN,
     CLIENT_A,
@@ -35,9 +37,6 @@ from topology import (
     stop_process,
 )
 
-from image import qemu
-
-REPO = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 30.0
 BOOT_TIMEOUT = 180.0  # TCG: no usable KVM on these machines
 MONITOR_PROMPT = b"(qemu) "
@@ -326,9 +325,7 @@ def host_mode_nat(topology: Topology) -> Iterator[Nat]:
     reference = os.environ.get(REFERENCE_VARIABLE, "")
     if reference not in ("", "kernel"):
         raise ValueError(f"{REFERENCE_VARIABLE}={reference!r}: expected unset or 'kernel'")
-    router: Nat = (
-        KernelNat(topology) if reference else HostAppliance(topology, REPO / "ops-config.json")
-    )
+    router: Nat = KernelNat(topology) if reference else HostAppliance(topology, CONFIG)
     router.start()
     yield router
     status = router.stop()
