@@ -165,8 +165,17 @@ def assert_emitted_checksums_valid(frame: bytes, inner: bool) -> None:
     assert emitted.inner is not False, f"bad quoted checksum: {frame.hex()}"
     parsed = Ether(frame)
     parsed.clear_cache()
-    if bytes(parsed) == frame and Padding not in parsed and not _source_routed(parsed):
+    if _rebuilds_as(parsed, frame) and Padding not in parsed and not _source_routed(parsed):
         assert_checksums_valid(Ether(frame))
+
+
+def _rebuilds_as(packet: Packet, frame: bytes) -> bool:
+    """Whether scapy rebuilds `packet` into exactly `frame`; some malformed TCP options make its
+    rebuild raise instead (an int where it wants bytes): it cannot be the oracle for those."""
+    try:
+        return bytes(packet) == frame
+    except (TypeError, ValueError, struct.error):
+        return False
 
 
 def _source_routed(packet: Packet) -> bool:
@@ -531,6 +540,7 @@ def test_random_frames_never_raise(frames: list[tuple[Side, bytes]], later: floa
 
 
 @examples(600)
+@example(81564, 0, [("set", 851, 0)], True)  # a TCP option scapy cannot even rebuild
 @example(2, 0, [("flip", 62, 2)], True)  # a broken TCP option that scapy rewrites on rebuild
 @example(8, 0, [("extend", b"\x01"), ("flip", 17, 1)], True)  # a byte after the quoted datagram
 @example(1, 0, [("ihl", 7), ("set", 34, 0), ("set", 35, 3), ("set", 36, 7)], True)  # LSRR junk
