@@ -18,11 +18,8 @@ needs by importing this module.
 """
 
 import ctypes
-import fcntl
 import os
 import re
-import socket
-import struct
 import sys
 import time
 import traceback
@@ -30,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import reference, shell
+from appliance import linux, reference, shell
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
@@ -40,7 +37,6 @@ REBOOT_DELAY_SECONDS = 3.0
 _MOUNTS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"))
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _SYS_FINIT_MODULE = 313  # x86_64
-_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
 _EEXIST, _ENODEV = 17, 19
 
@@ -165,20 +161,6 @@ def nic_sysctls(names: Iterable[str]) -> dict[str, str]:
     return settings
 
 
-def write_sysctls(settings: dict[str, str], proc_sys: Path = Path("/proc/sys")) -> None:
-    for key, value in settings.items():
-        target = proc_sys / key
-        if target.exists():  # no IPv6 in the kernel means nothing to disable
-            target.write_text(value)
-
-
-def bring_up(name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", name.encode(), 0)
-        (flags,) = struct.unpack_from("16xH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
-
-
 def memory_summary(meminfo: str) -> str:
     """ "available/total MiB" from /proc/meminfo, for the boot log (the VM's memory is small)."""
     fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
@@ -261,11 +243,11 @@ def boot() -> None:
     wan, lan = wait_for_nics(2)
     if mode == "kernel":  # the reference image: Linux is the NAT (appliance/reference.py)
         log(f"kernel NAT reference: WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}")
-        reference.run(config, wan, lan, bring_up, write_sysctls, shell.log_line)
+        reference.run(config, wan, lan, linux.bring_up, linux.write_sysctls, shell.log_line)
         return
-    write_sysctls(nic_sysctls((wan, lan)))
+    linux.write_sysctls(nic_sysctls((wan, lan)))
     for name in (wan, lan):
-        bring_up(name)
+        linux.bring_up(name)
     log(f"WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}  ({uptime():.2f} s)")
     meminfo = Path("/proc/meminfo").read_text()
     log(f"memory: {memory_summary(meminfo)}")
