@@ -91,6 +91,7 @@ def _image_path(inputs: Inputs, file: Path) -> str:
 def python(inputs: Inputs) -> list[cpio.Entry]:
     """The interpreter, its libraries, the stdlib modules and the appliance, compiled."""
     found = runtime.modules(inputs.root, inputs.source, ENTRY)
+    found.pop("__main__", None)  # the build's own job script (image/target_job.py), not the image's
     sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
     compiled = sorted(f for f in sources if f.suffix == ".py")
     extensions = sorted(f for f in sources if f.suffix == ".so")
