@@ -18,11 +18,8 @@ needs by importing this module.
 """
 
 import ctypes
-import fcntl
 import os
 import re
-import socket
-import struct
 import sys
 import time
 import traceback
@@ -30,7 +27,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import reference, shell
+from appliance import linux, shell
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
@@ -40,7 +37,6 @@ REBOOT_DELAY_SECONDS = 3.0
 _MOUNTS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"))
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _SYS_FINIT_MODULE = 313  # x86_64
-_SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
 _EEXIST, _ENODEV = 17, 19
 
@@ -165,20 +161,6 @@ def nic_sysctls(names: Iterable[str]) -> dict[str, str]:
     return settings
 
 
-def write_sysctls(settings: dict[str, str], proc_sys: Path = Path("/proc/sys")) -> None:
-    for key, value in settings.items():
-        target = proc_sys / key
-        if target.exists():  # no IPv6 in the kernel means nothing to disable
-            target.write_text(value)
-
-
-def bring_up(name: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        request = struct.pack("16sH14x", name.encode(), 0)
-        (flags,) = struct.unpack_from("16xH", fcntl.ioctl(sock, _SIOCGIFFLAGS, request))
-        fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH14x", name.encode(), flags | _IFF_UP))
-
-
 def memory_summary(meminfo: str) -> str:
     """ "available/total MiB" from /proc/meminfo, for the boot log (the VM's memory is small)."""
     fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
@@ -241,31 +223,26 @@ def release_files(paths: Iterable[str]) -> int:
     return freed
 
 
-def load_configuration() -> tuple[str, config_module.ApplianceConfig]:
-    """The boot mode (`natvm.mode`: natvm or kernel) and the configuration."""
+def load_configuration() -> config_module.ApplianceConfig:
+    """The baked configuration with the kernel command line's natvm.* overrides."""
     baked = config_module.load_config(CONFIG_FILE)
-    cmdline = Path("/proc/cmdline").read_text()
-    mode, overrides = reference.split_mode(config_module.parse_kernel_cmdline(cmdline))
-    return mode, config_module.apply_overrides(baked, overrides)
+    overrides = config_module.parse_kernel_cmdline(Path("/proc/cmdline").read_text())
+    return config_module.apply_overrides(baked, overrides)
 
 
-def boot() -> None:
-    """PID 1's duties, then the appliance; returns when the appliance stops cleanly."""
-    mount_filesystems()
-    log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
-    log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
-    mode, config = load_configuration()
-    done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
-    freed = release_files(done_with)
-    log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
-    wan, lan = wait_for_nics(2)
-    if mode == "kernel":  # the reference image: Linux is the NAT (appliance/reference.py)
-        log(f"kernel NAT reference: WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}")
-        reference.run(config, wan, lan, bring_up, write_sysctls, shell.log_line)
-        return
-    write_sysctls(nic_sysctls((wan, lan)))
+# What PID 1 runs once its duties are done, given the configuration and the WAN and LAN NIC
+# names; it returns when it stops cleanly. natvm's /init runs `run_appliance`. Only the
+# benchmark's kernel-NAT reference image, whose /init is its own, passes another (Linux as the
+# NAT, image/reference.py): natvm's image holds no such program and no switch to one.
+Program = Callable[[config_module.ApplianceConfig, str, str], None]
+
+
+def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> None:
+    """natvm's NAT: the NICs up with no IP configuration and the kernel's stack kept off them,
+    then the shell until it stops."""
+    linux.write_sysctls(nic_sysctls((wan, lan)))
     for name in (wan, lan):
-        bring_up(name)
+        linux.bring_up(name)
     log(f"WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}  ({uptime():.2f} s)")
     meminfo = Path("/proc/meminfo").read_text()
     log(f"memory: {memory_summary(meminfo)}")
@@ -273,18 +250,31 @@ def boot() -> None:
     shell.run(config, wan, lan)
 
 
+def boot(program: Program) -> None:
+    """PID 1's duties, then `program`; returns when it stops cleanly."""
+    mount_filesystems()
+    log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
+    log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
+    config = load_configuration()
+    done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
+    freed = release_files(done_with)
+    log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
+    wan, lan = wait_for_nics(2)
+    program(config, wan, lan)
+
+
 def _restart(action: int, libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:
     os.sync()
     libc_factory().reboot(action)
 
 
-def main() -> None:
+def main(program: Program = run_appliance) -> None:
     """The entry point /init calls. Never returns: the VM powers off or reboots."""
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     try:
-        boot()
+        boot(program)
     except BaseException as error:  # PID 1 must turn every failure into a reboot
-        expected = InitError | shell.ShellError | reference.ReferenceError | OSError | ValueError
+        expected = InitError | shell.ShellError | OSError | ValueError
         if not isinstance(error, expected):
             traceback.print_exc()
         log(f"fatal: {error}; rebooting in {REBOOT_DELAY_SECONDS:.0f} s")

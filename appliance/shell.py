@@ -8,9 +8,6 @@ counted and logged (rate-limited), and the loop goes on.
 """
 
 import contextlib
-import ctypes
-import errno
-import fcntl
 import os
 import select
 import signal
@@ -22,6 +19,7 @@ import traceback
 from collections.abc import Callable
 from types import FrameType
 
+from appliance import linux
 from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Offload, OffloadOutput, Side
 
@@ -29,10 +27,6 @@ ETH_P_ALL = 0x0003
 SOL_PACKET = 263
 PACKET_VNET_HDR = 15
 PACKET_IGNORE_OUTGOING = 23
-SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCETHTOOL = 0x8913, 0x8914, 0x8946
-IFF_UP = 0x1
-ETHTOOL_SFLAGS, ETHTOOL_GFLAGS = 0x26, 0x25
-ETH_FLAG_LRO = 1 << 15
 
 RECV_BATCH = 64  # frames drained from one socket before looking at the other
 FRAME_BUFFER = 65536 + 64
@@ -129,7 +123,7 @@ def open_interface(name: str, buffer_size: int) -> tuple[socket.socket, bytes]:
     try:
         # Up before bind: binding to a down interface leaves ENETDOWN pending on the socket,
         # and the first send would fail with it.
-        _bring_up(sock, name)
+        linux.bring_up(name)
         for option in (PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING):
             try:
                 sock.setsockopt(SOL_PACKET, option, 1)
@@ -138,7 +132,7 @@ def open_interface(name: str, buffer_size: int) -> tuple[socket.socket, bytes]:
                     "this kernel lacks PACKET_VNET_HDR or PACKET_IGNORE_OUTGOING: "
                     "natvm needs Linux 4.20 or later"
                 ) from None
-        _disable_lro(sock, name)
+        linux.disable_lro(name)
         _grow_buffers(sock, buffer_size)
         sock.bind((name, ETH_P_ALL))
         sock.setblocking(False)
@@ -187,35 +181,6 @@ def _grow_buffers(sock: socket.socket, size: int) -> None:
             sock.setsockopt(socket.SOL_SOCKET, force, size)
         except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
             sock.setsockopt(socket.SOL_SOCKET, plain, size)
-
-
-def _ifreq(name: str, payload: bytes) -> bytes:
-    return struct.pack("16s", name.encode()) + payload.ljust(24, b"\x00")
-
-
-def _bring_up(sock: socket.socket, name: str) -> None:
-    flags = struct.unpack_from("H", fcntl.ioctl(sock, SIOCGIFFLAGS, _ifreq(name, b"")), 16)[0]
-    if not flags & IFF_UP:
-        fcntl.ioctl(sock, SIOCSIFFLAGS, _ifreq(name, struct.pack("H", flags | IFF_UP)))
-
-
-def _ethtool(sock: socket.socket, name: str, command: int, value: int = 0) -> int | None:
-    request = ctypes.create_string_buffer(struct.pack("II", command, value))
-    try:
-        fcntl.ioctl(sock, SIOCETHTOOL, _ifreq(name, struct.pack("P", ctypes.addressof(request))))
-    except OSError as error:
-        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
-            return None  # the driver has no such offload: nothing to turn off
-        raise
-    return int(struct.unpack_from("II", request.raw)[1])
-
-
-def _disable_lro(sock: socket.socket, name: str) -> None:
-    # LRO's merged frames, unlike GRO's, are not fit to forward (the kernel's own forwarding
-    # turns it off too).
-    flags = _ethtool(sock, name, ETHTOOL_GFLAGS)
-    if flags is not None and flags & ETH_FLAG_LRO:
-        _ethtool(sock, name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
 
 
 CARRIER_WAIT = 5.0

@@ -2,11 +2,11 @@
 
 The topology is the VM tier's (taps, ``Attach.TAP``); what sits between the bridges is QEMU
 booting either natvm's image (``build/``) or the kernel-NAT reference image
-(``build/reference/``, booted with ``natvm.mode=kernel``: Linux's nftables NAT set up from the
-same ops-config.json, see appliance/reference.py). Same kernel, same QEMU command line (memory,
-CPUs, NICs, accelerator, the bench's flow limits) except that one word, so the difference is the
-NAT. "Fresh" means a new boot. ``-no-reboot``: a guest that dies ends QEMU, so the driver sees
-it as dead instead of waiting on a guest rebooting in a loop.
+(``build/reference/``, whose /init sets up Linux's nftables NAT from the same ops-config.json,
+see image/reference.py). Same kernel, same QEMU command line (memory, CPUs, NICs, accelerator,
+the bench's flow limits) but for the initramfs, so the difference is the NAT. "Fresh" means a
+new boot. ``-no-reboot``: a guest that dies ends QEMU, so the driver sees it as dead instead of
+waiting on a guest rebooting in a loop.
 
 Under TCG (no usable KVM) every figure is the emulator's, far below real hardware: the header
 and the JSON say so. The table-scale workload is n/a here: the guest's memory is not visible
@@ -27,13 +27,12 @@ from tests.support.topology import Topology
 
 from .workloads import Measurement
 
-MODE_WORD = "natvm.mode=kernel"
 EMULATED = "emulated (TCG): not representative of real hardware"
 TABLE_NOTE = "n/a in VM mode: the guest's memory is not measurable from the host per mapping"
 TABLE_FIGURES = ("table10k", "table100k", "per_mapping")
 METHOD = (
     "each NAT is a fresh boot per phase, from the same kernel and QEMU command line; the "
-    f"reference image differs by nft and the nftables modules, and boots with {MODE_WORD}"
+    "reference image differs by nft, the nftables modules and its /init, which makes Linux the NAT"
 )
 KINDS = {"natvm": OUTPUT, "kernel": REFERENCE_OUTPUT}  # kind -> image directory
 
@@ -59,9 +58,8 @@ def limit_words(limits: dict[str, int]) -> tuple[str, ...]:
 
 
 def machine(setup: VmSetup, kind: str, taps: tuple[str, str]) -> qemu.Machine:
-    """The QEMU machine for NAT ``kind``: only the image and the mode word differ."""
+    """The QEMU machine for NAT ``kind``: only the image differs."""
     images = KINDS[kind]
-    mode = (MODE_WORD,) if kind == "kernel" else ()
     return qemu.Machine(
         images / "vmlinuz",
         images / "initramfs",
@@ -69,7 +67,7 @@ def machine(setup: VmSetup, kind: str, taps: tuple[str, str]) -> qemu.Machine:
         setup.cpus,
         taps,
         accel=setup.accel,
-        extra_cmdline=(*setup.cmdline, *mode),
+        extra_cmdline=setup.cmdline,
         no_reboot=True,
     )
 

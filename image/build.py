@@ -5,8 +5,9 @@ Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deploym
 host, so a rebuild from the same lock and sources is byte-identical.
 
 `Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel and
-/init, plus nft and the nftables modules, booted with `natvm.mode=kernel` as the kernel-NAT
-baseline of `invoke bench --vm`. It has no deployment files: it is a benchmark tool, not a product.
+appliance, plus nft, the nftables modules and an /init of its own that makes Linux the NAT
+(image/reference.py), the kernel-NAT baseline of `invoke bench --vm`. It has no deployment files:
+it is a benchmark tool, not a product.
 """
 
 import hashlib
@@ -64,6 +65,7 @@ def _category(path: str) -> str:
         ("lib/modules", "kernel modules"),
         ("usr/bin", "python3.11 binary"),
         ("usr/sbin/nft", "nft (reference image)"),
+        ("opt/natvm/image", "kernel-NAT program (reference image)"),
         ("usr/lib/python3.11/lib-dynload", "stdlib extensions (.so)"),
         ("usr/lib/python3.11", "stdlib bytecode"),
         ("opt/natvm", "appliance"),

@@ -12,8 +12,9 @@ Layout in the image:
   /etc/natvm/ops-config.json  the baked configuration
   /dev/console, /dev/urandom  so Python has a console and randomness before /dev is mounted
 The reference initramfs (`Inputs.reference`, for `invoke bench --vm`) adds /usr/sbin/nft, the
-libraries it links and the nftables NAT modules: booted with `natvm.mode=kernel`, the same /init
-has Linux forward and translate instead of the appliance (see appliance/reference.py).
+libraries it links, the nftables NAT modules and /opt/natvm/image/reference.pyc, and its /init
+runs that program instead: PID 1's same duties, then Linux forwards and translates in place of
+the appliance (see image/reference.py). natvm's own initramfs holds none of it.
 """
 
 import gzip
@@ -27,15 +28,36 @@ from image.elf import Elf
 
 CONFIG_PATH = "etc/natvm/ops-config.json"
 MODULE_LIST = "etc/natvm/modules"
-ENTRY = ("appliance.init",)
 NFT = "usr/sbin/nft"  # the reference image's only extra program
 INIT = """#!/usr/bin/python3.11 -SI
-# natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).
+# {comment}
 import sys
 sys.path.insert(0, "/opt/natvm")
-from appliance.init import main
+from {module} import main
 main()
 """
+
+
+@dataclass(frozen=True)
+class Entry:
+    """The module whose `main` /init calls; importing it also finds the stdlib it needs."""
+
+    module: str
+    comment: str
+
+    def init(self) -> str:
+        return INIT.format(comment=self.comment, module=self.module)
+
+
+PRODUCT = Entry(
+    "appliance.init",
+    "natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).",
+)
+REFERENCE = Entry(
+    "image.reference",
+    "The kernel-NAT reference's /init: PID 1's duties, then Linux as the NAT "
+    "(see image/reference.py).",
+)
 # The kernel runs /sbin/poweroff when the hypervisor asks for a shutdown (Xen's `xl shutdown`
 # calls orderly_poweroff): ask PID 1 to stop, as SIGTERM does on a host.
 POWEROFF = """#!/usr/bin/python3.11 -SI
@@ -53,7 +75,11 @@ class Inputs:
     source: Path
     config: Path
     scratch: Path  # compiled bytecode is written here before it is archived
-    reference: bool = False  # also nft and the kernel's NAT modules (the reference image)
+    reference: bool = False  # the reference image: its own /init, nft, the nftables modules
+
+    @property
+    def entry(self) -> Entry:
+        return REFERENCE if self.reference else PRODUCT
 
 
 def _copy(root: Path, path: str) -> Iterator[cpio.Entry]:
@@ -66,7 +92,7 @@ def _copy(root: Path, path: str) -> Iterator[cpio.Entry]:
     yield cpio.file(str(real.relative_to(root)), real.read_bytes(), real.stat().st_mode & 0o7777)
 
 
-def skeleton(_inputs: Inputs) -> list[cpio.Entry]:
+def skeleton(inputs: Inputs) -> list[cpio.Entry]:
     return [
         cpio.directory("proc"),
         cpio.directory("sys"),
@@ -74,7 +100,7 @@ def skeleton(_inputs: Inputs) -> list[cpio.Entry]:
         cpio.char_device("dev/console", 5, 1),
         cpio.char_device("dev/null", 1, 3, 0o666),
         cpio.char_device("dev/urandom", 1, 9, 0o444),
-        cpio.file("init", INIT.encode(), 0o755),
+        cpio.file("init", inputs.entry.init().encode(), 0o755),
         cpio.file("sbin/poweroff", POWEROFF.encode(), 0o755),
     ]
 
@@ -89,8 +115,10 @@ def _image_path(inputs: Inputs, file: Path) -> str:
 
 
 def python(inputs: Inputs) -> list[cpio.Entry]:
-    """The interpreter, its libraries, the stdlib modules and the appliance, compiled."""
-    found = runtime.modules(inputs.root, inputs.source, ENTRY)
+    """The interpreter, its libraries, the stdlib modules and the appliance, compiled (and in
+    the reference image, the reference program: found by importing it, as the stdlib is)."""
+    found = runtime.modules(inputs.root, inputs.source, (inputs.entry.module,))
+    found.pop("__main__", None)  # the build's own job script (image/target_job.py), not the image's
     sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
     compiled = sorted(f for f in sources if f.suffix == ".py")
     extensions = sorted(f for f in sources if f.suffix == ".so")

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from appliance import init
+from appliance import init, linux
 
 
 def test_nics_are_ordered_by_bus_address_not_by_name() -> None:
@@ -26,7 +26,7 @@ def test_sysctls_keep_the_kernel_off_both_nics() -> None:
 def test_sysctls_missing_from_the_kernel_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "net/ipv4/conf/eth0").mkdir(parents=True)
     (tmp_path / "net/ipv4/conf/eth0/arp_ignore").write_text("0")
-    init.write_sysctls(init.nic_sysctls(["eth0"]), tmp_path)  # no IPv6 directory at all
+    linux.write_sysctls(init.nic_sysctls(["eth0"]), tmp_path)  # no IPv6 directory at all
     assert (tmp_path / "net/ipv4/conf/eth0/arp_ignore").read_text() == "8"
 
 

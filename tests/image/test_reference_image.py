@@ -1,16 +1,18 @@
-"""The kernel-NAT reference image holds nft, its libraries and the nftables modules; the product
-image holds none of them, and its pinned packages do not change."""
+"""The kernel-NAT reference image holds nft, its libraries, the nftables modules and its own
+/init program (image/reference.py); the product image holds none of them, no mode word leads
+to them, and its pinned packages do not change."""
 
 import gzip
 import json
 import subprocess
 from pathlib import Path
 
-from image import build, cpio, initramfs, lock
+from image import build, cpio, initramfs, lock, runtime
 from tests.image.test_image_contents import extract, run_from_image
 
 NFT_LIBRARIES = ("libnftables.so.1", "libnftnl.so.11", "libmnl.so.0", "libedit.so.2")
 NFT_MODULES = ("nf_tables.ko", "nft_chain_nat.ko", "nft_masq.ko", "nft_nat.ko", "nf_conntrack.ko")
+REFERENCE_PROGRAM = f"{runtime.APP_DIR}/image/reference.pyc"
 
 
 def _members(b: build.Build) -> dict[str, cpio.Entry]:
@@ -33,11 +35,23 @@ def test_the_reference_image_has_nft_its_libraries_and_modules(
     assert not (built_reference.out / "libvirt.xml").exists()  # not a product: no deployment
 
 
+def test_the_reference_image_init_runs_the_reference_program(
+    built_reference: build.Build,
+) -> None:
+    members = _members(built_reference)
+    assert REFERENCE_PROGRAM in members
+    assert b"from image.reference import main\n" in members["init"].data
+
+
 def test_the_product_image_has_no_reference_userland(built: build.Build) -> None:
     members = _members(built)
     assert initramfs.NFT not in members
     assert not set(NFT_LIBRARIES) & _names(members)
     assert not set(NFT_MODULES) & _names(members)
+    assert not [path for path in members if "reference" in path]  # nor the reference program
+    assert b"from appliance.init import main\n" in members["init"].data
+    appliance = [m for path, m in members.items() if path.startswith(runtime.APP_DIR)]
+    assert appliance and not [m.path for m in appliance if b"natvm.mode" in m.data]
     pinned = {p["name"] for p in json.loads((built.out / "manifest.json").read_text())["packages"]}
     assert not pinned & set(lock.REFERENCE_PACKAGES)
 

@@ -25,17 +25,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Protocol
 
-from image import qemu
+from appliance.config import load_config
+from image import qemu, reference
 from tests.support import CONFIG, REPO
-from tests.support.topology import (
-    APPLIANCE_LAN,
-    APPLIANCE_WAN,
-    CLIENT_A,
-    GATEWAY,
-    LAN_NETWORK,
-    Topology,
-    stop_process,
-)
+from tests.support.topology import APPLIANCE_LAN, APPLIANCE_WAN, GATEWAY, Topology, stop_process
 
 READY_TIMEOUT = 30.0
 BOOT_TIMEOUT = 180.0  # TCG: no usable KVM on these machines
@@ -157,35 +150,16 @@ class KernelNat:
     """Linux's NAT configured in the router namespace like ``ops-config.json`` configures ours."""
 
     kind = "kernel"
-    TABLE = "natvm_reference"
+    TABLE = reference.TABLE
 
     def __init__(self, topology: Topology) -> None:
         self.topology = topology
         self.returncode: int | None = None
 
     def _ruleset(self) -> str:
-        wan, lan = self.topology.appliance_wan, self.topology.appliance_lan
-        return f"""
-table ip {self.TABLE} {{
-    chain prerouting {{
-        type nat hook prerouting priority dstnat; policy accept;
-        ip daddr {APPLIANCE_WAN} tcp dport 8080 dnat to {CLIENT_A}:80
-        ip daddr {APPLIANCE_WAN} udp dport 5353 dnat to {CLIENT_A}:53
-    }}
-    chain postrouting {{
-        type nat hook postrouting priority srcnat; policy accept;
-        oifname "{wan}" masquerade
-        oifname "{lan}" ip saddr {LAN_NETWORK} ct status dnat snat to {APPLIANCE_WAN}
-    }}
-    chain forward {{
-        type filter hook forward priority filter; policy drop;
-        ct state invalid drop
-        ct state established,related accept
-        iifname "{lan}" oifname "{wan}" accept
-        ct status dnat accept
-    }}
-}}
-"""
+        # The reference image's own ruleset, from the config the host-mode appliance reads.
+        config = load_config(CONFIG)
+        return reference.ruleset(config, self.topology.appliance_wan, self.topology.appliance_lan)
 
     def start(self) -> None:
         topo, router = self.topology, self.topology.router

@@ -1,5 +1,6 @@
-"""The pure parts of the kernel-NAT reference mode (appliance/reference.py): the boot-mode word,
-the nftables ruleset made from a config, and the ioctl structures that address the NICs."""
+"""The pure parts of the kernel-NAT reference (image/reference.py): the nftables ruleset made
+from a config and the ioctl structures that address the NICs; and natvm's own configuration has
+no mode word to switch to it."""
 
 import ctypes
 import fcntl
@@ -9,24 +10,20 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from appliance import config, reference
+from appliance import config
 from appliance.config import ApplianceConfig, ConfigError
+from image import reference
 
 SIOCGIFADDR = 0x8915
 
 
-def test_the_mode_word_is_taken_out_and_the_rest_goes_to_the_config() -> None:
+def test_natvm_has_no_mode_word_it_is_an_unknown_key_like_any_other(
+    demo_config: ApplianceConfig,
+) -> None:
+    # The reference image has an /init of its own: natvm's kernel words never select it.
     words = config.parse_kernel_cmdline("quiet natvm.mode=kernel natvm.mtu=1400")
-    mode, rest = reference.split_mode(words)
-    assert mode == "kernel"
-    assert rest == {"natvm.mtu": ["1400"]}
-    assert reference.split_mode({})[0] == "natvm"
-    assert reference.split_mode({"natvm.mode": ["kernel", "natvm"]})[0] == "natvm"  # last wins
-
-
-def test_an_unknown_mode_is_one_config_error_naming_the_key() -> None:
-    with pytest.raises(ConfigError, match=r"natvm\.mode: 'linux' is not one of natvm, kernel"):
-        reference.split_mode({"natvm.mode": ["linux"]})
+    with pytest.raises(ConfigError, match=r"natvm\.mode: unknown key"):
+        config.apply_overrides(demo_config, words)
 
 
 def _rules(text: str) -> list[str]:

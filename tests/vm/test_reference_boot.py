@@ -1,4 +1,4 @@
-"""The kernel-NAT reference image (`invoke build --reference`, booted with `natvm.mode=kernel`):
+"""The kernel-NAT reference image (`invoke build --reference`, its /init image/reference.py):
 Linux forwards and translates inside the VM, the baseline of `invoke bench --vm`. One boot."""
 
 from collections.abc import Iterator
@@ -29,7 +29,7 @@ def wired() -> Iterator[Topology]:
 def test_reference_image_forwards_a_ping_with_linux_nat(
     wired: Topology, reference_image: Build, accel: str, tmp_path: Path
 ) -> None:
-    machine = tier_machine(reference_image.out, wired, accel, "natvm.mode=kernel", no_reboot=True)
+    machine = tier_machine(reference_image.out, wired, accel, no_reboot=True)
     vm = VmAppliance(wired, machine, tmp_path / "monitor.sock")
     try:
         vm.start()

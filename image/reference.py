@@ -1,39 +1,37 @@
-"""The kernel-NAT reference mode: Linux forwards and translates, configured as the appliance is.
+"""The kernel-NAT reference: Linux forwards and translates, configured as the appliance is.
 
 Why: `invoke bench --vm` compares natvm with Linux's NAT *inside the same VM* (same kernel, same
-virtio NICs, same QEMU settings), so the difference is the NAT and nothing else. The reference
-initramfs (`invoke build --reference`) holds /usr/sbin/nft and the nftables modules; booted with
-`natvm.mode=kernel`, /init calls `run` instead of the appliance's shell.
+virtio NICs, same QEMU settings), so the difference is the NAT and nothing else. This is
+benchmark scaffolding, not product: a guest program that only the reference initramfs
+(`invoke build --reference`) carries, with /usr/sbin/nft and the nftables modules. Its /init
+calls `main`, which does PID 1's duties as natvm's /init does (appliance/init.py) and then
+`run` where natvm would run its shell. The host side of `image/` never imports it: it is copied.
 
 `run` gives the NICs the addresses of ops-config.json (WAN address/prefix and default route via
 the gateway, LAN address/prefix) with ioctls, turns forwarding on, loads `ruleset` with nft and
-prints the appliance's READY line. The ruleset is the host-mode reference's (tests/routers.py
-KernelNat), built from the config: masquerade out of the WAN NIC within the configured port
-range, each port forward as DNAT (a range maps one-to-one), hairpin SNAT, and a forward filter
-that admits new flows from the LAN and forwarded ports only. Linux's own filtering is
-address-and-port-dependent whatever `filtering` says, and its timeouts are its own.
+prints the appliance's READY line. `ruleset` is also what the host-mode reference
+(tests/routers.py KernelNat) loads, built from the config: masquerade out of the WAN NIC within
+the configured port range, each port forward as DNAT (a range maps one-to-one), hairpin SNAT,
+and a forward filter that admits new flows from the LAN and forwarded ports only. Linux's own
+filtering is address-and-port-dependent whatever `filtering` says, and its timeouts are its own.
 
-The pure parts (`split_mode`, `ruleset`, `sysctls`, `ifreq_address`, `rtentry_default_route`)
-are unit-tested on the host; the rest is thin I/O.
+The pure parts (`ruleset`, `sysctls`, `ifreq_address`, `rtentry_default_route`) are
+unit-tested on the host; the rest is thin I/O.
 """
 
-import fcntl
 import os
 import select
 import signal
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
 from ipaddress import IPv4Address, IPv4Interface
 from pathlib import Path
 from types import FrameType
 
-from appliance import shell
-from appliance.config import ApplianceConfig, ConfigError, PortForward
+from appliance import init, linux, shell
+from appliance.config import ApplianceConfig, PortForward
 
-MODE_KEY = "natvm.mode"
-MODES = ("natvm", "kernel")
 NFT = "/usr/sbin/nft"
 RULESET_FILE = "/tmp/natvm-reference.nft"
 TABLE = "natvm_reference"
@@ -46,19 +44,8 @@ _RTF_UP, _RTF_GATEWAY = 0x1, 0x2
 _RTENTRY = "@L16s16s16sHhLPhPLLH0L"
 
 
-class ReferenceError(Exception):
-    """The reference mode could not set up Linux's NAT; a one-line reason."""
-
-
-def split_mode(overrides: Mapping[str, Sequence[str]]) -> tuple[str, dict[str, list[str]]]:
-    """The boot mode (`natvm.mode`, last word wins, default natvm) and the other natvm.* words,
-    which go to the config parser (it does not know this key: it is not a NAT setting)."""
-    rest = {key: list(values) for key, values in overrides.items() if key != MODE_KEY}
-    words = overrides.get(MODE_KEY, [])
-    mode = words[-1] if words else MODES[0]
-    if mode not in MODES:
-        raise ConfigError(f"{MODE_KEY}: {mode!r} is not one of {', '.join(MODES)}", MODE_KEY)
-    return mode, rest
+class ReferenceError(init.InitError):
+    """Linux's NAT could not be set up; a one-line reason (PID 1 logs it and reboots)."""
 
 
 def _dnat(forward: PortForward, wan: IPv4Address) -> str:
@@ -131,10 +118,10 @@ def _sockaddr_in(address: IPv4Address) -> bytes:
 
 def ifreq_address(name: str, address: IPv4Address) -> bytes:
     """struct ifreq holding `address` for interface `name` (SIOCSIFADDR, SIOCSIFNETMASK)."""
-    encoded = name.encode()
-    if not 0 < len(encoded) < 16:
-        raise ReferenceError(f"interface name {name!r} does not fit an ifreq")
-    return struct.pack("16s16s8x", encoded, _sockaddr_in(address))
+    try:
+        return linux.ifreq(name, _sockaddr_in(address))
+    except ValueError as error:
+        raise ReferenceError(str(error)) from None
 
 
 def rtentry_default_route(gateway: IPv4Address) -> bytes:
@@ -147,11 +134,10 @@ def rtentry_default_route(gateway: IPv4Address) -> bytes:
 
 
 def _ioctl(request: int, argument: bytes, what: str) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        try:
-            fcntl.ioctl(sock, request, argument)
-        except OSError as error:
-            raise ReferenceError(f"{what}: {os.strerror(error.errno or 0)}") from None
+    try:
+        linux.ioctl(request, argument)
+    except OSError as error:
+        raise ReferenceError(f"{what}: {os.strerror(error.errno or 0)}") from None
 
 
 def set_address(name: str, interface: IPv4Interface) -> None:
@@ -166,10 +152,7 @@ def add_default_route(gateway: IPv4Address) -> None:
 
 def require_nft(nft: str = NFT) -> None:
     if not os.access(nft, os.X_OK):
-        raise ReferenceError(
-            f"{MODE_KEY}=kernel needs {nft}, which only the reference image has "
-            "(invoke build --reference)"
-        )
+        raise ReferenceError(f"the kernel NAT reference needs {nft}, which this image lacks")
 
 
 def load_ruleset(text: str, nft: str = NFT, path: str = RULESET_FILE) -> None:
@@ -219,21 +202,17 @@ def ready_line(config: ApplianceConfig, wan: str, lan: str, macs: tuple[str, str
     return shell.ready_line(config, wan, lan, macs) + " (kernel NAT reference)"
 
 
-def run(
-    config: ApplianceConfig,
-    wan: str,
-    lan: str,
-    bring_up: Callable[[str], None],
-    write_sysctls: Callable[[dict[str, str]], None],
-    log: Callable[[str], None] = print,
-) -> None:
+def run(config: ApplianceConfig, wan: str, lan: str) -> None:
     """Make Linux the NAT of `config`, say READY, and wait for SIGTERM (then return)."""
-    require_nft()  # before touching anything: the product image has no nft
-    write_sysctls(sysctls(wan, lan))
+    init.log(
+        f"kernel NAT reference: WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}"
+    )
+    require_nft()  # before touching anything
+    linux.write_sysctls(sysctls(wan, lan))
     set_address(wan, config.wan.address)
     set_address(lan, config.lan.address)
     for name in (wan, lan):
-        bring_up(name)
+        linux.bring_up(name)
     if config.wan.gateway is not None:
         add_default_route(config.wan.gateway)
     load_ruleset(ruleset(config, wan, lan))
@@ -245,7 +224,12 @@ def run(
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, stop)
-    log(ready_line(config, wan, lan, (_mac(wan), _mac(lan))))
+    shell.log_line(ready_line(config, wan, lan, (_mac(wan), _mac(lan))))
     while not stopping:
         time.sleep(1.0)
-    log("stopped")
+    shell.log_line("stopped")
+
+
+def main() -> None:
+    """The reference image's /init: PID 1's duties, then Linux as the NAT. Never returns."""
+    init.main(run)

@@ -1,0 +1,73 @@
+"""The Linux calls natvm makes on its network interfaces: ifreq packing, link flags, ethtool
+features and sysctls. An I/O module, for the shell (a host process) and init (PID 1) alike.
+
+Every call names the interface and takes a socket of its own (an AF_INET datagram socket, as
+ip(8) and ethtool(8) use): these run a few times at start-up, never per frame, so the extra
+socket costs nothing and no caller has to have one. Failures are the OSError of the ioctl; a
+name that cannot fit a struct ifreq is a ValueError before any call is made.
+"""
+
+import ctypes
+import errno
+import fcntl
+import socket
+import struct
+from pathlib import Path
+
+# <linux/sockios.h>, <linux/if.h>, <linux/ethtool.h>
+SIOCGIFFLAGS, SIOCSIFFLAGS, SIOCETHTOOL = 0x8913, 0x8914, 0x8946
+IFF_UP = 0x1
+ETHTOOL_GFLAGS, ETHTOOL_SFLAGS = 0x25, 0x26
+ETH_FLAG_LRO = 1 << 15
+
+IFNAMSIZ = 16  # with the terminating NUL
+IFREQ_UNION = 24  # the largest member of struct ifreq's union (struct ifmap)
+
+
+def ifreq(name: str, payload: bytes = b"") -> bytes:
+    """struct ifreq: interface `name`, then `payload` as the start of its union."""
+    encoded = name.encode()
+    if not 0 < len(encoded) < IFNAMSIZ:
+        raise ValueError(f"interface name {name!r} does not fit an ifreq")
+    return struct.pack(f"{IFNAMSIZ}s", encoded) + payload.ljust(IFREQ_UNION, b"\x00")
+
+
+def ioctl(request: int, argument: bytes) -> bytes:
+    """`request` on a fresh AF_INET datagram socket; returns the kernel's copy of `argument`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        return fcntl.ioctl(sock, request, argument)
+
+
+def bring_up(name: str) -> None:
+    """Set IFF_UP on interface `name` (if not set), leaving its other flags as they are."""
+    (flags,) = struct.unpack_from("H", ioctl(SIOCGIFFLAGS, ifreq(name)), IFNAMSIZ)
+    if not flags & IFF_UP:
+        ioctl(SIOCSIFFLAGS, ifreq(name, struct.pack("H", flags | IFF_UP)))
+
+
+def _ethtool(name: str, command: int, value: int = 0) -> int | None:
+    """struct ethtool_value `command` on `name`: its value, or None if the driver has none."""
+    request = ctypes.create_string_buffer(struct.pack("II", command, value))
+    try:
+        ioctl(SIOCETHTOOL, ifreq(name, struct.pack("P", ctypes.addressof(request))))
+    except OSError as error:
+        if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
+            return None  # the driver has no such offload: nothing to turn off
+        raise
+    return int(struct.unpack_from("II", request.raw)[1])
+
+
+def disable_lro(name: str) -> None:
+    """Turn LRO off on `name`: LRO's merged frames, unlike GRO's, are not fit to forward (the
+    kernel's own forwarding turns it off too)."""
+    flags = _ethtool(name, ETHTOOL_GFLAGS)
+    if flags is not None and flags & ETH_FLAG_LRO:
+        _ethtool(name, ETHTOOL_SFLAGS, flags & ~ETH_FLAG_LRO)
+
+
+def write_sysctls(settings: dict[str, str], proc_sys: Path = Path("/proc/sys")) -> None:
+    """Write each sysctl (path under /proc/sys -> value) the kernel has; skip the others."""
+    for key, value in settings.items():
+        target = proc_sys / key
+        if target.exists():  # no IPv6 in the kernel means nothing to disable
+            target.write_text(value)
