@@ -18,14 +18,13 @@ Checksums on the forwarding path are updated incrementally (RFC 1624); checksums
 appliance builds or whose embedded header it rewrites are computed from scratch.
 """
 
-import random
 from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Network
 
 from appliance.checksum import adjust, adjust_partial, ones_sum
 from appliance.config import ApplianceConfig
-from appliance.flows import FlowTable, TableFull, internal_key
+from appliance.flows import FlowTable, PortAllocator, TableFull
 from appliance.fragments import Reassembler, fragment
 from appliance.neighbours import Neighbours
 from appliance.packet import (
@@ -149,7 +148,7 @@ class Nat:
         config: ApplianceConfig,
         wan_mac: bytes,
         lan_mac: bytes,
-        rng: random.Random | None = None,
+        allocator: PortAllocator | None = None,
     ) -> None:
         self.config = config
         self.wan_ip = config.wan.address.ip.packed
@@ -164,7 +163,7 @@ class Nat:
             Side.WAN: Neighbours(wan_mac, self.wan_ip),
             Side.LAN: Neighbours(lan_mac, self.lan_ip),
         }
-        self.table = FlowTable(config.nat, rng)
+        self.table = FlowTable(config.nat, allocator)
         self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
         self.counters = Counters()
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
@@ -300,7 +299,7 @@ class Nat:
         if next_hop is None:
             return None
         proto, int_port = frame[23], (frame[34] << 8) | frame[35]
-        mapping = self.table.by_internal.get(internal_key(proto, src, int_port))
+        mapping = self.table.lookup_out(proto, src, int_port)
         if mapping is None:
             return None
         mac = self.neighbours[Side.WAN].fresh(next_hop, now)
@@ -329,7 +328,7 @@ class Nat:
         if src in self.lan_net or src == self.wan_ip or src == self.lan_ip or _is_special(src):
             return None
         proto, ext_port = frame[23], (frame[36] << 8) | frame[37]
-        mapping = self.table.by_external[proto].get(ext_port)
+        mapping = self.table.lookup_in(proto, ext_port)
         if mapping is None:
             return None
         int_addr = mapping.int_addr
@@ -565,7 +564,7 @@ class Nat:
         if inner.dst != ip.src:
             raise Drop("icmp-error-mismatch")
         int_port, remote_port = _embedded_ports(inner, receiver=True)
-        mapping = self.table.find_internal(inner.proto, inner.dst, int_port)
+        mapping = self.table.lookup_out(inner.proto, inner.dst, int_port)
         if mapping is None or mapping.session(inner.src, remote_port) is None:
             raise Drop("icmp-error-no-mapping")
         _rewrite_embedded(ip, inner, 16, self.wan_ip, _dst_port_offset(inner), mapping.ext_port)
@@ -658,10 +657,9 @@ class Nat:
         if inner.src != self.wan_ip:
             raise Drop("icmp-error-mismatch")
         ext_port, remote_port = _embedded_ports(inner, receiver=False)
-        session = self.table.find_external(inner.proto, ext_port, inner.dst, remote_port)
-        if session is None:
+        mapping = self.table.lookup_in(inner.proto, ext_port)
+        if mapping is None or mapping.session(inner.dst, remote_port) is None:
             raise Drop("icmp-error-no-mapping")
-        mapping = session.mapping
         _rewrite_embedded(
             ip, inner, 12, mapping.int_addr, _source_port_offset(inner), mapping.int_port
         )
