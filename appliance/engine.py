@@ -159,13 +159,13 @@ class Nat:
         self.lan_net = _Subnet(config.lan.address.network)
         self.mtu = config.nat.mtu
         self.macs = {Side.WAN: wan_mac, Side.LAN: lan_mac}
+        self.counters = Counters()
         self.neighbours = {
-            Side.WAN: Neighbours(wan_mac, self.wan_ip),
-            Side.LAN: Neighbours(lan_mac, self.lan_ip),
+            Side.WAN: Neighbours(wan_mac, self.wan_ip, self.counters.drop),
+            Side.LAN: Neighbours(lan_mac, self.lan_ip, self.counters.drop),
         }
         self.table = FlowTable(config.nat, allocator)
         self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
-        self.counters = Counters()
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
         self._out: OffloadOutput = []
         self._partial = False
@@ -253,11 +253,8 @@ class Nat:
         out: OffloadOutput = []
         self._out = out
         for side, neighbours in self.neighbours.items():
-            before = neighbours.dropped
             for frame in neighbours.tick(now):
                 self._emit(side, frame)
-            if neighbours.dropped > before:
-                self.counters.drop("arp-unresolved", neighbours.dropped - before)
         self.table.expire(now)
         for reassembler in self.reassemblers.values():
             reassembler.expire(now)
@@ -481,11 +478,8 @@ class Nat:
             if mac is not None:
                 self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
                 continue
-            before = neighbours.dropped
             for request in neighbours.enqueue(next_hop, bytes(piece), now):
                 self._emit(side, request)
-            if neighbours.dropped > before:
-                self.counters.drop("arp-queue-full")
 
     def _wan_next_hop(self, dst: bytes) -> bytes | None:
         return dst if dst in self.wan_net else self.gateway

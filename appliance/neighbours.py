@@ -6,9 +6,11 @@ asks it again (like Linux's STALE/PROBE states), so a live flow never waits on a
 A packet for a next hop whose link address is unknown waits in a small per-hop
 queue (at most `queue_per_hop` packets, at most `max_pending` hops), while a request is sent every
 `retry_interval` seconds up to `max_tries` times; then the queued packets are dropped. All of it
-is driven by `now`, passed in.
+is driven by `now`, passed in. Packets given up on are counted through `count_drop`, with reasons
+of its own ("arp-queue-full", "arp-unresolved").
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from appliance.packet import ARP_REQUEST, BROADCAST_MAC, build_arp_frame
@@ -26,6 +28,7 @@ class Neighbours:
         self,
         mac: bytes,
         ip: bytes,
+        count_drop: Callable[[str, int], None],
         reachable_time: float = 300.0,
         retry_interval: float = 1.0,
         max_tries: int = 3,
@@ -34,6 +37,7 @@ class Neighbours:
         max_entries: int = 4096,
     ) -> None:
         self.mac, self.ip = mac, ip
+        self.count_drop = count_drop  # (reason, packets)
         self.reachable_time, self.retry_interval, self.max_tries = (
             reachable_time,
             retry_interval,
@@ -47,7 +51,6 @@ class Neighbours:
         self._cache: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
         self._stale: set[bytes] = set()  # used past reachable_time: to be asked again
-        self.dropped = 0  # packets given up on: queue full or next hop silent
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         entry = self._cache.get(ip)
@@ -87,11 +90,11 @@ class Neighbours:
         pending = self._pending.get(ip)
         if pending is None:
             if len(self._pending) >= self.max_pending:
-                self.dropped += 1
+                self.count_drop("arp-queue-full", 1)
                 return []
             pending = self._pending[ip] = _Pending()
         if len(pending.packets) >= self.queue_per_hop:
-            self.dropped += 1
+            self.count_drop("arp-queue-full", 1)
             return []
         pending.packets.append(packet)
         return self._maybe_request(ip, pending, now)
@@ -104,7 +107,8 @@ class Neighbours:
             if pending.next_try > now:
                 continue
             if pending.tries >= self.max_tries:
-                self.dropped += len(pending.packets)
+                if pending.packets:
+                    self.count_drop("arp-unresolved", len(pending.packets))
                 del self._pending[ip]
                 continue
             frames.extend(self._maybe_request(ip, pending, now))
