@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Network
 
-from appliance.checksum import adjust, adjust_partial, ones_sum
+from appliance.checksum import addr_sum, checksum_after, word
 from appliance.config import ApplianceConfig
 from appliance.flows import FlowTable, PortAllocator, TableFull
 from appliance.fragments import Reassembler, fragment
@@ -57,6 +57,17 @@ from appliance.packet import (
     parse_arp,
     parse_ipv4,
     proto_name,
+)
+from appliance.rewrite import (
+    decrement_ttl,
+    dst_port_offset,
+    embedded,
+    embedded_ports,
+    query_ports,
+    reply_ports,
+    rewrite_embedded,
+    rewrite_endpoint,
+    source_port_offset,
 )
 from appliance.segments import segment_tcp
 
@@ -153,7 +164,7 @@ class Nat:
         self.config = config
         self.wan_ip = config.wan.address.ip.packed
         self.lan_ip = config.lan.address.ip.packed
-        self._wan_sum = _addr_sum(self.wan_ip, 0)
+        self._wan_sum = addr_sum(self.wan_ip, 0)
         self.gateway = None if config.wan.gateway is None else config.wan.gateway.packed
         self.wan_net = _Subnet(config.wan.address.network)
         self.lan_net = _Subnet(config.lan.address.network)
@@ -308,7 +319,7 @@ class Nat:
         ):
             return None
         ext_port = mapping.ext_port
-        addr_term = (~_addr_sum(frame, 26) & 0xFFFF) + self._wan_sum
+        addr_term = (~addr_sum(frame, 26) & 0xFFFF) + self._wan_sum
         port_term = 0 if ext_port == int_port else (~int_port & 0xFFFF) + ext_port
         buf = bytearray(frame[: 34 + l4_len])
         buf[26:30] = self.wan_ip
@@ -338,7 +349,7 @@ class Nat:
         ):
             return None
         int_port = mapping.int_port
-        addr_term = (~self._wan_sum & 0xFFFF) + _addr_sum(int_addr, 0)
+        addr_term = (~self._wan_sum & 0xFFFF) + addr_sum(int_addr, 0)
         port_term = 0 if ext_port == int_port else (~ext_port & 0xFFFF) + int_port
         buf = bytearray(frame[: 34 + l4_len])
         buf[30:34] = int_addr
@@ -385,16 +396,16 @@ class Nat:
     ) -> tuple[Side, bytes]:
         """Finish a fast-path packet (addresses and ports already set): the frame to send."""
         buf[22] -= 1  # TTL; its checksum term is 0xFEFF, below
-        buf[24:26] = _checksum_after(_word(buf, 24), addr_term + _TTL_TERM).to_bytes(2, "big")
+        buf[24:26] = checksum_after(word(buf, 24), addr_term + _TTL_TERM).to_bytes(2, "big")
         check = 50 if proto == TCP else 40
-        old = _word(buf, check)
+        old = word(buf, check)
         if proto == TCP or old:  # a UDP checksum of 0 means none: it stays 0
             if offload is not None:
                 # A partial checksum is the pseudo-header's sum, not complemented: only the
                 # address is in it (`adjust_partial`, with the terms summed).
-                new = ~_checksum_after(~old & 0xFFFF, addr_term) & 0xFFFF
+                new = ~checksum_after(~old & 0xFFFF, addr_term) & 0xFFFF
             else:
-                new = _checksum_after(old, addr_term + port_term)
+                new = checksum_after(old, addr_term + port_term)
                 if new == 0 and proto == UDP:
                     new = 0xFFFF  # RFC 768: a computed zero is sent as all ones
             buf[check : check + 2] = new.to_bytes(2, "big")
@@ -533,7 +544,7 @@ class Nat:
         if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
             self._error_out(ip, now)
             return
-        int_port, remote_port, flags = _query_ports(ip)
+        int_port, remote_port, flags = query_ports(ip)
         try:
             session = self.table.outbound(
                 ip.proto, ip.src, int_port, ip.dst, remote_port, now, flags
@@ -541,10 +552,10 @@ class Nat:
         except TableFull as refusal:
             self._refuse(Side.LAN, refusal, ip, now)
             return
-        _rewrite_endpoint(
-            ip, 12, self.wan_ip, _source_port_offset(ip), session.mapping.ext_port, self._partial
+        rewrite_endpoint(
+            ip, 12, self.wan_ip, source_port_offset(ip), session.mapping.ext_port, self._partial
         )
-        _decrement_ttl(ip)
+        decrement_ttl(ip)
         self.counters.translated[proto_name(ip.proto)] += 1
         if hairpin:
             self._translate_in(ip, now, hairpin=True)
@@ -554,16 +565,16 @@ class Nat:
 
     def _error_out(self, ip: Ipv4, now: float) -> None:
         """RFC 5508 REQ-5: an error from a LAN host about a packet that came in through the NAT."""
-        inner = _embedded(ip)
+        inner = embedded(ip)
         if inner.dst != ip.src:
             raise Drop("icmp-error-mismatch")
-        int_port, remote_port = _embedded_ports(inner, receiver=True)
+        int_port, remote_port = embedded_ports(inner, receiver=True)
         mapping = self.table.lookup_out(inner.proto, inner.dst, int_port)
         if mapping is None or mapping.session(inner.src, remote_port) is None:
             raise Drop("icmp-error-no-mapping")
-        _rewrite_embedded(ip, inner, 16, self.wan_ip, _dst_port_offset(inner), mapping.ext_port)
-        _rewrite_endpoint(ip, 12, self.wan_ip, None, 0)
-        _decrement_ttl(ip)
+        rewrite_embedded(ip, inner, 16, self.wan_ip, dst_port_offset(inner), mapping.ext_port)
+        rewrite_endpoint(ip, 12, self.wan_ip, None, 0)
+        decrement_ttl(ip)
         self.counters.translated["icmp"] += 1
         if ip.dst == self.wan_ip:
             self._translate_in(ip, now, hairpin=True)
@@ -604,7 +615,7 @@ class Nat:
             return
         if ip.proto == ICMP and ip.buf[ip.header_len] != ICMP_ECHO_REPLY:
             raise Drop("unsupported-icmp")
-        ext_port, remote_port, flags = _reply_ports(ip)
+        ext_port, remote_port, flags = reply_ports(ip)
         if not hairpin and ip.ttl <= 1:
             # Filter first, without refreshing: an expiring probe at a closed port must meet the
             # same silence as any other unsolicited packet.
@@ -635,11 +646,11 @@ class Nat:
                 rest_of_header=self.mtu,
             )
             return
-        _rewrite_endpoint(
-            ip, 16, mapping.int_addr, _dst_port_offset(ip), mapping.int_port, self._partial
+        rewrite_endpoint(
+            ip, 16, mapping.int_addr, dst_port_offset(ip), mapping.int_port, self._partial
         )
         if not hairpin:
-            _decrement_ttl(ip)
+            decrement_ttl(ip)
             self.counters.translated[proto_name(ip.proto)] += 1
         self._send_ip(Side.LAN, ip, mapping.int_addr, now)
 
@@ -647,19 +658,19 @@ class Nat:
         """RFC 5508 REQ-4: an error about a packet we sent out; restore it for the LAN host."""
         if not hairpin and ip.ttl <= 1:
             raise Drop("ttl-expired-icmp-error")
-        inner = _embedded(ip)
+        inner = embedded(ip)
         if inner.src != self.wan_ip:
             raise Drop("icmp-error-mismatch")
-        ext_port, remote_port = _embedded_ports(inner, receiver=False)
+        ext_port, remote_port = embedded_ports(inner, receiver=False)
         mapping = self.table.lookup_in(inner.proto, ext_port)
         if mapping is None or mapping.session(inner.dst, remote_port) is None:
             raise Drop("icmp-error-no-mapping")
-        _rewrite_embedded(
-            ip, inner, 12, mapping.int_addr, _source_port_offset(inner), mapping.int_port
+        rewrite_embedded(
+            ip, inner, 12, mapping.int_addr, source_port_offset(inner), mapping.int_port
         )
-        _rewrite_endpoint(ip, 16, mapping.int_addr, None, 0)
+        rewrite_endpoint(ip, 16, mapping.int_addr, None, 0)
         if not hairpin:
-            _decrement_ttl(ip)
+            decrement_ttl(ip)
             self.counters.translated["icmp"] += 1
         self._send_ip(Side.LAN, ip, mapping.int_addr, now)
 
@@ -741,9 +752,6 @@ _ICMP_RATE = 100.0  # errors per second
 _ICMP_BURST = 200.0
 
 
-# -- rewriting helpers (RFC 1624 incremental checksums) ------------------------------------
-
-
 def _is_echo_request(ip: Ipv4) -> bool:
     return ip.proto == ICMP and ip.buf[ip.header_len] == ICMP_ECHO_REQUEST
 
@@ -752,16 +760,6 @@ def _is_icmp_error(ip: Ipv4) -> bool:
     if ip.proto != ICMP:
         return False
     return len(ip.buf) <= ip.header_len or ip.buf[ip.header_len] in ICMP_ERROR_TYPES
-
-
-def _word(buf: bytes | bytearray, offset: int) -> int:
-    return (buf[offset] << 8) | buf[offset + 1]
-
-
-def _addr_sum(buf: bytes | bytearray, offset: int) -> int:
-    """The one's complement sum of the two words of the address at `offset` (`_small_sum`'s)."""
-    total = _word(buf, offset) + _word(buf, offset + 2)
-    return (total & 0xFFFF) + (total >> 16)
 
 
 def _l4_checksum_valid(frame: bytes, l4_len: int) -> bool:
@@ -777,169 +775,3 @@ def _l4_checksum_valid(frame: bytes, l4_len: int) -> bool:
 
 # RFC 1624 term of the TTL decrement: ~(ttl << 8 | proto) + ((ttl - 1) << 8 | proto), any TTL.
 _TTL_TERM = 0xFEFF
-
-
-def _checksum_after(check: int, terms: int) -> int:
-    """RFC 1624 eqn. 3 with the (~old + new) terms of every changed word already summed."""
-    total = (~check & 0xFFFF) + terms
-    total = (total & 0xFFFF) + (total >> 16)
-    total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
-
-
-def _query_ports(ip: Ipv4) -> tuple[int, int, int]:
-    """(internal port or echo id, remote port, TCP flags) of a packet leaving the LAN."""
-    start = ip.header_len
-    if ip.proto == ICMP:
-        if ip.buf[start] != ICMP_ECHO_REQUEST:
-            raise Drop("unsupported-icmp")
-        return _word(ip.buf, start + 4), 0, 0
-    flags = ip.buf[start + 13] if ip.proto == TCP else 0
-    return _word(ip.buf, start), _word(ip.buf, start + 2), flags
-
-
-def _reply_ports(ip: Ipv4) -> tuple[int, int, int]:
-    """(external port or echo id, remote port, TCP flags) of a packet to the WAN address."""
-    start = ip.header_len
-    if ip.proto == ICMP:
-        return _word(ip.buf, start + 4), 0, 0
-    flags = ip.buf[start + 13] if ip.proto == TCP else 0
-    return _word(ip.buf, start + 2), _word(ip.buf, start), flags
-
-
-def _source_port_offset(ip: Ipv4) -> int | None:
-    return ip.header_len + (4 if ip.proto == ICMP else 0)
-
-
-def _dst_port_offset(ip: Ipv4) -> int | None:
-    return ip.header_len + (4 if ip.proto == ICMP else 2)
-
-
-def _l4_checksum_offset(ip: Ipv4) -> int | None:
-    """Where the L4 checksum is, if present in the bytes we have and in use."""
-    offset = ip.header_len + {TCP: 16, UDP: 6, ICMP: 2}[ip.proto]
-    if offset + 2 > len(ip.buf):
-        return None
-    if ip.proto == UDP and ip.buf[offset] == 0 and ip.buf[offset + 1] == 0:
-        return None
-    return offset
-
-
-def _patch(
-    buf: bytearray,
-    offset: int,
-    new: bytes,
-    checksums: tuple[int | None, ...],
-    udp_checksum: int | None = None,
-) -> None:
-    old = bytes(buf[offset : offset + len(new)])
-    if old == new:
-        return
-    buf[offset : offset + len(new)] = new
-    for check in checksums:
-        if check is None:
-            continue
-        value = adjust(_word(buf, check), old, new)
-        if check == udp_checksum and value == 0:
-            value = 0xFFFF
-        buf[check : check + 2] = value.to_bytes(2, "big")
-
-
-def _rewrite_endpoint(
-    ip: Ipv4,
-    addr_offset: int,
-    addr: bytes,
-    port_offset: int | None,
-    port: int,
-    partial: bool = False,
-) -> None:
-    """Set the source (12) or destination (16) address and port, fixing the checksums.
-
-    `partial`: a TCP/UDP checksum field holds the non-complemented pseudo-header sum (the kernel
-    adds the segment on transmit): only the address, which is in the pseudo-header, changes it.
-    """
-    buf = ip.buf
-    l4_check = _l4_checksum_offset(ip)
-    udp_check = l4_check if ip.proto == UDP else None
-    if partial and l4_check is not None and ip.proto != ICMP:
-        old = bytes(buf[addr_offset : addr_offset + 4])
-        _patch(buf, addr_offset, addr, (10,))
-        buf[l4_check : l4_check + 2] = adjust_partial(_word(buf, l4_check), old, addr).to_bytes(
-            2, "big"
-        )
-        if port_offset is not None:
-            buf[port_offset : port_offset + 2] = port.to_bytes(2, "big")
-        if addr_offset == 12:
-            ip.src = addr
-        else:
-            ip.dst = addr
-        return
-    # The ICMP checksum has no pseudo-header: an address change does not touch it.
-    addr_checks = (10,) if ip.proto == ICMP else (10, l4_check)
-    _patch(buf, addr_offset, addr, addr_checks, udp_check)
-    if port_offset is not None:
-        _patch(buf, port_offset, port.to_bytes(2, "big"), (l4_check,), udp_check)
-    if addr_offset == 12:
-        ip.src = addr
-    else:
-        ip.dst = addr
-
-
-def _decrement_ttl(ip: Ipv4) -> None:
-    ip.ttl -= 1
-    _patch(ip.buf, 8, bytes((ip.ttl, ip.proto)), (10,))
-
-
-def _embedded(ip: Ipv4) -> Ipv4:
-    """The IP packet quoted in an ICMP error: its header validated (RFC 5508 REQ-3a, 3b)."""
-    start = ip.header_len + 8
-    quoted = ip.buf[start:]
-    if len(quoted) < 20:
-        raise Drop("truncated-icmp-error")
-    header_len = (quoted[0] & 0x0F) * 4
-    if quoted[0] >> 4 != 4 or header_len < 20 or len(quoted) < header_len + 8:
-        raise Drop("truncated-icmp-error")
-    if ones_sum(quoted[:header_len]) != 0xFFFF:
-        raise Drop("bad-embedded-ip-checksum")
-    proto = quoted[9]
-    if proto not in (TCP, UDP, ICMP):
-        raise Drop("unsupported-embedded-protocol")
-    inner = Ipv4(
-        quoted,
-        header_len,
-        proto,
-        bytes(quoted[12:16]),
-        bytes(quoted[16:20]),
-        quoted[8],
-        _word(quoted, 6),
-        _word(quoted, 4),
-    )
-    if proto == ICMP and quoted[header_len] not in (ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY):
-        raise Drop("unsupported-embedded-icmp")
-    return inner
-
-
-def _embedded_ports(inner: Ipv4, receiver: bool) -> tuple[int, int]:
-    """(our side's port, remote port) of a quoted packet; `receiver`: the LAN host received it."""
-    start, buf = inner.header_len, inner.buf
-    if inner.proto == ICMP:
-        return _word(buf, start + 4), 0
-    src_port, dst_port = _word(buf, start), _word(buf, start + 2)
-    return (dst_port, src_port) if receiver else (src_port, dst_port)
-
-
-def _rewrite_embedded(
-    ip: Ipv4, inner: Ipv4, addr_offset: int, addr: bytes, port_offset: int | None, port: int
-) -> None:
-    """Rewrite the quoted packet (its IP and L4 checksums incrementally, RFC 5508 REQ-3d)
-    and then recompute the outer ICMP checksum, which covers it."""
-    if inner.proto == ICMP:
-        # An echo id is covered by the quoted ICMP checksum only; addresses are not.
-        _patch(inner.buf, addr_offset, addr, (10,))
-        if port_offset is not None:
-            _patch(inner.buf, port_offset, port.to_bytes(2, "big"), (_l4_checksum_offset(inner),))
-    else:
-        _rewrite_endpoint(inner, addr_offset, addr, port_offset, port)
-    start = ip.header_len + 8
-    ip.buf[start:] = inner.buf
-    fill_l4_checksum(ip)
