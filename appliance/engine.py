@@ -131,6 +131,33 @@ class Counters:
         return "stats " + " ".join(parts)
 
 
+@dataclass(slots=True)
+class FrameContext:
+    """What the full path knows of the frame it handles, and the frames it has to send: passed
+    down from `_run` to whichever method needs it (`start` and `tick` use one with no frame).
+
+    `offload`: the frame's checksum was left for an offload (`handle_offload`): partial, so not
+    checked, and finished by whoever sends the frame. `l4_verified`: the kernel has verified the
+    TCP/UDP checksum.
+    """
+
+    out: OffloadOutput = field(default_factory=list)
+    offload: Offload | None = None
+    l4_verified: bool = False
+
+    @property
+    def partial(self) -> bool:
+        return self.offload is not None
+
+    def check_l4(self, ip: Ipv4) -> None:
+        # ICMP checksums are always done in software, so only TCP/UDP can be partial.
+        check_l4(ip, verify_checksum=not (self.partial or self.l4_verified) or ip.proto == ICMP)
+
+    def is_aggregate(self, ip: Ipv4) -> bool:
+        """A TCP packet with a partial checksum may exceed the MTU: the kernel cuts it."""
+        return self.partial and ip.proto == TCP
+
+
 class _Subnet:
     __slots__ = ("broadcast", "mask", "network")
 
@@ -178,10 +205,6 @@ class Nat:
         self.table = FlowTable(config.nat, allocator)
         self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
         self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
-        self._out: OffloadOutput = []
-        self._partial = False
-        self._verified = False
-        self._offload: Offload | None = None
 
     # -- entry points ----------------------------------------------------------------------
 
@@ -236,40 +259,33 @@ class Nat:
         l4_verified: bool,
         offload: Offload | None = None,
     ) -> OffloadOutput:
-        out: OffloadOutput = []
-        self._out = out
-        # An offloaded frame's checksum is partial: not checked, finished by whoever sends it.
-        self._partial, self._verified, self._offload = offload is not None, l4_verified, offload
+        ctx = FrameContext(offload=offload, l4_verified=l4_verified)
         try:
-            self._frame(side, frame, now)
+            self._frame(ctx, side, frame, now)
         except Drop as drop:
             self.counters.drop(drop.reason)
-        finally:
-            self._partial, self._verified, self._offload = False, False, None
-        return out
+        return ctx.out
 
     def start(self, now: float) -> Output:
         """Frames to send at start-up: a gratuitous ARP on each side (so neighbours that cached
         an earlier incarnation update at once) and a request for the gateway."""
-        out: OffloadOutput = []
-        self._out = out
+        ctx = FrameContext()
         for side, neighbours in self.neighbours.items():
-            self._emit(side, neighbours.request_frame(neighbours.ip))
+            self._emit(ctx, side, neighbours.request_frame(neighbours.ip))
         if self.gateway is not None:
-            self._emit(Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
-        return [(s, f) for s, f, _ in out]
+            self._emit(ctx, Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
+        return [(s, f) for s, f, _ in ctx.out]
 
     def tick(self, now: float) -> Output:
         """Run the timers; call about once a second. Returns the frames to send."""
-        out: OffloadOutput = []
-        self._out = out
+        ctx = FrameContext()
         for side, neighbours in self.neighbours.items():
             for frame in neighbours.tick(now):
-                self._emit(side, frame)
+                self._emit(ctx, side, frame)
         self.table.expire(now)
         for reassembler in self.reassemblers.values():
             reassembler.expire(now)
-        return [(s, f) for s, f, _ in out]
+        return [(s, f) for s, f, _ in ctx.out]
 
     # -- fast path: established TCP and UDP flows -------------------------------------------
     #
@@ -418,7 +434,7 @@ class Nat:
 
     # -- link layer ------------------------------------------------------------------------
 
-    def _frame(self, side: Side, frame: bytes, now: float) -> None:
+    def _frame(self, ctx: FrameContext, side: Side, frame: bytes, now: float) -> None:
         if len(frame) < ETH_HEADER_LEN:
             raise Drop("truncated-ethernet")
         dst_mac = frame[:6]
@@ -428,15 +444,15 @@ class Nat:
         if ethertype == ETHERTYPE_IPV4:
             ip = parse_ipv4(bytearray(memoryview(frame)[ETH_HEADER_LEN:]))  # one copy
             if side is Side.LAN:
-                self._from_lan(ip, now)
+                self._from_lan(ctx, ip, now)
             else:
-                self._from_wan(ip, now)
+                self._from_wan(ctx, ip, now)
         elif ethertype == ETHERTYPE_ARP:
-            self._arp(side, frame[ETH_HEADER_LEN:], now)
+            self._arp(ctx, side, frame[ETH_HEADER_LEN:], now)
         else:
             raise Drop("unsupported-ethertype")
 
-    def _arp(self, side: Side, payload: bytes, now: float) -> None:
+    def _arp(self, ctx: FrameContext, side: Side, payload: bytes, now: float) -> None:
         arp = parse_arp(payload)
         neighbours = self.neighbours[side]
         subnet = self.wan_net if side is Side.WAN else self.lan_net
@@ -447,26 +463,31 @@ class Nat:
         for_us = arp.target_ip == neighbours.ip
         if for_us or neighbours.knows(arp.sender_ip):
             for mac, packet in neighbours.learn(arp.sender_ip, arp.sender_mac, now):
-                self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + packet)
+                self._emit(ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + packet)
         if not for_us:
             raise Drop("arp-not-for-us")
         if arp.op == ARP_REQUEST:
             self._emit(
+                ctx,
                 side,
                 build_arp_frame(
                     ARP_REPLY, neighbours.mac, neighbours.ip, arp.sender_mac, arp.sender_ip
                 ),
             )
 
-    def _emit(self, side: Side, frame: bytes, offload: Offload | None = None) -> None:
+    def _emit(
+        self, ctx: FrameContext, side: Side, frame: bytes, offload: Offload | None = None
+    ) -> None:
         self.counters.frames_out[side] += 1
-        self._out.append((side, frame, offload))
+        ctx.out.append((side, frame, offload))
 
-    def _send_ip(self, side: Side, ip: Ipv4, next_hop: bytes, now: float) -> None:
+    def _send_ip(
+        self, ctx: FrameContext, side: Side, ip: Ipv4, next_hop: bytes, now: float
+    ) -> None:
         """Send on `side` via `next_hop`, fragmenting over the MTU (only DF-clear gets here)."""
         neighbours = self.neighbours[side]
         mac = neighbours.lookup(next_hop, now)
-        offload = self._offload
+        offload = ctx.offload
         if (
             offload is not None
             and mac is not None
@@ -475,9 +496,11 @@ class Nat:
             and (offload.gso_size or len(ip.buf) <= self.mtu)
         ):
             # The kernel finishes the checksum (and cuts the aggregate) on transmit.
-            self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + ip.buf, offload)
+            self._emit(
+                ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + ip.buf, offload
+            )
             return
-        if self._partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
+        if ctx.partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
             if ip.proto == TCP and len(ip.buf) > self.mtu:
                 pieces = [segment.buf for segment in segment_tcp(ip, self.mtu)]
             else:
@@ -487,17 +510,17 @@ class Nat:
             pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
         for piece in pieces:
             if mac is not None:
-                self._emit(side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
+                self._emit(ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
                 continue
             for request in neighbours.enqueue(next_hop, bytes(piece), now):
-                self._emit(side, request)
+                self._emit(ctx, side, request)
 
     def _wan_next_hop(self, dst: bytes) -> bytes | None:
         return dst if dst in self.wan_net else self.gateway
 
     # -- IP: from the LAN ------------------------------------------------------------------
 
-    def _from_lan(self, ip: Ipv4, now: float) -> None:
+    def _from_lan(self, ctx: FrameContext, ip: Ipv4, now: float) -> None:
         if not self.lan_net.is_host(ip.src) or ip.src == self.lan_ip:
             raise Drop("spoofed-source")
         dst = ip.dst
@@ -511,27 +534,28 @@ class Nat:
         if whole is None:
             return
         ip = whole
-        self._check_l4(ip)
+        ctx.check_l4(ip)
         if dst == self.lan_ip or (dst == self.wan_ip and _is_echo_request(ip)):
-            self._to_self(Side.LAN, ip, now)
+            self._to_self(ctx, Side.LAN, ip, now)
         elif dst in self.lan_net:
             raise Drop("lan-to-lan")
         else:
-            self._forward_out(ip, now)
+            self._forward_out(ctx, ip, now)
 
-    def _forward_out(self, ip: Ipv4, now: float) -> None:
+    def _forward_out(self, ctx: FrameContext, ip: Ipv4, now: float) -> None:
         if ip.ttl <= 1:
-            self._icmp_error(Side.LAN, ICMP_TIME_EXCEEDED, 0, ip, self.lan_ip, now)
+            self._icmp_error(ctx, Side.LAN, ICMP_TIME_EXCEEDED, 0, ip, self.lan_ip, now)
             return
         hairpin = ip.dst == self.wan_ip
         next_hop = None if hairpin else self._wan_next_hop(ip.dst)
         if not hairpin and next_hop is None:
             self._icmp_error(
-                Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, self.lan_ip, now
+                ctx, Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, self.lan_ip, now
             )
             return
-        if len(ip.buf) > self.mtu and ip.dont_fragment and not self._is_aggregate(ip):
+        if len(ip.buf) > self.mtu and ip.dont_fragment and not ctx.is_aggregate(ip):
             self._icmp_error(
+                ctx,
                 Side.LAN,
                 ICMP_DEST_UNREACHABLE,
                 CODE_FRAGMENTATION_NEEDED,
@@ -542,7 +566,7 @@ class Nat:
             )
             return
         if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
-            self._error_out(ip, now)
+            self._error_out(ctx, ip, now)
             return
         int_port, remote_port, flags = query_ports(ip)
         try:
@@ -550,20 +574,20 @@ class Nat:
                 ip.proto, ip.src, int_port, ip.dst, remote_port, now, flags
             )
         except TableFull as refusal:
-            self._refuse(Side.LAN, refusal, ip, now)
+            self._refuse(ctx, Side.LAN, refusal, ip, now)
             return
         rewrite_endpoint(
-            ip, 12, self.wan_ip, source_port_offset(ip), session.mapping.ext_port, self._partial
+            ip, 12, self.wan_ip, source_port_offset(ip), session.mapping.ext_port, ctx.partial
         )
         decrement_ttl(ip)
         self.counters.translated[proto_name(ip.proto)] += 1
         if hairpin:
-            self._translate_in(ip, now, hairpin=True)
+            self._translate_in(ctx, ip, now, hairpin=True)
         else:
             assert next_hop is not None
-            self._send_ip(Side.WAN, ip, next_hop, now)
+            self._send_ip(ctx, Side.WAN, ip, next_hop, now)
 
-    def _error_out(self, ip: Ipv4, now: float) -> None:
+    def _error_out(self, ctx: FrameContext, ip: Ipv4, now: float) -> None:
         """RFC 5508 REQ-5: an error from a LAN host about a packet that came in through the NAT."""
         inner = embedded(ip)
         if inner.dst != ip.src:
@@ -577,16 +601,16 @@ class Nat:
         decrement_ttl(ip)
         self.counters.translated["icmp"] += 1
         if ip.dst == self.wan_ip:
-            self._translate_in(ip, now, hairpin=True)
+            self._translate_in(ctx, ip, now, hairpin=True)
             return
         next_hop = self._wan_next_hop(ip.dst)
         if next_hop is None:
             raise Drop("no-route")
-        self._send_ip(Side.WAN, ip, next_hop, now)
+        self._send_ip(ctx, Side.WAN, ip, next_hop, now)
 
     # -- IP: from the WAN ------------------------------------------------------------------
 
-    def _from_wan(self, ip: Ipv4, now: float) -> None:
+    def _from_wan(self, ctx: FrameContext, ip: Ipv4, now: float) -> None:
         src = ip.src
         if (
             src in self.lan_net
@@ -600,18 +624,18 @@ class Nat:
         whole = self._whole(Side.WAN, ip, now)
         if whole is None:
             return
-        self._check_l4(whole)
+        ctx.check_l4(whole)
         if _is_echo_request(whole):
             if not self.config.nat.ping_on_wan:
                 raise Drop("ping-on-wan-disabled")
-            self._to_self(Side.WAN, whole, now)
+            self._to_self(ctx, Side.WAN, whole, now)
             return
-        self._translate_in(whole, now, hairpin=False)
+        self._translate_in(ctx, whole, now, hairpin=False)
 
-    def _translate_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
+    def _translate_in(self, ctx: FrameContext, ip: Ipv4, now: float, hairpin: bool) -> None:
         """Inbound translation of a packet to the WAN address (from the WAN, or hairpinned)."""
         if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
-            self._error_in(ip, now, hairpin)
+            self._error_in(ctx, ip, now, hairpin)
             return
         if ip.proto == ICMP and ip.buf[ip.header_len] != ICMP_ECHO_REPLY:
             raise Drop("unsupported-icmp")
@@ -621,7 +645,7 @@ class Nat:
             # same silence as any other unsolicited packet.
             if not self.table.admits(ip.proto, ext_port, ip.src, remote_port, flags):
                 raise Drop("filtered")
-            self._icmp_error(Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
+            self._icmp_error(ctx, Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
             return
         try:
             session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
@@ -629,14 +653,15 @@ class Nat:
             if hairpin:  # already translated: the sender cannot be told about its own packet
                 self.counters.refuse(refusal.reason)
                 raise Drop("refused-hairpin") from None
-            self._refuse(Side.WAN, refusal, ip, now)
+            self._refuse(ctx, Side.WAN, refusal, ip, now)
             return
         if session is None:
             raise Drop("filtered")
         mapping = session.mapping
-        oversized = len(ip.buf) > self.mtu and not self._is_aggregate(ip)
+        oversized = len(ip.buf) > self.mtu and not ctx.is_aggregate(ip)
         if not hairpin and oversized and ip.dont_fragment:
             self._icmp_error(
+                ctx,
                 Side.WAN,
                 ICMP_DEST_UNREACHABLE,
                 CODE_FRAGMENTATION_NEEDED,
@@ -647,14 +672,14 @@ class Nat:
             )
             return
         rewrite_endpoint(
-            ip, 16, mapping.int_addr, dst_port_offset(ip), mapping.int_port, self._partial
+            ip, 16, mapping.int_addr, dst_port_offset(ip), mapping.int_port, ctx.partial
         )
         if not hairpin:
             decrement_ttl(ip)
             self.counters.translated[proto_name(ip.proto)] += 1
-        self._send_ip(Side.LAN, ip, mapping.int_addr, now)
+        self._send_ip(ctx, Side.LAN, ip, mapping.int_addr, now)
 
-    def _error_in(self, ip: Ipv4, now: float, hairpin: bool) -> None:
+    def _error_in(self, ctx: FrameContext, ip: Ipv4, now: float, hairpin: bool) -> None:
         """RFC 5508 REQ-4: an error about a packet we sent out; restore it for the LAN host."""
         if not hairpin and ip.ttl <= 1:
             raise Drop("ttl-expired-icmp-error")
@@ -672,11 +697,11 @@ class Nat:
         if not hairpin:
             decrement_ttl(ip)
             self.counters.translated["icmp"] += 1
-        self._send_ip(Side.LAN, ip, mapping.int_addr, now)
+        self._send_ip(ctx, Side.LAN, ip, mapping.int_addr, now)
 
     # -- the appliance's own traffic -------------------------------------------------------
 
-    def _to_self(self, side: Side, ip: Ipv4, now: float) -> None:
+    def _to_self(self, ctx: FrameContext, side: Side, ip: Ipv4, now: float) -> None:
         if not _is_echo_request(ip):
             raise Drop("to-appliance")
         reply = bytearray(ip.buf)
@@ -690,10 +715,11 @@ class Nat:
         next_hop = ip.src if side is Side.LAN else self._wan_next_hop(ip.src)
         if next_hop is None:
             raise Drop("no-route")
-        self._send_ip(side, answer, next_hop, now)
+        self._send_ip(ctx, side, answer, next_hop, now)
 
     def _icmp_error(
         self,
+        ctx: FrameContext,
         side: Side,
         icmp_type: int,
         code: int,
@@ -715,13 +741,15 @@ class Nat:
         if next_hop is None:
             return
         self.counters.icmp_errors_sent += 1
-        self._send_ip(side, error, next_hop, now)
+        self._send_ip(ctx, side, error, next_hop, now)
 
-    def _refuse(self, side: Side, refusal: TableFull, ip: Ipv4, now: float) -> None:
+    def _refuse(
+        self, ctx: FrameContext, side: Side, refusal: TableFull, ip: Ipv4, now: float
+    ) -> None:
         """RFC 5508 REQ-8: a flow refused for lack of room gets ICMP 3/13; existing flows go on."""
         self.counters.refuse(refusal.reason)
         src = self.lan_ip if side is Side.LAN else self.wan_ip
-        self._icmp_error(side, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, src, now)
+        self._icmp_error(ctx, side, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, src, now)
 
     def _icmp_allowed(self, now: float) -> bool:
         # A token bucket (RFC 1812 4.3.2.8 rate limiting), so a flood of expiring or oversize
@@ -733,13 +761,6 @@ class Nat:
             return False
         self._icmp_tokens -= 1
         return True
-
-    def _check_l4(self, ip: Ipv4) -> None:
-        # ICMP checksums are always done in software, so only TCP/UDP can be partial.
-        check_l4(ip, verify_checksum=not (self._partial or self._verified) or ip.proto == ICMP)
-
-    def _is_aggregate(self, ip: Ipv4) -> bool:
-        return self._partial and ip.proto == TCP
 
     def _whole(self, side: Side, ip: Ipv4, now: float) -> Ipv4 | None:
         if not ip.is_fragment:
