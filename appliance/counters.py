@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 
-from appliance.link import Side
+from appliance.frames import Side
 
 
 @dataclass

@@ -26,11 +26,9 @@ from appliance.counters import Counters
 from appliance.fastpath import FastPath
 from appliance.flows import FlowTable, PortAllocator, TableFull
 from appliance.fragments import Reassembler, fragment
-from appliance.link import Offload, OffloadOutput, Output, Side
+from appliance.frames import Offload, OffloadOutput, Output, Side
 from appliance.neighbours import Neighbours
 from appliance.packet import (
-    ARP_REPLY,
-    ARP_REQUEST,
     BROADCAST_MAC,
     CODE_ADMIN_PROHIBITED,
     CODE_FRAGMENTATION_NEEDED,
@@ -49,10 +47,8 @@ from appliance.packet import (
     UDP,
     Drop,
     Ipv4,
-    build_arp_frame,
     build_icmp_error,
     check_l4,
-    ethernet_header,
     fill_ip_checksum,
     fill_l4_checksum,
     parse_arp,
@@ -72,7 +68,7 @@ from appliance.rewrite import (
 )
 from appliance.segments import segment_tcp
 
-# The engine's interface; the types of its frames live in link.py, which the fast path shares.
+# The engine's interface; the types of its frames live in frames.py, which the fast path shares.
 __all__ = ["Nat", "Offload", "OffloadOutput", "Output", "Side"]
 
 
@@ -86,13 +82,18 @@ class FrameContext:
     TCP/UDP checksum.
     """
 
-    out: OffloadOutput = field(default_factory=list)
+    counters: Counters
     offload: Offload | None = None
     l4_verified: bool = False
+    out: OffloadOutput = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
         return self.offload is not None
+
+    def emit(self, side: Side, frame: bytes, offload: Offload | None = None) -> None:
+        self.counters.frames_out[side] += 1
+        self.out.append((side, frame, offload))
 
     def check_l4(self, ip: Ipv4) -> None:
         # ICMP checksums are always done in software, so only TCP/UDP can be partial.
@@ -101,6 +102,16 @@ class FrameContext:
     def is_aggregate(self, ip: Ipv4) -> bool:
         """A TCP packet with a partial checksum may exceed the MTU: the kernel cuts it."""
         return self.partial and ip.proto == TCP
+
+    def keeps_offload(self, ip: Ipv4, mtu: int) -> bool:
+        """Whether `ip` can leave with the frame's offload, for the kernel to finish."""
+        offload = self.offload
+        return (
+            offload is not None
+            and ip.proto in (TCP, UDP)
+            and not ip.is_fragment
+            and (offload.gso_size != 0 or len(ip.buf) <= mtu)
+        )
 
 
 class Nat:
@@ -118,12 +129,14 @@ class Nat:
         self.macs = {Side.WAN: wan_mac, Side.LAN: lan_mac}
         self.counters = Counters()
         self.neighbours = {
-            Side.WAN: Neighbours(wan_mac, self.wan_ip, self.counters.drop),
-            Side.LAN: Neighbours(lan_mac, self.lan_ip, self.counters.drop),
+            Side.WAN: Neighbours(wan_mac, self.wan_ip, self.wan_net, self.counters.drop),
+            Side.LAN: Neighbours(lan_mac, self.lan_ip, self.lan_net, self.counters.drop),
         }
         self.table = FlowTable(config.nat, allocator)
         self.reassemblers = {Side.WAN: Reassembler(), Side.LAN: Reassembler()}
-        self._icmp_tokens, self._icmp_refilled = _ICMP_BURST, 0.0
+        # RFC 1812 4.3.2.8: a flood of expiring or oversize packets must not turn the appliance
+        # into an amplifier.
+        self.icmp_errors = _TokenBucket(rate=100.0, burst=200.0)
         self.fast_path = FastPath(
             addresses, self.mtu, self.macs, self.table, self.neighbours, self.counters
         )
@@ -137,11 +150,10 @@ class Nat:
         A frame whose checksum was left for an offload goes to `handle_offload` instead.
         """
         self.counters.frames_in[side] += 1
-        fast_path = self.fast_path
         fast = (
-            fast_path.outbound(frame, now, l4_verified)
+            self.fast_path.outbound(frame, now, l4_verified)
             if side is Side.LAN
-            else fast_path.inbound(frame, now, l4_verified)
+            else self.fast_path.inbound(frame, now, l4_verified)
         )
         if fast is not None:
             return [fast]
@@ -161,11 +173,10 @@ class Nat:
         self.counters.frames_in[side] += 1
         if offload.gso_size:
             self.counters.aggregates += 1
-        fast_path = self.fast_path
         fast = (
-            fast_path.outbound(frame, now, True, offload)
+            self.fast_path.outbound(frame, now, True, offload)
             if side is Side.LAN
-            else fast_path.inbound(frame, now, True, offload)
+            else self.fast_path.inbound(frame, now, True, offload)
         )
         if fast is not None:
             return [(fast[0], fast[1], offload)]
@@ -183,7 +194,7 @@ class Nat:
         l4_verified: bool,
         offload: Offload | None = None,
     ) -> OffloadOutput:
-        ctx = FrameContext(offload=offload, l4_verified=l4_verified)
+        ctx = FrameContext(self.counters, offload, l4_verified)
         try:
             self._frame(ctx, side, frame, now)
         except Drop as drop:
@@ -193,19 +204,19 @@ class Nat:
     def start(self, now: float) -> Output:
         """Frames to send at start-up: a gratuitous ARP on each side (so neighbours that cached
         an earlier incarnation update at once) and a request for the gateway."""
-        ctx = FrameContext()
+        ctx = FrameContext(self.counters)
         for side, neighbours in self.neighbours.items():
-            self._emit(ctx, side, neighbours.request_frame(neighbours.ip))
+            ctx.emit(side, neighbours.request_frame(neighbours.ip))
         if self.gateway is not None:
-            self._emit(ctx, Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
+            ctx.emit(Side.WAN, self.neighbours[Side.WAN].request_frame(self.gateway))
         return [(s, f) for s, f, _ in ctx.out]
 
     def tick(self, now: float) -> Output:
         """Run the timers; call about once a second. Returns the frames to send."""
-        ctx = FrameContext()
+        ctx = FrameContext(self.counters)
         for side, neighbours in self.neighbours.items():
             for frame in neighbours.tick(now):
-                self._emit(ctx, side, frame)
+                ctx.emit(side, frame)
         self.table.expire(now)
         for reassembler in self.reassemblers.values():
             reassembler.expire(now)
@@ -227,75 +238,32 @@ class Nat:
             else:
                 self._from_wan(ctx, ip, now)
         elif ethertype == ETHERTYPE_ARP:
-            self._arp(ctx, side, frame[ETH_HEADER_LEN:], now)
+            for reply in self.neighbours[side].receive(parse_arp(frame[ETH_HEADER_LEN:]), now):
+                ctx.emit(side, reply)
         else:
             raise Drop("unsupported-ethertype")
-
-    def _arp(self, ctx: FrameContext, side: Side, payload: bytes, now: float) -> None:
-        arp = parse_arp(payload)
-        neighbours = self.neighbours[side]
-        subnet = self.wan_net if side is Side.WAN else self.lan_net
-        if not subnet.is_host(arp.sender_ip):
-            raise Drop("arp-foreign-sender")
-        if arp.sender_ip == neighbours.ip:
-            raise Drop("arp-address-conflict")
-        for_us = arp.target_ip == neighbours.ip
-        if for_us or neighbours.knows(arp.sender_ip):
-            for mac, packet in neighbours.learn(arp.sender_ip, arp.sender_mac, now):
-                self._emit(ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + packet)
-        if not for_us:
-            raise Drop("arp-not-for-us")
-        if arp.op == ARP_REQUEST:
-            self._emit(
-                ctx,
-                side,
-                build_arp_frame(
-                    ARP_REPLY, neighbours.mac, neighbours.ip, arp.sender_mac, arp.sender_ip
-                ),
-            )
-
-    def _emit(
-        self, ctx: FrameContext, side: Side, frame: bytes, offload: Offload | None = None
-    ) -> None:
-        self.counters.frames_out[side] += 1
-        ctx.out.append((side, frame, offload))
 
     def _send_ip(
         self, ctx: FrameContext, side: Side, ip: Ipv4, next_hop: bytes, now: float
     ) -> None:
-        """Send on `side` via `next_hop`, fragmenting over the MTU (only DF-clear gets here)."""
+        """Send on `side` via `next_hop`: with the frame's offload, for the kernel to finish,
+        or else with complete checksums and cut to the MTU (only DF-clear gets here oversized,
+        or a TCP aggregate)."""
         neighbours = self.neighbours[side]
-        mac = neighbours.lookup(next_hop, now)
-        offload = ctx.offload
-        if (
-            offload is not None
-            and mac is not None
-            and ip.proto in (TCP, UDP)
-            and not ip.is_fragment
-            and (offload.gso_size or len(ip.buf) <= self.mtu)
-        ):
-            # The kernel finishes the checksum (and cuts the aggregate) on transmit.
-            self._emit(
-                ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + ip.buf, offload
-            )
-            return
-        if ctx.partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
-            if ip.proto == TCP and len(ip.buf) > self.mtu:
-                pieces = [segment.buf for segment in segment_tcp(ip, self.mtu)]
-            else:
-                fill_l4_checksum(ip)
-                pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
-        else:
-            pieces = [ip.buf] if len(ip.buf) <= self.mtu else fragment(ip, self.mtu)
-        for piece in pieces:
+        if ctx.keeps_offload(ip, self.mtu):
+            mac = neighbours.lookup(next_hop, now)
             if mac is not None:
-                self._emit(ctx, side, ethernet_header(mac, neighbours.mac, ETHERTYPE_IPV4) + piece)
-                continue
-            for request in neighbours.enqueue(next_hop, bytes(piece), now):
-                self._emit(ctx, side, request)
+                ctx.emit(side, neighbours.frame(mac, ip.buf), ctx.offload)
+                return
+        for frame in neighbours.send(next_hop, _cut(ip, self.mtu, ctx.partial), now):
+            ctx.emit(side, frame)
 
     def _wan_next_hop(self, dst: bytes) -> bytes | None:
         return dst if dst in self.wan_net else self.gateway
+
+    def _next_hop_back(self, side: Side, src: bytes) -> bytes | None:
+        """The next hop towards the sender `src` of a packet received on `side`."""
+        return src if side is Side.LAN else self._wan_next_hop(src)
 
     # -- IP: from the LAN ------------------------------------------------------------------
 
@@ -323,25 +291,16 @@ class Nat:
 
     def _forward_out(self, ctx: FrameContext, ip: Ipv4, now: float) -> None:
         if ip.ttl <= 1:
-            self._icmp_error(ctx, Side.LAN, ICMP_TIME_EXCEEDED, 0, ip, self.lan_ip, now)
+            self._icmp_error(ctx, Side.LAN, ICMP_TIME_EXCEEDED, 0, ip, now)
             return
         hairpin = ip.dst == self.wan_ip
         next_hop = None if hairpin else self._wan_next_hop(ip.dst)
         if not hairpin and next_hop is None:
-            self._icmp_error(
-                ctx, Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, self.lan_ip, now
-            )
+            self._icmp_error(ctx, Side.LAN, ICMP_DEST_UNREACHABLE, CODE_NET_UNREACHABLE, ip, now)
             return
         if len(ip.buf) > self.mtu and ip.dont_fragment and not ctx.is_aggregate(ip):
             self._icmp_error(
-                ctx,
-                Side.LAN,
-                ICMP_DEST_UNREACHABLE,
-                CODE_FRAGMENTATION_NEEDED,
-                ip,
-                self.lan_ip,
-                now,
-                rest_of_header=self.mtu,
+                ctx, Side.LAN, ICMP_DEST_UNREACHABLE, CODE_FRAGMENTATION_NEEDED, ip, now, self.mtu
             )
             return
         if ip.proto == ICMP and ip.buf[ip.header_len] in ICMP_ERROR_TYPES:
@@ -424,7 +383,7 @@ class Nat:
             # same silence as any other unsolicited packet.
             if not self.table.admits(ip.proto, ext_port, ip.src, remote_port, flags):
                 raise Drop("filtered")
-            self._icmp_error(ctx, Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, self.wan_ip, now)
+            self._icmp_error(ctx, Side.WAN, ICMP_TIME_EXCEEDED, 0, ip, now)
             return
         try:
             session = self.table.inbound(ip.proto, ext_port, ip.src, remote_port, now, flags)
@@ -440,14 +399,7 @@ class Nat:
         oversized = len(ip.buf) > self.mtu and not ctx.is_aggregate(ip)
         if not hairpin and oversized and ip.dont_fragment:
             self._icmp_error(
-                ctx,
-                Side.WAN,
-                ICMP_DEST_UNREACHABLE,
-                CODE_FRAGMENTATION_NEEDED,
-                ip,
-                self.wan_ip,
-                now,
-                rest_of_header=self.mtu,
+                ctx, Side.WAN, ICMP_DEST_UNREACHABLE, CODE_FRAGMENTATION_NEEDED, ip, now, self.mtu
             )
             return
         rewrite_endpoint(
@@ -483,18 +435,10 @@ class Nat:
     def _to_self(self, ctx: FrameContext, side: Side, ip: Ipv4, now: float) -> None:
         if not _is_echo_request(ip):
             raise Drop("to-appliance")
-        reply = bytearray(ip.buf)
-        reply[12:16], reply[16:20] = ip.dst, ip.src
-        reply[8] = 64
-        header_len = ip.header_len
-        reply[header_len] = ICMP_ECHO_REPLY
-        answer = Ipv4(reply, header_len, ICMP, ip.dst, ip.src, 64, 0, ip.ident)
-        fill_ip_checksum(reply, header_len)
-        fill_l4_checksum(answer)
-        next_hop = ip.src if side is Side.LAN else self._wan_next_hop(ip.src)
+        next_hop = self._next_hop_back(side, ip.src)
         if next_hop is None:
             raise Drop("no-route")
-        self._send_ip(ctx, side, answer, next_hop, now)
+        self._send_ip(ctx, side, _echo_reply(ip), next_hop, now)
 
     def _icmp_error(
         self,
@@ -503,20 +447,21 @@ class Nat:
         icmp_type: int,
         code: int,
         original: Ipv4,
-        src: bytes,
         now: float,
-        rest_of_header: int = 0,
+        mtu: int = 0,
     ) -> None:
-        """Answer `original` with an ICMP error from the appliance (RFC 1812 4.3.2.7 limits)."""
+        """Answer `original` with an ICMP error from the appliance's address on `side`
+        (RFC 1812 4.3.2.7 limits); `mtu`: a Fragmentation Needed's next-hop MTU (RFC 1191)."""
         reason = f"icmp-{'time-exceeded' if icmp_type == ICMP_TIME_EXCEEDED else 'unreachable'}"
         self.counters.drop(reason)
         if original.flags_offset & IP_OFFSET_MASK or _is_icmp_error(original):
             return  # never an error about a later fragment or about an error
-        if not self._icmp_allowed(now):
+        if not self.icmp_errors.take(now):
             self.counters.drop("icmp-rate-limited")
             return
-        error = build_icmp_error(icmp_type, code, src, original.buf, rest_of_header)
-        next_hop = original.src if side is Side.LAN else self._wan_next_hop(original.src)
+        src = self.lan_ip if side is Side.LAN else self.wan_ip
+        error = build_icmp_error(icmp_type, code, src, original.buf, rest_of_header=mtu)
+        next_hop = self._next_hop_back(side, original.src)
         if next_hop is None:
             return
         self.counters.icmp_errors_sent += 1
@@ -527,19 +472,7 @@ class Nat:
     ) -> None:
         """RFC 5508 REQ-8: a flow refused for lack of room gets ICMP 3/13; existing flows go on."""
         self.counters.refuse(refusal.reason)
-        src = self.lan_ip if side is Side.LAN else self.wan_ip
-        self._icmp_error(ctx, side, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, src, now)
-
-    def _icmp_allowed(self, now: float) -> bool:
-        # A token bucket (RFC 1812 4.3.2.8 rate limiting), so a flood of expiring or oversize
-        # packets cannot turn the appliance into an amplifier.
-        elapsed = max(0.0, now - self._icmp_refilled)
-        self._icmp_tokens = min(_ICMP_BURST, self._icmp_tokens + elapsed * _ICMP_RATE)
-        self._icmp_refilled = now
-        if self._icmp_tokens < 1:
-            return False
-        self._icmp_tokens -= 1
-        return True
+        self._icmp_error(ctx, side, ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, ip, now)
 
     def _whole(self, side: Side, ip: Ipv4, now: float) -> Ipv4 | None:
         if not ip.is_fragment:
@@ -548,8 +481,44 @@ class Nat:
         return None if datagram is None else parse_ipv4(datagram)
 
 
-_ICMP_RATE = 100.0  # errors per second
-_ICMP_BURST = 200.0
+class _TokenBucket:
+    """Allows `rate` events a second on average, `burst` at once."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.refilled = burst, 0.0
+
+    def take(self, now: float) -> bool:
+        elapsed = max(0.0, now - self.refilled)
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
+
+
+def _cut(ip: Ipv4, mtu: int, partial: bool) -> list[bytearray]:
+    """`ip` as packets that fit `mtu`, with complete checksums: a partial checksum finished, a
+    TCP aggregate cut into segments (segments.py), anything else over the MTU fragmented."""
+    if partial and ip.proto in (TCP, UDP) and not ip.is_fragment:
+        if ip.proto == TCP and len(ip.buf) > mtu:
+            return [segment.buf for segment in segment_tcp(ip, mtu)]
+        fill_l4_checksum(ip)
+    return [ip.buf] if len(ip.buf) <= mtu else fragment(ip, mtu)
+
+
+def _echo_reply(request: Ipv4) -> Ipv4:
+    """The appliance's answer to an ICMP echo request for one of its addresses."""
+    reply = bytearray(request.buf)
+    reply[12:16], reply[16:20] = request.dst, request.src
+    reply[8] = 64
+    header_len = request.header_len
+    reply[header_len] = ICMP_ECHO_REPLY
+    answer = Ipv4(reply, header_len, ICMP, request.dst, request.src, 64, 0, request.ident)
+    fill_ip_checksum(reply, header_len)
+    fill_l4_checksum(answer)
+    return answer
 
 
 def _is_echo_request(ip: Ipv4) -> bool:

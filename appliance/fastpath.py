@@ -25,7 +25,7 @@ from appliance.addresses import Addresses, is_special
 from appliance.checksum import addr_sum, checksum_after, word
 from appliance.counters import Counters
 from appliance.flows import FlowTable
-from appliance.link import Offload, Side
+from appliance.frames import Offload, Side
 from appliance.neighbours import Neighbours
 from appliance.packet import TCP, UDP
 

@@ -672,7 +672,7 @@ def _forget_gateway(harness: Harness) -> None:
     """The WAN side's neighbour cache emptied: the next frame out waits for ARP."""
     neighbours = harness.nat.neighbours[WAN]
     harness.nat.neighbours[WAN] = type(neighbours)(
-        neighbours.mac, neighbours.ip, neighbours.count_drop
+        neighbours.mac, neighbours.ip, neighbours.subnet, neighbours.count_drop
     )
 
 
