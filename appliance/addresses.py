@@ -1,5 +1,5 @@
-"""The appliance's addresses and the tests the per-frame checks make of addresses, on packed
-4-byte addresses as frames carry them."""
+"""The appliance's own addresses, and the address tests of the per-frame checks: on packed
+4-byte addresses as frames carry them, with no `ipaddress` object built per frame."""
 
 from ipaddress import IPv4Network
 from typing import NamedTuple

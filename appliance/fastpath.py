@@ -15,7 +15,7 @@ act when the full path would take its plain forwarding branch:
     `Nat._from_wan`), and the next hop's MAC is cached and fresh (nothing to queue, nothing to
     refresh);
   - the session exists (a new one takes the full path); `FlowTable.refresh` then moves its
-    TCP state and timer exactly as `outbound`/`inbound` would.
+    TCP state and timer exactly as `FlowTable.outbound`/`inbound` would.
 Anything else returns None before any state has changed, and `Nat.handle` runs the full path.
 The checksum arithmetic is rewrite.py's, summed: RFC 1624 eqn. 3 applied to several words at
 once gives the same 16 bits as applying it word by word (a fold of a fold is the fold).
@@ -34,7 +34,7 @@ _TTL_TERM = 0xFEFF
 
 
 class FastPath:
-    """Shares the engine's table, neighbours and counters; holds no state of its own."""
+    """Works on the engine's table, neighbours and counters; has no state of its own."""
 
     def __init__(
         self,

@@ -6,6 +6,8 @@ from enum import StrEnum
 
 
 class Side(StrEnum):
+    """The side of the appliance a frame is received on or sent to."""
+
     WAN = "wan"
     LAN = "lan"
 

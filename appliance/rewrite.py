@@ -1,4 +1,4 @@
-"""Rewriting the endpoints of a packet in place, its checksums kept right.
+"""Reading the endpoints of a packet, and rewriting them in place with its checksums kept right.
 
 Theory of operation. A NAT changes a few 16-bit words of a packet it forwards: an address, a port
 or an ICMP echo id, the TTL. Every checksum that covers a changed word is updated from the old and
@@ -16,7 +16,8 @@ REQ-3a, 3b), its endpoint is rewritten with its own IP and L4 checksums updated 
 (REQ-3d), and then the outer ICMP checksum, which covers the quote, is computed from scratch.
 
 Offsets are those of the IP header: the source address at 12, the destination at 16; ports at
-the start of the TCP/UDP header (source, destination), an echo id 4 bytes into the ICMP header.
+the start of the TCP/UDP header (source, destination), an echo id 4 bytes into the ICMP header
+(`query_ports`, `reply_ports` and `embedded_ports` read them from a packet).
 """
 
 from appliance.checksum import adjust, adjust_partial, ones_sum, word
