@@ -26,7 +26,7 @@ from appliance.counters import Counters
 from appliance.fastpath import FastPath
 from appliance.flows import FlowTable, PortAllocator, TableFull
 from appliance.fragments import Reassembler, fragment
-from appliance.frames import Offload, OffloadOutput, Output, Side
+from appliance.frames import LAN, Offload, OffloadOutput, Output, Side
 from appliance.neighbours import Neighbours
 from appliance.packet import (
     BROADCAST_MAC,
@@ -152,7 +152,7 @@ class Nat:
         self.counters.frames_in[side] += 1
         fast = (
             self.fast_path.outbound(frame, now, l4_verified)
-            if side is Side.LAN
+            if side is LAN
             else self.fast_path.inbound(frame, now, l4_verified)
         )
         if fast is not None:
@@ -175,7 +175,7 @@ class Nat:
             self.counters.aggregates += 1
         fast = (
             self.fast_path.outbound(frame, now, True, offload)
-            if side is Side.LAN
+            if side is LAN
             else self.fast_path.inbound(frame, now, True, offload)
         )
         if fast is not None:

@@ -25,7 +25,7 @@ from appliance.addresses import Addresses, is_special
 from appliance.checksum import addr_sum, checksum_after, word
 from appliance.counters import Counters
 from appliance.flows import FlowTable
-from appliance.frames import Offload, Side
+from appliance.frames import LAN, WAN, Offload, Side
 from appliance.neighbours import Neighbours
 from appliance.packet import TCP, UDP
 
@@ -54,7 +54,7 @@ class FastPath:
         self, frame: bytes, now: float, verified: bool = False, offload: Offload | None = None
     ) -> tuple[Side, bytes] | None:
         """A frame from the LAN translated to go out on the WAN, or None: the full path's."""
-        l4_len = self._plain_l4_len(frame, self.macs[Side.LAN], offload)
+        l4_len = self._plain_l4_len(frame, self.macs[LAN], offload)
         if l4_len < 0:
             return None
         src, dst = frame[26:30], frame[30:34]
@@ -69,7 +69,7 @@ class FastPath:
         mapping = self.table.lookup_out(proto, src, int_port)
         if mapping is None:
             return None
-        mac = self.neighbours[Side.WAN].fresh(next_hop, now)
+        mac = self.neighbours[WAN].fresh(next_hop, now)
         remote_port, flags = (frame[36] << 8) | frame[37], frame[47] if proto == TCP else 0
         if (
             mac is None
@@ -83,13 +83,13 @@ class FastPath:
         buf = bytearray(frame[: 34 + l4_len])
         buf[26:30] = self.wan_ip
         buf[34:36] = ext_port.to_bytes(2, "big")
-        return self._emit(Side.WAN, buf, mac, proto, addr_term, port_term, offload)
+        return self._emit(WAN, buf, mac, proto, addr_term, port_term, offload)
 
     def inbound(
         self, frame: bytes, now: float, verified: bool = False, offload: Offload | None = None
     ) -> tuple[Side, bytes] | None:
         """A frame from the WAN translated to go to a LAN host, or None: the full path's."""
-        l4_len = self._plain_l4_len(frame, self.macs[Side.WAN], offload)
+        l4_len = self._plain_l4_len(frame, self.macs[WAN], offload)
         if l4_len < 0 or frame[30:34] != self.wan_ip:
             return None
         src = frame[26:30]
@@ -100,7 +100,7 @@ class FastPath:
         if mapping is None:
             return None
         int_addr = mapping.int_addr
-        mac = self.neighbours[Side.LAN].fresh(int_addr, now)
+        mac = self.neighbours[LAN].fresh(int_addr, now)
         remote_port, flags = (frame[34] << 8) | frame[35], frame[47] if proto == TCP else 0
         if (
             mac is None
@@ -114,7 +114,7 @@ class FastPath:
         buf = bytearray(frame[: 34 + l4_len])
         buf[30:34] = int_addr
         buf[36:38] = int_port.to_bytes(2, "big")
-        return self._emit(Side.LAN, buf, mac, proto, addr_term, port_term, offload)
+        return self._emit(LAN, buf, mac, proto, addr_term, port_term, offload)
 
     def _plain_l4_len(self, frame: bytes, our_mac: bytes, offload: Offload | None) -> int:
         """The TCP/UDP segment length of a frame the fast path may take, else -1."""
