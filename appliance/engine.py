@@ -14,8 +14,11 @@ fragment expiry) and returns frames too. The engine is a router with NAPT on its
   ICMP errors  translated both ways with the embedded header restored (RFC 5508 REQ-4, REQ-5).
   Own address  ARP and ICMP echo are answered; everything else to the appliance is dropped.
 
-Checksums on the forwarding path are updated incrementally (RFC 1624); checksums of packets the
-appliance builds or whose embedded header it rewrites are computed from scratch.
+Checksums on the forwarding path are updated incrementally (RFC 1624, rewrite.py); checksums of
+packets the appliance builds or whose embedded header it rewrites are computed from scratch.
+Frames of established TCP and UDP flows take a shortcut proven equal to all this (fastpath.py).
+The rest, the full path, hands a `FrameContext` down from method to method: what is known of
+the frame, and the frames to send.
 """
 
 from dataclasses import dataclass, field
@@ -74,8 +77,9 @@ __all__ = ["Nat", "Offload", "OffloadOutput", "Output", "Side"]
 
 @dataclass(slots=True)
 class FrameContext:
-    """What the full path knows of the frame it handles, and the frames it has to send: passed
-    down from `_run` to whichever method needs it (`start` and `tick` use one with no frame).
+    """What the full path knows of the frame it handles, and the frames it has to send (each
+    counted into `counters` as it is emitted). Made by `_run` for one frame and passed down to
+    whichever method needs it; `start` and `tick` use one with no frame.
 
     `offload`: the frame's checksum was left for an offload (`handle_offload`): partial, so not
     checked, and finished by whoever sends the frame. `l4_verified`: the kernel has verified the
