@@ -54,3 +54,23 @@ def adjust_partial(partial: int, old: bytes | bytearray, new: bytes | bytearray)
     """A partial checksum (the non-complemented pseudo-header sum that a checksum offload
     completes) after the words `old` became `new`: RFC 1624 on the complement."""
     return ~adjust(~partial & 0xFFFF, old, new) & 0xFFFF
+
+
+def word(buf: bytes | bytearray, offset: int) -> int:
+    """The big-endian 16-bit word at `offset`."""
+    return (buf[offset] << 8) | buf[offset + 1]
+
+
+def addr_sum(buf: bytes | bytearray, offset: int) -> int:
+    """The one's complement sum of the two words of the address at `offset`: `_small_sum` of
+    those 4 bytes, read in place."""
+    total = word(buf, offset) + word(buf, offset + 2)
+    return (total & 0xFFFF) + (total >> 16)
+
+
+def checksum_after(check: int, terms: int) -> int:
+    """RFC 1624 eqn. 3 with the (~old + new) terms of every changed word already summed."""
+    total = (~check & 0xFFFF) + terms
+    total = (total & 0xFFFF) + (total >> 16)
+    total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF

@@ -198,7 +198,8 @@ class PortAllocator:
     parity when there is one (RFC 4787 REQ-4; refusing a flow while ports of the other parity
     are free would be worse than breaking parity).
 
-    The random source is injected so tests are deterministic.
+    The random source is injected so tests are deterministic; the table takes the allocator
+    itself injected, as mirage-nat's does.
     """
 
     def __init__(self, first: int, last: int, rng: random.Random) -> None:
@@ -246,10 +247,11 @@ class PortAllocator:
 
 
 class FlowTable:
-    def __init__(self, settings: NatSettings, rng: random.Random | None = None) -> None:
+    def __init__(self, settings: NatSettings, allocator: PortAllocator | None = None) -> None:
+        """`allocator` chooses external ports; by default, over the configured range."""
         self.settings = settings
-        self.allocator = PortAllocator(
-            settings.port_first, settings.port_last, rng or random.Random(0)
+        self.allocator = allocator or PortAllocator(
+            settings.port_first, settings.port_last, random.Random(0)
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
         self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
@@ -266,6 +268,14 @@ class FlowTable:
 
     # -- lookups ---------------------------------------------------------------------------
 
+    def lookup_out(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
+        """The mapping of an internal endpoint, if there is one; never refreshes."""
+        return self.by_internal.get(internal_key(proto, int_addr, int_port))
+
+    def lookup_in(self, proto: int, ext_port: int) -> Mapping | None:
+        """The mapping of an external port (or echo id), if there is one; never refreshes."""
+        return self.by_external[proto].get(ext_port)
+
     def outbound(
         self,
         proto: int,
@@ -277,7 +287,7 @@ class FlowTable:
         tcp_flags: int = 0,
     ) -> Session:
         """The session for a packet leaving the LAN, created if new; raises TableFull."""
-        mapping = self.by_internal.get(internal_key(proto, int_addr, int_port))
+        mapping = self.lookup_out(proto, int_addr, int_port)
         session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             self._check_room(int_addr, now)
@@ -303,7 +313,7 @@ class FlowTable:
         security policy override REQ-4's SHOULD (Port Unreachable after 6 s), and a firewall
         that stays silent does not help port scans.
         """
-        mapping = self.by_external[proto].get(ext_port)
+        mapping = self.lookup_in(proto, ext_port)
         session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
             session = self._inbound_session(
@@ -318,7 +328,7 @@ class FlowTable:
         self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int, tcp_flags: int
     ) -> bool:
         """Whether `inbound` would let this packet through; changes nothing."""
-        mapping = self.by_external[proto].get(ext_port)
+        mapping = self.lookup_in(proto, ext_port)
         if mapping is not None and mapping.session(remote_addr, remote_port) is not None:
             return True
         if proto == TCP and not tcp_flags & TCP_SYN:
@@ -375,17 +385,6 @@ class FlowTable:
             return False
         self._touch(session, now, tcp_flags, outbound)
         return True
-
-    def find_external(
-        self, proto: int, ext_port: int, remote_addr: bytes, remote_port: int
-    ) -> Session | None:
-        """The existing session for an ICMP error about a packet we sent out; never refreshes."""
-        mapping = self.by_external[proto].get(ext_port)
-        return None if mapping is None else mapping.session(remote_addr, remote_port)
-
-    def find_internal(self, proto: int, int_addr: bytes, int_port: int) -> Mapping | None:
-        """The mapping of an internal endpoint, for a LAN host's ICMP error; never refreshes."""
-        return self.by_internal.get(internal_key(proto, int_addr, int_port))
 
     def __len__(self) -> int:
         return self.session_count

@@ -1,17 +1,33 @@
-"""ARP neighbour resolution for one interface (RFC 826), bounded.
+"""ARP for one interface (RFC 826): answering for our address, and resolving next hops, bounded.
 
-Theory of operation: a resolved neighbour is trusted for `reachable_time` seconds after it last
-spoke ARP to us; after that it is still used for `retry_interval * max_tries` seconds while `tick`
-asks it again (like Linux's STALE/PROBE states), so a live flow never waits on a refresh.
-A packet for a next hop whose link address is unknown waits in a small per-hop
-queue (at most `queue_per_hop` packets, at most `max_pending` hops), while a request is sent every
-`retry_interval` seconds up to `max_tries` times; then the queued packets are dropped. All of it
-is driven by `now`, passed in.
+Theory of operation: a neighbour is learned from an ARP packet that asks for our address, or
+from one whose sender we already hold or are resolving (RFC 826's merge rule), and only when its
+address is a host of the interface's subnet. A resolved neighbour is trusted for
+`reachable_time` seconds after it last spoke ARP to us; after that it is still used for
+`retry_interval * max_tries` seconds while `tick` asks it again (like Linux's STALE/PROBE
+states), so a live flow never waits on a refresh. A packet for a next hop whose link address is
+unknown waits in a small per-hop queue (at most `queue_per_hop` packets, at most `max_pending`
+hops), while a request is sent every `retry_interval` seconds up to `max_tries` times; then the
+queued packets are dropped. All of it is driven by `now`, passed in. What it drops after
+taking it (packets given up on, an ARP packet not for us) it counts through `count_drop`, with
+reasons of its own ("arp-queue-full", "arp-unresolved", "arp-not-for-us"); an ARP packet it
+refuses outright raises `Drop`.
 """
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from appliance.packet import ARP_REQUEST, BROADCAST_MAC, build_arp_frame
+from appliance.addresses import Subnet
+from appliance.packet import (
+    ARP_REPLY,
+    ARP_REQUEST,
+    BROADCAST_MAC,
+    ETHERTYPE_IPV4,
+    Arp,
+    Drop,
+    build_arp_frame,
+    ethernet_header,
+)
 
 
 @dataclass(slots=True)
@@ -26,6 +42,8 @@ class Neighbours:
         self,
         mac: bytes,
         ip: bytes,
+        subnet: Subnet,
+        count_drop: Callable[[str, int], None],
         reachable_time: float = 300.0,
         retry_interval: float = 1.0,
         max_tries: int = 3,
@@ -33,7 +51,8 @@ class Neighbours:
         max_pending: int = 256,
         max_entries: int = 4096,
     ) -> None:
-        self.mac, self.ip = mac, ip
+        self.mac, self.ip, self.subnet = mac, ip, subnet
+        self.count_drop = count_drop  # (reason, packets)
         self.reachable_time, self.retry_interval, self.max_tries = (
             reachable_time,
             retry_interval,
@@ -47,7 +66,41 @@ class Neighbours:
         self._cache: dict[bytes, tuple[bytes, float]] = {}  # ip -> (mac, expires)
         self._pending: dict[bytes, _Pending] = {}
         self._stale: set[bytes] = set()  # used past reachable_time: to be asked again
-        self.dropped = 0  # packets given up on: queue full or next hop silent
+
+    def receive(self, arp: Arp, now: float) -> list[bytes]:
+        """Take an ARP packet received on this interface; returns the frames to send: the
+        packets that were waiting for its sender, and a reply if it asks for our address."""
+        if not self.subnet.is_host(arp.sender_ip):
+            raise Drop("arp-foreign-sender")
+        if arp.sender_ip == self.ip:
+            raise Drop("arp-address-conflict")
+        for_us = arp.target_ip == self.ip
+        frames = []
+        if for_us or self.knows(arp.sender_ip):
+            learned = self.learn(arp.sender_ip, arp.sender_mac, now)
+            frames = [self.frame(mac, packet) for mac, packet in learned]
+        if not for_us:
+            # Counted, not raised: the packets that waited for the sender still go.
+            self.count_drop("arp-not-for-us", 1)
+        elif arp.op == ARP_REQUEST:
+            frames.append(
+                build_arp_frame(ARP_REPLY, self.mac, self.ip, arp.sender_mac, arp.sender_ip)
+            )
+        return frames
+
+    def send(self, next_hop: bytes, packets: list[bytearray], now: float) -> list[bytes]:
+        """The frames that carry IPv4 `packets` to `next_hop`: at once when its MAC is known;
+        else the packets wait, and the frames are ARP requests for it."""
+        mac = self.lookup(next_hop, now)
+        if mac is not None:
+            return [self.frame(mac, packet) for packet in packets]
+        return [
+            request for packet in packets for request in self.enqueue(next_hop, bytes(packet), now)
+        ]
+
+    def frame(self, mac: bytes, packet: bytes | bytearray) -> bytes:
+        """An IPv4 packet in an Ethernet frame from this interface to `mac`."""
+        return ethernet_header(mac, self.mac, ETHERTYPE_IPV4) + packet
 
     def lookup(self, ip: bytes, now: float) -> bytes | None:
         entry = self._cache.get(ip)
@@ -87,11 +140,11 @@ class Neighbours:
         pending = self._pending.get(ip)
         if pending is None:
             if len(self._pending) >= self.max_pending:
-                self.dropped += 1
+                self.count_drop("arp-queue-full", 1)
                 return []
             pending = self._pending[ip] = _Pending()
         if len(pending.packets) >= self.queue_per_hop:
-            self.dropped += 1
+            self.count_drop("arp-queue-full", 1)
             return []
         pending.packets.append(packet)
         return self._maybe_request(ip, pending, now)
@@ -104,7 +157,8 @@ class Neighbours:
             if pending.next_try > now:
                 continue
             if pending.tries >= self.max_tries:
-                self.dropped += len(pending.packets)
+                if pending.packets:
+                    self.count_drop("arp-unresolved", len(pending.packets))
                 del self._pending[ip]
                 continue
             frames.extend(self._maybe_request(ip, pending, now))

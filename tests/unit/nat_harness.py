@@ -13,6 +13,7 @@ from scapy.utils import checksum
 
 from appliance.config import ApplianceConfig, load_config
 from appliance.engine import Nat, Side
+from appliance.flows import PortAllocator
 
 ROOT = Path(__file__).resolve().parents[2]
 WAN_MAC = "02:00:00:00:00:01"
@@ -37,7 +38,8 @@ class Harness:
     """An engine whose neighbours are already resolved, and helpers to talk to it in scapy."""
 
     def __init__(self, config: ApplianceConfig, now: float = 1000.0) -> None:
-        self.nat = Nat(config, mac_bytes(WAN_MAC), mac_bytes(LAN_MAC), random.Random(7))
+        ports = PortAllocator(config.nat.port_first, config.nat.port_last, random.Random(7))
+        self.nat = Nat(config, mac_bytes(WAN_MAC), mac_bytes(LAN_MAC), ports)
         self.now = now
         self.advance(now)
 

@@ -106,6 +106,14 @@ def test_gives_up_on_a_silent_next_hop(demo_config: ApplianceConfig) -> None:
     assert harness.dropped("arp-unresolved") == 1
 
 
+def test_counts_packets_beyond_a_full_arp_queue(demo_config: ApplianceConfig) -> None:
+    harness = Harness(demo_config)
+    harness.nat.neighbours[WAN]._cache.clear()
+    for dport in range(10):  # 8 wait for the gateway's MAC
+        harness.send(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=1, dport=dport))
+    assert harness.dropped("arp-queue-full") == 2
+
+
 def test_stale_neighbours_are_asked_again_and_forgotten_if_silent(harness: Harness) -> None:
     harness.now += 301
     still_used = harness.send(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=1, dport=2))
@@ -663,7 +671,9 @@ def test_needs_csum_aggregate_is_translated_once_and_left_for_the_kernel(
 def _forget_gateway(harness: Harness) -> None:
     """The WAN side's neighbour cache emptied: the next frame out waits for ARP."""
     neighbours = harness.nat.neighbours[WAN]
-    harness.nat.neighbours[WAN] = type(neighbours)(neighbours.mac, neighbours.ip)
+    harness.nat.neighbours[WAN] = type(neighbours)(
+        neighbours.mac, neighbours.ip, neighbours.subnet, neighbours.count_drop
+    )
 
 
 def _after_arp_reply(harness: Harness) -> list[IP]:

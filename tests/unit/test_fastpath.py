@@ -1,4 +1,4 @@
-"""The engine's fast path (Nat._fast_out, Nat._fast_in) against the full path, frame by frame.
+"""The engine's fast path (FastPath.outbound, .inbound) against the full path, frame by frame.
 
 Each example hands the same frame to `Nat.handle` (which takes the fast path when it can) and, on
 a deep copy of the engine, to `Nat._full` (the full path only); the frames out, the counters and
@@ -201,7 +201,7 @@ def test_fast_path_takes_plain_frames(demo_config: ApplianceConfig) -> None:
     for flow in FLOWS:
         for side in (LAN, WAN):
             frame = make_frame(side, flow, external[flow], b"data", 64, "A", None, "plain")
-            fast = harness.nat._fast_out if side is LAN else harness.nat._fast_in
+            fast = harness.nat.fast_path.outbound if side is LAN else harness.nat.fast_path.inbound
             assert fast(frame, harness.now) is not None, (flow, side)
 
 
@@ -227,7 +227,7 @@ def test_offloaded_aggregates_take_the_fast_path(demo_config: ApplianceConfig) -
     harness, external = _established(demo_config)
     for flow in FLOWS:
         for side in (LAN, WAN):
-            fast = harness.nat._fast_out if side is LAN else harness.nat._fast_in
+            fast = harness.nat.fast_path.outbound if side is LAN else harness.nat.fast_path.inbound
             body = bytes(4000) if flow[0] == "tcp" else b"data"
             frame = make_frame(side, flow, external[flow], body, 64, "A", 0x1234, "plain")
             gso = Offload(True, 1448) if flow[0] == "tcp" else Offload(True)
