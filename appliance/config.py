@@ -31,6 +31,7 @@ with the ``natvm.*`` key that set them.
 import json
 import os
 import re
+import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
@@ -610,22 +611,60 @@ def parse_config(document: object) -> ApplianceConfig:
     )
 
 
+# A configuration is about a kilobyte; one a thousand times larger is a mistake (or /dev/zero),
+# and reading it whole must not cost the appliance its memory.
+MAX_CONFIG_BYTES = 1 << 20
+_UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def load_config(path: str | os.PathLike[str]) -> ApplianceConfig:
     """The configuration in the JSON file at path; ConfigError naming the file if it is bad."""
     name = os.fspath(path)
+    return parse_config(_decode_json(name, _read_config_file(name)))
+
+
+def _read_config_file(name: str) -> bytes:
+    """At most MAX_CONFIG_BYTES of a regular file. Opened non-blocking: a FIFO with no writer
+    would block `open` forever, and only a regular file has a size to trust."""
     try:
-        with open(name, "rb") as file:
-            data = file.read()
+        fd = os.open(name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
         raise ConfigError(f"{name}: cannot read: {error.strerror}", name) from error
     try:
-        document = json.loads(data, object_pairs_hook=_unique_keys)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a directory" if stat.S_ISDIR(mode) else "a device, FIFO or socket"
+            raise ConfigError(f"{name}: cannot read: not a regular file ({kind})", name)
+        chunks, size = [], 0
+        while size <= MAX_CONFIG_BYTES and (chunk := os.read(fd, MAX_CONFIG_BYTES + 1 - size)):
+            chunks.append(chunk)
+            size += len(chunk)
+    except OSError as error:
+        raise ConfigError(f"{name}: cannot read: {error.strerror}", name) from error
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{name}: larger than {MAX_CONFIG_BYTES // 1024} KiB", name)
+    return data
+
+
+def _decode_json(name: str, data: bytes) -> object:
+    """UTF-8 JSON (RFC 8259 8.1); a UTF-8 byte order mark is ignored on purpose (editors on
+    Windows add one), any other encoding is refused by name rather than guessed."""
+    if data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:4]:
+        raise ConfigError(f"{name}: not UTF-8 (UTF-16 or UTF-32?): save it as UTF-8", name)
+    try:
+        text = data.removeprefix(_UTF8_BOM).decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{name}: invalid JSON: {error}", name) from error
+    try:
+        return json.loads(text, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as error:
         message = f"{name}:{error.lineno}:{error.colno}: invalid JSON: {error.msg}"
         raise ConfigError(message, name) from error
-    except (ValueError, RecursionError) as error:  # bad UTF-8, a huge number, deep nesting
+    except (ValueError, RecursionError) as error:  # a huge number, deep nesting
         raise ConfigError(f"{name}: invalid JSON: {error}", name) from error
-    return parse_config(document)
 
 
 def _unique_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:

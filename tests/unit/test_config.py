@@ -883,6 +883,7 @@ def test_module_is_pure_standard_library() -> None:
         "json",
         "os",
         "re",
+        "stat",
         "collections",
         "dataclasses",
         "enum",
