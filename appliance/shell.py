@@ -105,6 +105,19 @@ class RateLimitedLog:
         self._windows[key] = (start, count + 1)
 
 
+class ChangedLineLog:
+    """Logs a line only when it differs from the last one it logged: an idle appliance's
+    console stays quiet, and a busy one says each new state once per interval."""
+
+    def __init__(self, log: Log) -> None:
+        self.log, self.last = log, ""
+
+    def __call__(self, line: str) -> None:
+        if line != self.last:
+            self.log(line)
+            self.last = line
+
+
 def open_interface(name: str, buffer_size: int) -> tuple[socket.socket, bytes]:
     """An AF_PACKET socket bound to `name`, the interface up, and its MAC. Every frame on it
     carries a virtio_net_hdr (PACKET_VNET_HDR), so GRO stays on: TCP aggregates come in whole,
@@ -214,6 +227,7 @@ class Shell:
         self.headers: dict[bytes, tuple[Offload | None, bool | None]] = {}
         self.stats_interval = stats_interval
         self.errors = RateLimitedLog(log)
+        self.stats = ChangedLineLog(log)
         self.stopping = False
         self.tx_errors = 0
 
@@ -235,7 +249,7 @@ class Shell:
                     self._send(self.nat.tick(now))
                     next_tick = now + 1.0
                 if now >= next_stats:
-                    self.log(self.stats_line())
+                    self.stats(self.stats_line())
                     next_stats = now + self.stats_interval
                 ready = poller.poll(poll_timeout_ms(now, min(next_tick, next_stats), busy_until))
                 for fd, _ in ready:
