@@ -16,6 +16,10 @@ Rules (RFC 4787 UDP, RFC 5382 TCP, RFC 5508 ICMP query, RFC 6888, RFC 7857):
 - Nothing from the WAN creates a mapping, except a configured port forward, which is a mapping
   with a fixed external port and endpoint-independent filtering.
 - The table is bounded in total and per LAN host; a refused flow is the caller's to report.
+  Sessions of port forwards count against a budget of their own per LAN host, so a flood at a
+  forward cannot take the host's budget for its own connections; when that budget is full, a new
+  SYN evicts the oldest half-open connection opened from outside (a SYN cache's defence: spoofed
+  SYNs never complete, a real client's handshake completes before its turn comes).
 - Expiry is incremental: each session has one entry in a heap keyed by the time it was due, and
   refreshing only moves `expires` forward; `expire(now)` pops due entries and re-queues the
   refreshed ones, so no packet ever pays for a scan.
@@ -44,6 +48,8 @@ class TcpState(IntEnum):
     CLOSING = 6  # FIN seen both ways
     CLOSED = 7  # RST seen
     PICKED_UP = 8  # a mid-stream segment from the LAN (e.g. after a restart), no answer yet
+    SYN_OUT_ANSWERED = 9  # the LAN's SYN answered from the WAN; the LAN's last ACK not yet seen
+    SYN_IN_ANSWERED = 10  # the WAN's SYN answered from the LAN; the WAN's last ACK not yet seen
 
 
 class TcpEvent(IntEnum):
@@ -57,8 +63,10 @@ class TcpEvent(IntEnum):
 
 
 # (state, event) -> next state; pairs not listed keep the state. Simultaneous open (5382 REQ-2)
-# is SYN_OUT + IN_SYN, the same as a SYN-ACK answer. A connection picked up mid-stream counts as
-# established only once the far end answers, so a stray ACK cannot hold a mapping for two hours.
+# is SYN_OUT + IN_SYN, the same as a SYN-ACK answer. A connection is established only once the
+# opener's last ACK of the handshake is seen (RFC 5382 REQ-5: a partially open connection gets the
+# transitory timeout), so a SYN and a SYN-ACK cannot hold a mapping for two hours, and a
+# connection picked up mid-stream only once the far end answers.
 # Half-closed connections (FIN one way) are in the closing phase, which RFC 5382 section 5 gives
 # the transitory timeout; traffic on them refreshes it.
 _TCP_TRANSITIONS = {
@@ -69,8 +77,12 @@ _TCP_TRANSITIONS = {
     (TcpState.NONE, TcpEvent.OUT_OTHER): TcpState.PICKED_UP,
     (TcpState.PICKED_UP, TcpEvent.IN_OTHER): TcpState.ESTABLISHED,
     (TcpState.PICKED_UP, TcpEvent.OUT_SYN): TcpState.SYN_OUT,
-    (TcpState.SYN_OUT, TcpEvent.IN_SYN): TcpState.ESTABLISHED,
-    (TcpState.SYN_IN, TcpEvent.OUT_SYN): TcpState.ESTABLISHED,
+    (TcpState.SYN_OUT, TcpEvent.IN_SYN): TcpState.SYN_OUT_ANSWERED,
+    (TcpState.SYN_OUT_ANSWERED, TcpEvent.OUT_OTHER): TcpState.ESTABLISHED,
+    (TcpState.SYN_OUT_ANSWERED, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
+    (TcpState.SYN_IN, TcpEvent.OUT_SYN): TcpState.SYN_IN_ANSWERED,
+    (TcpState.SYN_IN_ANSWERED, TcpEvent.IN_OTHER): TcpState.ESTABLISHED,
+    (TcpState.SYN_IN_ANSWERED, TcpEvent.IN_FIN): TcpState.FIN_IN,
     (TcpState.ESTABLISHED, TcpEvent.OUT_FIN): TcpState.FIN_OUT,
     (TcpState.ESTABLISHED, TcpEvent.IN_FIN): TcpState.FIN_IN,
     (TcpState.FIN_OUT, TcpEvent.IN_FIN): TcpState.CLOSING,
@@ -183,6 +195,8 @@ class PortIndex:
 
 
 _REMOTE_CACHE = 4096
+# NONE: a session just made, before its first packet has set its state.
+_HALF_OPEN_IN = (TcpState.NONE, TcpState.SYN_IN, TcpState.SYN_IN_ANSWERED)
 
 
 class TableFull(Exception):
@@ -255,7 +269,12 @@ class FlowTable:
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
         self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
-        self.sessions_per_host: dict[bytes, int] = {}
+        self.sessions_per_host: dict[bytes, int] = {}  # sessions of unforwarded mappings
+        self.forwarded_per_host: dict[bytes, int] = {}  # sessions of port-forward mappings
+        # Per LAN host, the sessions opened from outside through a forward, oldest first, as
+        # (session, remote address, remote port): the candidates for eviction under a SYN flood.
+        # Entries go stale (established, closed, reused); they are skipped and compacted away.
+        self._opened_inbound: dict[bytes, deque[tuple[Session, bytes, int]]] = {}
         self._host_addrs: dict[bytes, bytes] = {}
         self._remote_addrs: dict[bytes, bytes] = {}
         self.session_count = 0
@@ -290,7 +309,12 @@ class FlowTable:
         mapping = self.lookup_out(proto, int_addr, int_port)
         session = None if mapping is None else mapping.session(remote_addr, remote_port)
         if session is None:
-            self._check_room(int_addr, now)
+            forwarded = (
+                mapping.forwarded
+                if mapping is not None
+                else self._forward_for_internal(proto, int_addr, int_port) is not None
+            )
+            self._check_room(int_addr, now, forwarded)
             if mapping is None:
                 mapping = self._new_mapping(proto, int_addr, int_port)
             session = self._new_session(mapping, remote_addr, remote_port)
@@ -357,17 +381,22 @@ class FlowTable:
         if proto == TCP and not tcp_flags & TCP_SYN:
             return None  # only a SYN may open a TCP session from outside
         if mapping is not None:
-            int_addr = mapping.int_addr
+            int_addr, forwarded = mapping.int_addr, mapping.forwarded
         else:
             assert forward is not None
-            int_addr = forward.lan_host.packed
-        self._check_room(int_addr, now)
+            int_addr, forwarded = forward.lan_host.packed, True
+        if forwarded and proto == TCP:
+            self._make_forward_room(int_addr, now)
+        self._check_room(int_addr, now, forwarded)
         if mapping is None:
             assert forward is not None
             lan_port = forward.lan_port(ext_port)
             assert lan_port is not None
             mapping = self._insert_mapping(proto, int_addr, lan_port, ext_port, forwarded=True)
-        return self._new_session(mapping, remote_addr, remote_port)
+        session = self._new_session(mapping, remote_addr, remote_port)
+        if forwarded and proto == TCP:
+            self._remember_opened_inbound(int_addr, session)
+        return session
 
     def refresh(
         self,
@@ -413,13 +442,38 @@ class FlowTable:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _check_room(self, int_addr: bytes, now: float) -> None:
+    def _check_room(self, int_addr: bytes, now: float, forwarded: bool) -> None:
         if self.session_count >= self.settings.max_flows:
             self.expire(now)
             if self.session_count >= self.settings.max_flows:
                 raise TableFull("table-full")
-        if self.sessions_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
+        if forwarded:
+            if self.forwarded_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
+                raise TableFull("forward-limit")
+        elif self.sessions_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
             raise TableFull("host-limit")
+
+    def _make_forward_room(self, int_addr: bytes, now: float) -> None:
+        """When the host's forward budget is full, evict its oldest half-open session opened
+        from outside, if it has one (else `_check_room` refuses the new flow)."""
+        if self.forwarded_per_host.get(int_addr, 0) < self.settings.max_flows_per_host:
+            return
+        opened = self._opened_inbound.get(int_addr)
+        while opened:
+            session, remote_addr, remote_port = opened.popleft()
+            if _still_half_open(session, remote_addr, remote_port):
+                self._remove_session(session, now)
+                return
+
+    def _remember_opened_inbound(self, int_addr: bytes, session: Session) -> None:
+        opened = self._opened_inbound.setdefault(int_addr, deque())
+        opened.append((session, session.remote_addr, session.remote_port))
+        if len(opened) > 2 * self.settings.max_flows_per_host:
+            # Established and closed entries are never evicted: drop them, so the queue stays
+            # within twice the budget at amortised constant cost per new session.
+            live = [entry for entry in opened if _still_half_open(*entry)]
+            opened.clear()
+            opened.extend(live)
 
     def _new_mapping(self, proto: int, int_addr: bytes, int_port: int) -> Mapping:
         forward = self._forward_for_internal(proto, int_addr, int_port)
@@ -499,7 +553,8 @@ class FlowTable:
             mapping.others[(remote_addr, remote_port)] = session
         self.session_count += 1
         host = mapping.int_addr
-        self.sessions_per_host[host] = self.sessions_per_host.get(host, 0) + 1
+        budget = self.forwarded_per_host if mapping.forwarded else self.sessions_per_host
+        budget[host] = budget.get(host, 0) + 1
         return session
 
     def _touch(self, session: Session, now: float, tcp_flags: int, outbound: bool) -> None:
@@ -534,12 +589,15 @@ class FlowTable:
                 mapping.others = None
         self.session_count -= 1
         host = mapping.int_addr
-        left = self.sessions_per_host[host] - 1
+        budget = self.forwarded_per_host if mapping.forwarded else self.sessions_per_host
+        left = budget[host] - 1
         if left:
-            self.sessions_per_host[host] = left
+            budget[host] = left
         else:
-            del self.sessions_per_host[host]
-            self._host_addrs.pop(host, None)
+            del budget[host]
+            if host not in self.sessions_per_host and host not in self.forwarded_per_host:
+                self._host_addrs.pop(host, None)
+                self._opened_inbound.pop(host, None)
         if mapping.remote_addr is _VACANT and mapping.others is None:
             del self.by_internal[internal_key(mapping.proto, mapping.int_addr, mapping.int_port)]
             self.by_external[mapping.proto].put(mapping.ext_port, None)
@@ -548,3 +606,14 @@ class FlowTable:
                     (now + self.settings.port_reuse_delay, mapping.proto, mapping.ext_port)
                 )
                 self._resting_ports.add((mapping.proto, mapping.ext_port))
+
+
+def _still_half_open(session: Session, remote_addr: bytes, remote_port: int) -> bool:
+    """Whether a remembered inbound session is still in the table, still the same connection (a
+    mapping's own slot is reused by later sessions) and still waiting for its handshake."""
+    return (
+        session.due != -1.0
+        and session.remote_addr == remote_addr
+        and session.remote_port == remote_port
+        and session.state in _HALF_OPEN_IN
+    )
