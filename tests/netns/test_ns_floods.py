@@ -69,6 +69,39 @@ while time.monotonic() - start < seconds:
         time.sleep(pause)
 """
 
+# Spoofed TCP SYNs to (address, port) from 203.0.113.128-255 (addresses no test host owns, so
+# nobody answers the SYN-ACKs with a reset), paced like FRAGMENT_FLOOD; rate 0 sends flat out.
+SYN_FLOOD = """
+import random, socket, struct, sys, time
+dst, port, rate, seconds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)
+target, rng = socket.inet_aton(dst), random.Random(4787)
+
+def checksum(data):
+    total = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+frames = []
+for n in range(4096):
+    src = socket.inet_aton(f"203.0.113.{128 + n % 128}")
+    tcp = struct.pack("!HHIIBBHHH", 1024 + n, port, rng.getrandbits(32), 0, 0x50, 0x02, 64240, 0, 0)
+    check = checksum(src + target + struct.pack("!BBH", 0, 6, len(tcp)) + tcp)
+    tcp = tcp[:16] + struct.pack("!H", check) + tcp[18:]
+    ip = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 40, n, 0, 64, 6, 0, src, target)
+    frames.append(ip + tcp)
+batch = max(1, rate // 100) if rate else 256
+start, sent = time.monotonic(), 0
+while time.monotonic() - start < seconds:
+    for _ in range(batch):
+        sock.sendto(frames[sent % len(frames)], (dst, 0))
+        sent += 1
+    pause = start + sent / rate - time.monotonic() if rate else 0
+    if pause > 0:
+        time.sleep(pause)
+"""
+
 PING_COUNT = 40
 
 
@@ -118,4 +151,36 @@ def test_drop_flood_keeps_the_console_quiet(topology: Topology, nat: Nat) -> Non
     assert loss <= 10, f"{loss} % of pings lost under the drop flood"
     floor = dropped_before + int(20_000 * seconds) // 2  # the flood did reach the appliance
     wait_for(lambda: (nat.dropped() or 0) >= floor, f"the drop counter to reach {floor}")
+    assert nat.alive()
+
+
+def test_syn_flood_at_a_forward_locks_nobody_out(
+    topology: Topology, nat: Nat, services: Services
+) -> None:
+    """Finding 2: 200k spoofed SYNs at the TCP forward, each answered by the forwarded host's
+    SYN-ACK, used to fill that host's 4,096 sessions for two hours: it could not connect out, and
+    the forward refused real clients. 40k SYNs here (10 times the budget), then both must work."""
+    topo = topology
+    # The LAN host answers each spoofed SYN once: retransmitted SYN-ACKs would outlive the test
+    # and show up in later tests' captures.
+    retries = "net.ipv4.tcp_synack_retries"
+    saved = topo.run(topo.lan_a.ns, "sysctl", "-n", retries).stdout.strip()
+    topo.run(topo.lan_a.ns, "sysctl", "-qw", f"{retries}=0")
+    try:
+        flood = topo.spawn(
+            topo.wan.ns, sys.executable, "-c", SYN_FLOOD,
+            APPLIANCE_WAN, str(traffic.FORWARD_TCP), "10000", "4",
+        )  # fmt: skip
+        assert flood.wait(timeout=60) == 0
+    finally:
+        topo.run(topo.lan_a.ns, "sysctl", "-qw", f"{retries}={saved}")
+    url = f"http://{APPLIANCE_WAN}:{traffic.FORWARD_TCP}/index.html"
+    through_forward = topo.run(
+        topo.wan.ns, "curl", "-sS", "--max-time", "10", "--interface", SERVER_A, url
+    )
+    assert through_forward.stdout.encode() == services.lan_index
+    own = topo.run(
+        topo.lan_a.ns, "curl", "-sS", "--max-time", "10", f"http://{SERVER_A}/index.html"
+    )
+    assert own.stdout.encode() == services.wan_index
     assert nat.alive()
