@@ -10,10 +10,11 @@ import subprocess
 import sys
 
 import pytest
-import traffic
-from routers import STATS_INTERVAL, Nat
-from services import Services
-from topology import APPLIANCE_WAN, SERVER_A, Topology, wait_for
+
+from tests.support import traffic
+from tests.support.routers import STATS_INTERVAL, Nat
+from tests.support.services import Services
+from tests.support.topology import APPLIANCE_WAN, SERVER_A, Topology, wait_for
 
 pytestmark = pytest.mark.netns
 

@@ -5,12 +5,12 @@ ACK, and sessions opened through a forward counted against the LAN host's own bu
 spoofed SYNs at a forward locked the host out for two hours and the forward refused real clients.
 """
 
-from nat_harness import HOST, SERVER, WAN_IP, Harness, make_harness
 from scapy.layers.inet import ICMP, IP, TCP
 from scapy.layers.l2 import Ether
 
 from appliance.config import ApplianceConfig
 from appliance.engine import Side
+from tests.unit.nat_harness import HOST, SERVER, WAN_IP, Harness, make_harness
 
 LAN, WAN = Side.LAN, Side.WAN
 FORWARD_PORT, FORWARDED_TO = 8080, 80  # ops-config.json: tcp 8080 -> 10.77.0.10:80
