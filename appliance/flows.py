@@ -264,8 +264,11 @@ class FlowTable:
     def __init__(self, settings: NatSettings, allocator: PortAllocator | None = None) -> None:
         """`allocator` chooses external ports; by default, over the configured range."""
         self.settings = settings
+        # The OS's random source by default: RFC 6056 randomises ports so that an off-path
+        # attacker cannot guess a mapping's port (a fixed seed handed out the same sequence at
+        # every start). Tests inject a seeded allocator.
         self.allocator = allocator or PortAllocator(
-            settings.port_first, settings.port_last, random.Random(0)
+            settings.port_first, settings.port_last, random.SystemRandom()
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
         self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
