@@ -160,7 +160,7 @@ class Nat:
             else self.fast_path.inbound(frame, now, l4_verified)
         )
         if fast is not None:
-            return [fast]
+            return [fast] if fast else []
         return self._full(side, frame, now, l4_verified)
 
     def handle_offload(
@@ -183,7 +183,7 @@ class Nat:
             else self.fast_path.inbound(frame, now, True, offload)
         )
         if fast is not None:
-            return [(fast[0], fast[1], offload)]
+            return [(fast[0], fast[1], offload)] if fast else []
         return self._run(side, frame, now, False, offload)
 
     def _full(self, side: Side, frame: bytes, now: float, l4_verified: bool = False) -> Output:

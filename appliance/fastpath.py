@@ -17,6 +17,12 @@ act when the full path would take its plain forwarding branch:
   - the session exists (a new one takes the full path); `FlowTable.refresh` then moves its
     TCP state and timer exactly as `FlowTable.outbound`/`inbound` would.
 Anything else returns None before any state has changed, and `Nat.handle` runs the full path.
+
+Unsolicited frames from the WAN are the other common case, and the cheapest to refuse: a TCP or
+UDP frame that passes the same checks but whose external port has neither a mapping nor a port
+forward is dropped here as `filtered`, exactly as the full path would drop it, once its checksum
+is known good (a bad one goes on to the full path, which names that reason instead). A flood of
+them must cost no more than forwarding does, or it starves the flows that are established.
 The checksum arithmetic is rewrite.py's, summed: RFC 1624 eqn. 3 applied to several words at
 once gives the same 16 bits as applying it word by word (a fold of a fold is the fold).
 """
@@ -31,6 +37,8 @@ from appliance.packet import TCP, UDP
 
 # RFC 1624 term of the TTL decrement: ~(ttl << 8 | proto) + ((ttl - 1) << 8 | proto), any TTL.
 _TTL_TERM = 0xFEFF
+# What `inbound` returns for an unsolicited frame it dropped (counted), as opposed to None.
+DROPPED: tuple[()] = ()
 
 
 class FastPath:
@@ -87,8 +95,9 @@ class FastPath:
 
     def inbound(
         self, frame: bytes, now: float, verified: bool = False, offload: Offload | None = None
-    ) -> tuple[Side, bytes] | None:
-        """A frame from the WAN translated to go to a LAN host, or None: the full path's."""
+    ) -> tuple[Side, bytes] | tuple[()] | None:
+        """A frame from the WAN translated to go to a LAN host; DROPPED for an unsolicited one
+        (counted); or None: the full path's."""
         l4_len = self._plain_l4_len(frame, self.macs[WAN], offload)
         if l4_len < 0 or frame[30:34] != self.wan_ip:
             return None
@@ -98,7 +107,12 @@ class FastPath:
         proto, ext_port = frame[23], (frame[36] << 8) | frame[37]
         mapping = self.table.lookup_in(proto, ext_port)
         if mapping is None:
-            return None
+            if self.table.is_forwarded(proto, ext_port):
+                return None  # a new session of a port forward: the full path makes it
+            if not (verified or _l4_checksum_valid(frame, l4_len)):
+                return None
+            self.counters.drop("filtered")
+            return DROPPED
         int_addr = mapping.int_addr
         mac = self.neighbours[LAN].fresh(int_addr, now)
         remote_port, flags = (frame[34] << 8) | frame[35], frame[47] if proto == TCP else 0

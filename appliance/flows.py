@@ -271,6 +271,13 @@ class FlowTable:
             settings.port_first, settings.port_last, random.SystemRandom()
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
+        self._forwarded_ports = frozenset(
+            (proto, port)
+            for proto, wanted in _FORWARD_PROTOCOLS.items()
+            for forward in settings.port_forwards
+            if forward.protocol == wanted
+            for port in range(forward.external_first, forward.external_last + 1)
+        )
         self.by_external = {proto: PortIndex() for proto in (TCP, UDP, ICMP)}
         self.sessions_per_host: dict[bytes, int] = {}  # sessions of unforwarded mappings
         self.forwarded_per_host: dict[bytes, int] = {}  # sessions of port-forward mappings
@@ -297,6 +304,11 @@ class FlowTable:
     def lookup_in(self, proto: int, ext_port: int) -> Mapping | None:
         """The mapping of an external port (or echo id), if there is one; never refreshes."""
         return self.by_external[proto].get(ext_port)
+
+    def is_forwarded(self, proto: int, ext_port: int) -> bool:
+        """Whether a port forward covers this external port (a set lookup: the fast path asks
+        it of every unsolicited frame)."""
+        return (proto, ext_port) in self._forwarded_ports
 
     def outbound(
         self,

@@ -4,7 +4,8 @@
 
 The engine gets resolved neighbours and `--flows` open flows per protocol first; then each
 workload hands it `--packets` prebuilt frames (cycling over the flows' frames) and is timed with
-`time.perf_counter`, best of `--runs`. Every frame must come out translated, or the run fails.
+`time.perf_counter`, best of `--runs`. Every frame must come out translated (or, in the last
+workload, unsolicited SYNs to a closed port, be dropped as filtered), or the run fails.
 Frames are built with scapy, so the figures cover only `Nat.handle`.
 """
 
@@ -94,24 +95,34 @@ def workloads(nat: Nat, flows: int) -> dict[str, tuple[Side, list[bytes]]]:
         one_out(nat, Side.WAN, wan_frame(wan_ip, TCP(sport=80, dport=ext, flags="SA", ack=2)))
         tcp_out.append(lan_frame(index, TCP(sport=port, dport=80, flags="A", seq=2) / PAYLOAD))
         tcp_in.append(wan_frame(wan_ip, TCP(sport=80, dport=ext, flags="A", ack=66) / PAYLOAD))
+    unsolicited = [
+        wan_frame(wan_ip, TCP(sport=1024 + index, dport=9999, flags="S", seq=index))
+        for index in range(flows)
+    ]
     return {
         "UDP out (64 B payload)": (Side.LAN, udp_out),
         "UDP in (replies)": (Side.WAN, udp_in),
         "TCP out (ACK + 64 B)": (Side.LAN, tcp_out),
         "TCP in (ACK + 64 B)": (Side.WAN, tcp_in),
+        UNSOLICITED: (Side.WAN, unsolicited),
     }
 
 
-def timed(nat: Nat, side: Side, frames: list[bytes]) -> float:
-    handle = nat.handle
-    sent = nat.counters.frames_out[Side.LAN] + nat.counters.frames_out[Side.WAN]
+UNSOLICITED = "SYN to a closed port (dropped)"
+
+
+def timed(nat: Nat, side: Side, frames: list[bytes], dropped: bool = False) -> float:
+    """Seconds to handle `frames`; every one must come out (or, if `dropped`, be filtered)."""
+    handle, counters = nat.handle, nat.counters
+    before = counters.drops.get("filtered", 0) if dropped else sum(counters.frames_out.values())
     start = time.perf_counter()
     for frame in frames:
         handle(side, frame, NOW)
     elapsed = time.perf_counter() - start
-    out = nat.counters.frames_out[Side.LAN] + nat.counters.frames_out[Side.WAN] - sent
-    if out != len(frames):
-        raise SystemExit(f"only {out} of {len(frames)} frames came out: {nat.counters.drops}")
+    after = counters.drops.get("filtered", 0) if dropped else sum(counters.frames_out.values())
+    if after - before != len(frames):
+        what = "were filtered" if dropped else "came out"
+        raise SystemExit(f"only {after - before} of {len(frames)} frames {what}: {counters.drops}")
     return elapsed
 
 
@@ -134,12 +145,13 @@ def main() -> None:
         f"{args.flows} flows per protocol, {args.packets} frames per run, best of {args.runs} "
         f"(setup {time.perf_counter() - setup:.1f} s)"
     )
-    print(f"{'workload':<24} {'packets/s':>12} {'µs/packet':>10}")
+    print(f"{'workload':<32} {'packets/s':>12} {'µs/packet':>10}")
     for name, (side, frames) in loads.items():
         stream = (frames * (args.packets // len(frames) + 1))[: args.packets]
-        elapsed = best_of(args.runs, lambda: timed(nat, side, stream))  # noqa: B023
+        dropped = name == UNSOLICITED
+        elapsed = best_of(args.runs, lambda: timed(nat, side, stream, dropped))  # noqa: B023
         rate = len(stream) / elapsed
-        print(f"{name:<24} {rate:>12,.0f} {1e6 / rate:>10.2f}")
+        print(f"{name:<32} {rate:>12,.0f} {1e6 / rate:>10.2f}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from scapy.packet import Packet
 
 from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Offload, Side
+from appliance.fastpath import DROPPED
 from tests.unit.nat_harness import (
     HOST,
     HOST2,
@@ -42,6 +43,11 @@ FLOWS = [
 ]
 HALF_OPEN = 7000
 SERVER_PORT = 443
+# Flows never opened, with the external port a WAN frame of theirs goes to: unsolicited ones
+# (the fast path drops them as the full path does) and the demo's two port forwards (the full
+# path opens their sessions). From the LAN they are new flows, the full path's too.
+UNOPENED = {("tcp", HOST, 9000): 9000, ("udp", HOST, 9001): 9001}
+FORWARDS = {("tcp", HOST, 80): 8080, ("udp", HOST, 53): 5353}
 
 
 def established(config: ApplianceConfig) -> tuple[Harness, dict[tuple[str, str, int], int]]:
@@ -60,7 +66,7 @@ def established(config: ApplianceConfig) -> tuple[Harness, dict[tuple[str, str, 
             synack = TCP(sport=SERVER_PORT, dport=ext, flags="SA")
             harness.one(WAN, IP(src=SERVER, dst=WAN_IP) / synack, LAN)
             harness.one(LAN, IP(src=host, dst=SERVER) / TCP(sport=port, dport=SERVER_PORT), WAN)
-    return harness, external
+    return harness, {**external, **UNOPENED, **FORWARDS}
 
 
 def rebuild(packet: Packet, body: bytes, target: int | None) -> bytes:
@@ -113,7 +119,7 @@ def state(nat: Nat) -> object:
     )
 
 
-flows = st.sampled_from(FLOWS)
+flows = st.sampled_from(FLOWS + list(UNOPENED) + list(FORWARDS))
 # Short payloads, and some over the MTU (a TCP aggregate when offloaded; else fragmented or
 # refused with Fragmentation Needed).
 bodies = st.one_of(st.binary(max_size=90), st.integers(1400, 9000).map(bytes))
@@ -203,6 +209,22 @@ def test_fast_path_takes_plain_frames(demo_config: ApplianceConfig) -> None:
             frame = make_frame(side, flow, external[flow], b"data", 64, "A", None, "plain")
             fast = harness.nat.fast_path.outbound if side is LAN else harness.nat.fast_path.inbound
             assert fast(frame, harness.now) is not None, (flow, side)
+
+
+def test_fast_path_drops_unsolicited_frames(demo_config: ApplianceConfig) -> None:
+    """Unsolicited frames are the fast path's to drop (so the comparison above covers that), a
+    forwarded port's new flow not; a bad checksum goes on to the full path, which names it."""
+    harness, external = _established(demo_config)
+    inbound = harness.nat.fast_path.inbound
+    for flow in UNOPENED:
+        frame = make_frame(WAN, flow, external[flow], b"data", 64, "S", None, "plain")
+        assert inbound(frame, harness.now) == DROPPED, flow
+        bad = make_frame(WAN, flow, external[flow], b"data", 64, "S", None, "bad-l4")
+        assert inbound(bad, harness.now) is None, flow
+    for flow in FORWARDS:
+        frame = make_frame(WAN, flow, external[flow], b"data", 64, "S", None, "plain")
+        assert inbound(frame, harness.now) is None, flow
+    assert harness.nat.counters.drops == {"filtered": len(UNOPENED)}
 
 
 def test_udp_checksum_computed_zero_is_sent_as_all_ones(demo_config: ApplianceConfig) -> None:
