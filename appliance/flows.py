@@ -400,8 +400,6 @@ class FlowTable:
         else:
             assert forward is not None
             int_addr, forwarded = forward.lan_host.packed, True
-        if forwarded and proto == TCP:
-            self._make_forward_room(int_addr, now)
         self._check_room(int_addr, now, forwarded)
         if mapping is None:
             assert forward is not None
@@ -463,22 +461,23 @@ class FlowTable:
             if self.session_count >= self.settings.max_flows:
                 raise TableFull("table-full")
         if forwarded:
-            if self.forwarded_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
+            full = self.forwarded_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host
+            if full and not self._evict_half_open(int_addr, now):
                 raise TableFull("forward-limit")
         elif self.sessions_per_host.get(int_addr, 0) >= self.settings.max_flows_per_host:
             raise TableFull("host-limit")
 
-    def _make_forward_room(self, int_addr: bytes, now: float) -> None:
-        """When the host's forward budget is full, evict its oldest half-open session opened
-        from outside, if it has one (else `_check_room` refuses the new flow)."""
-        if self.forwarded_per_host.get(int_addr, 0) < self.settings.max_flows_per_host:
-            return
+    def _evict_half_open(self, int_addr: bytes, now: float) -> bool:
+        """Make room in the host's full forward budget (for any new flow of its forwards, TCP or
+        UDP, either way) by evicting its oldest half-open TCP session opened from outside;
+        False if it has none."""
         opened = self._opened_inbound.get(int_addr)
         while opened:
             session, remote_addr, remote_port = opened.popleft()
             if _still_half_open(session, remote_addr, remote_port):
                 self._remove_session(session, now)
-                return
+                return True
+        return False
 
     def _remember_opened_inbound(self, int_addr: bytes, session: Session) -> None:
         opened = self._opened_inbound.setdefault(int_addr, deque())

@@ -5,7 +5,7 @@ ACK, and sessions opened through a forward counted against the LAN host's own bu
 spoofed SYNs at a forward locked the host out for two hours and the forward refused real clients.
 """
 
-from scapy.layers.inet import ICMP, IP, TCP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
 from appliance.config import ApplianceConfig
@@ -104,3 +104,16 @@ def test_forward_full_of_established_connections_refuses_with_admin_prohibited(
     error = refused[0][1]
     assert (error[ICMP].type, error[ICMP].code) == (3, 13)
     assert harness.nat.counters.refused == {"forward-limit": 1}
+
+
+def test_syn_flood_at_one_forward_leaves_the_hosts_other_forwards_open(
+    demo_config: ApplianceConfig,
+) -> None:
+    """The budget is per host, shared by its forwards: a new flow of any of them, TCP or UDP,
+    evicts a half-open connection rather than being refused."""
+    harness = make_harness(demo_config, max_flows_per_host=8)
+    for n in range(50):
+        inbound_syn(harness, spoofed_client(n), 40000 + n)
+    query = IP(src=SERVER, dst=WAN_IP) / UDP(sport=40000, dport=5353) / b"q"
+    assert harness.one(WAN, query, LAN)[UDP].dport == 53  # udp 5353 -> 10.77.0.10:53
+    assert harness.nat.counters.refused == {}
