@@ -268,10 +268,16 @@ class Split:
 class NestedXen:
     """A running nested boot: its console, its control channel, and how to stop it."""
 
-    def __init__(self, proc: "subprocess.Popen[bytes]", machine: Machine, guest: str) -> None:
+    def __init__(
+        self,
+        proc: "subprocess.Popen[bytes]",
+        machine: Machine,
+        guest: str,
+        echo: Callable[[Line], None],
+    ) -> None:
         self.machine = machine
         self.guest = guest
-        self.console = Console(proc, lambda line: None)
+        self.console = Console(proc, echo)
         self.control: Control | None = None
 
     def wait_booted(self, timeout: float) -> Split:
@@ -310,17 +316,21 @@ class NestedXen:
 
 @contextlib.contextmanager
 def booted(
-    machine: Machine, cfg: Path, spawn: Callable[[list[str]], "subprocess.Popen[bytes]"]
+    machine: Machine,
+    cfg: Path,
+    spawn: Callable[[list[str]], "subprocess.Popen[bytes]"],
+    echo: Callable[[Line], None] = lambda line: None,
 ) -> Iterator[NestedXen]:
     """Write the dom0 initrd for guest configuration `cfg`, start QEMU with `spawn` (which runs
-    the argv where the taps are, its stdout a pipe), and stop it however the block ends."""
+    the argv where the taps are, its stdout a pipe), and stop it however the block ends. `echo`
+    gets each console line as it comes."""
     if missing := missing_outputs(machine.host):
         raise ImageError(
             f"{machine.host} lacks {', '.join(missing)}", "run `invoke build --xen-host`"
         )
     write_dom0_initrd(machine.host, cfg, machine.dom0_initrd)
     guest = xlcfg.string(cfg.read_text(), "name")
-    nested = NestedXen(spawn(command(machine)), machine, guest)
+    nested = NestedXen(spawn(command(machine)), machine, guest, echo)
     try:
         yield nested
     finally:

@@ -14,7 +14,7 @@ from image import build, debs, lock
 
 @pytest.fixture(scope="session")
 def package_root() -> Path:
-    return debs.extract(lock.load())
+    return debs.extract(lock.product_pins(lock.load()))
 
 
 @pytest.fixture(scope="session")
