@@ -142,7 +142,7 @@ def kernel(h: XenHost) -> None:
 def _skeleton() -> list[cpio.Entry]:
     return [
         *(cpio.directory(d) for d in ("proc", "sys", "dev", "run", "guest")),
-        *(cpio.directory(d) for d in ("var/lib/xen", "var/log/xen", "var/lock")),
+        *(cpio.directory(d) for d in ("run/xen", "var/lib/xen", "var/log/xen", "var/lock")),
         cpio.directory("tmp", 0o1777),
         cpio.symlink("var/run", "/run"),
         cpio.char_device("dev/console", 5, 1),

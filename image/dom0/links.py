@@ -8,6 +8,7 @@ from pathlib import Path
 
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
 _SIOCBRADDBR, _SIOCBRADDIF = 0x89A0, 0x89A2
+_SIOCSIFTXQLEN = 0x8943
 _IFNAMSIZ = 16
 
 
@@ -19,6 +20,12 @@ def set_up(name: str) -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         (flags,) = struct.unpack_from("16xH", fcntl.ioctl(sock, _SIOCGIFFLAGS, _ifreq(name)))
         fcntl.ioctl(sock, _SIOCSIFFLAGS, _ifreq(name, struct.pack("H", flags | _IFF_UP)))
+
+
+def set_queue_length(name: str, frames: int) -> None:
+    """The length of the link's transmit queue (`ip link set NAME txqueuelen FRAMES`)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        fcntl.ioctl(sock, _SIOCSIFTXQLEN, _ifreq(name, struct.pack("i", frames)))
 
 
 def add_bridge(name: str) -> None:
