@@ -48,6 +48,9 @@ DOM0_CMDLINE = ("console=hvc0", "earlyprintk=xen", "quiet")
 TAIL_LINES = 40
 _ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 _GUEST_LINE = re.compile(r"^([\w.-]+)\| ?(.*)$")
+# What names the reason of a failed boot, first one seen: the dom0's init or natvm giving up, a
+# kernel's or Xen's panic.
+_FAILURE_MARKS = ("fatal:", "Kernel panic", "Panic on CPU")
 
 
 @dataclass(frozen=True)
@@ -195,11 +198,13 @@ class Console:
                 return found
             if self.ended.is_set() or time.monotonic() > deadline:
                 ending = (
-                    f"QEMU exited ({self.proc.poll()})"
+                    f"QEMU exited ({self.proc.wait()})"
                     if self.ended.is_set()
                     else f"{timeout:.0f} s passed"
                 )
-                raise BootError(f"{what}: {ending}\n{self.tails(guest)}")
+                cause = self.first(lambda line: any(m in line.text for m in _FAILURE_MARKS))
+                said = f"; {cause.source} said: {cause.text}" if cause else ""
+                raise BootError(f"{what}: {ending}{said}\n{self.tails(guest)}")
             time.sleep(0.1)
 
 

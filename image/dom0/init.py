@@ -10,7 +10,8 @@ xen.cfg: WAN first). It prints READY_LINE, serves the control channel (control.p
 `xl create` on the guest's configuration as shipped (/guest/xen.cfg, from the directory it is in,
 so relative paths resolve as next to the file), and streams the guest's console with
 `xl console`, each line prefixed with the domain's name and "| ", re-attaching whenever xl
-restarts the domain.
+restarts the domain; so it does for every other guest that appears (created through the control
+channel).
 
 Console lines: the dom0's own start with "dom0: ", the guest's with "<name>| ", Xen's with
 "(XEN)"; image/xenboot.py splits them again on the host.
@@ -166,6 +167,24 @@ def follow_console(name: str) -> None:
         os.close(keep)
 
 
+def domain_names(listing: str) -> list[str]:
+    """The guests' names in `xl list` output (its header and Domain-0 left out)."""
+    rows = [line.split() for line in listing.splitlines()[1:]]
+    return [row[0] for row in rows if row and row[0] != "Domain-0"]
+
+
+def follow_consoles() -> None:
+    """Stream the console of every guest that appears, whoever created it (the guest of
+    /guest/xen.cfg, or domains the host creates through the control channel)."""
+    followed: set[str] = set()
+    while True:
+        listing = subprocess.run([XL, "list"], capture_output=True, text=True).stdout
+        for name in set(domain_names(listing)) - followed:
+            followed.add(name)
+            threading.Thread(target=follow_console, args=(name,), daemon=True).start()
+        time.sleep(1.0)
+
+
 def create_guest() -> None:
     text = GUEST_CFG.read_text()
     name = xlcfg.string(text, "name")
@@ -178,7 +197,6 @@ def create_guest() -> None:
     if proc.returncode != 0:
         raise Dom0Error(f"xl create {GUEST_CFG} failed ({proc.returncode})")
     log(f"created {name} ({time.monotonic() - started:.1f} s)")
-    threading.Thread(target=follow_console, args=(name,), daemon=True).start()
 
 
 def work() -> None:
@@ -194,6 +212,7 @@ def work() -> None:
     device = control_port()
     if device is not None:
         threading.Thread(target=serve_control, args=(device,), daemon=True).start()
+    threading.Thread(target=follow_consoles, daemon=True).start()
     if GUEST_CFG.exists():
         create_guest()
     else:

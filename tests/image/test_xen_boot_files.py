@@ -2,6 +2,8 @@
 to the dom0 initrd, QEMU's command line, the console's split, the control channel's messages."""
 
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,22 @@ def test_the_dom0_bridges_qemus_nics_in_pci_order(tmp_path: Path) -> None:
         (tmp_path / "net" / name / "device").symlink_to(devices / device)
     (tmp_path / "net" / "natvm-wan").mkdir()
     assert links.nics(tmp_path / "net") == ["eth0", "eth1"]
+
+
+def test_a_boot_that_ends_early_says_why_then_gives_both_tails() -> None:
+    """A stand-in for QEMU prints 100 dom0 lines, 50 of natvm's and a fatal line, then exits."""
+    lines = [f"dom0 line {n}" for n in range(100)] + [f"natvm| natvm line {n}" for n in range(50)]
+    lines.append("dom0: fatal: Dom0Error: xl create /guest/xen.cfg failed (1)")
+    script = f"import sys; print({chr(10).join(lines)!r}); sys.exit(3)"
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE)
+    console = xenboot.Console(proc, lambda line: None)
+    with pytest.raises(xenboot.BootError) as caught:
+        console.wait_for(xenboot.is_ready("natvm"), "natvm never printed READY", 30, "natvm")
+    first, *rest = caught.value.message.splitlines()
+    assert first == (
+        "natvm never printed READY: QEMU exited (3); "
+        "dom0 said: dom0: fatal: Dom0Error: xl create /guest/xen.cfg failed (1)"
+    )
+    dom0_tail = rest[1 : 1 + xenboot.TAIL_LINES]
+    assert dom0_tail[0] == "dom0 line 61" and dom0_tail[-1].startswith("dom0: fatal:")
+    assert rest[-xenboot.TAIL_LINES :] == [f"natvm line {n}" for n in range(10, 50)]
