@@ -149,9 +149,8 @@ def run(
     path = Path(config)
     if xen:
         if taps or bridged or memory or cpus:
-            raise Exit(
-                "natvm: error: --xen boots build/xen.cfg as built, between the demo's namespaces", 1
-            )
+            message = "--xen boots build/xen.cfg as built, between the demo's namespaces"
+            raise die(ImageError(message, "drop --taps, --bridged, --memory and --cpus"), debug)
         do_xen_run(path, debug, show_command or dry_run)
         return
     try:
