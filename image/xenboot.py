@@ -15,6 +15,7 @@ carries Xen's lines ("(XEN) ..."), the dom0's ("dom0: ...", and its kernel's), a
 console as the dom0 streams it ("natvm| ..."); `Console` splits them again.
 """
 
+import base64
 import contextlib
 import re
 import shlex
@@ -241,8 +242,15 @@ class Control:
             raise ImageError(f"in the dom0, `{shlex.join(argv)}` failed: {output.strip()}")
         return output
 
-    def write(self, path: str, text: str) -> None:
-        answer = self.request({"write": path, "text": text}, 30)
+    def write(self, path: str, content: str | bytes) -> None:
+        """Write `content` (text, or bytes such as a client guest's kernel) to `path` in the
+        dom0."""
+        message: dict[str, object]
+        if isinstance(content, bytes):
+            message = {"write": path, "base64": base64.b64encode(content).decode()}
+        else:
+            message = {"write": path, "text": content}
+        answer = self.request(message, 120)
         if answer["status"] != 0:
             raise ImageError(f"in the dom0, writing {path} failed: {answer['output']}")
 

@@ -3,11 +3,14 @@
 The host sends one request per line and reads one response line, in order:
   {"run": [argv...], "cwd": "/dir", "timeout": seconds} -> {"status": exit status, "output": text}
   {"write": "/path", "text": "..."}                       -> {"status": 0, "output": ""}
+  {"write": "/path", "base64": "..."}                     (the same, for bytes: a guest's
+                                                          kernel or initramfs)
 A request the dom0 cannot carry out is answered with status -1 and the reason as output, so the
 host always gets one line back. The serial console stays for logs: commands and their output never
 mix with it.
 """
 
+import base64
 import json
 import subprocess
 from pathlib import Path
@@ -49,9 +52,14 @@ def answer(request: dict[str, object]) -> dict[str, object]:
     try:
         if "run" in request:
             return _run(request)
+        if "write" in request and "base64" in request:
+            data = base64.b64decode(str(request["base64"]), validate=True)
+            Path(str(request["write"])).write_bytes(data)
+            return {"status": 0, "output": ""}
         if "write" in request:
             Path(str(request["write"])).write_text(str(request["text"]))
             return {"status": 0, "output": ""}
         raise ValueError(f"unknown request {sorted(request)}")
+    # ValueError covers bad base64 too (binascii.Error).
     except (OSError, ValueError, KeyError, subprocess.SubprocessError) as error:
         return {"status": -1, "output": f"{type(error).__name__}: {error}"}

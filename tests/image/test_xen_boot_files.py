@@ -118,6 +118,10 @@ def test_control_requests_are_answered_with_one_line_each(tmp_path: Path) -> Non
     target = tmp_path / "x.cfg"
     assert control.answer({"write": str(target), "text": "a"}) == {"status": 0, "output": ""}
     assert target.read_text() == "a"
+    binary = {"write": str(target), "base64": "AAH/"}
+    assert control.answer(binary) == {"status": 0, "output": ""}
+    assert target.read_bytes() == b"\x00\x01\xff"
+    assert control.answer({"write": str(target), "base64": "not base64!"})["status"] == -1
     assert control.answer({"run": ["/nonexistent"]})["status"] == -1
     assert control.answer({"frobnicate": 1})["status"] == -1
     assert control.encode({"b": 1, "a": 2}) == b'{"a": 2, "b": 1}\n'
