@@ -208,7 +208,7 @@ def work() -> None:
     start_daemons()
     bridges = xlcfg.vif_bridges(GUEST_CFG.read_text()) if GUEST_CFG.exists() else []
     bridged = bridge_nics(bridges)
-    log(f"{READY_LINE.removeprefix('dom0: ')}: bridges {' '.join(bridged) or 'none'}")
+    print(f"{READY_LINE}: bridges {' '.join(bridged) or 'none'}", flush=True)
     device = control_port()
     if device is not None:
         threading.Thread(target=serve_control, args=(device,), daemon=True).start()

@@ -10,7 +10,7 @@ import pytest
 from test_qemu_command import properties, values
 
 from image import cpio, deploy, xenboot
-from image.dom0 import control, links, xlcfg
+from image.dom0 import control, init, links, xlcfg
 from image.errors import ImageError
 
 VM = deploy.Deployment(128, 1, ("natvm-wan", "natvm-lan"), Path("/b/vmlinuz"), Path("/b/initramfs"))
@@ -158,3 +158,13 @@ def test_a_boot_that_ends_early_says_why_then_gives_both_tails() -> None:
     dom0_tail = rest[1 : 1 + xenboot.TAIL_LINES]
     assert dom0_tail[0] == "dom0 line 61" and dom0_tail[-1].startswith("dom0: fatal:")
     assert rest[-xenboot.TAIL_LINES :] == [f"natvm line {n}" for n in range(10, 50)]
+
+
+def test_the_dom0_follows_every_guest_xl_lists() -> None:
+    listing = (
+        "Name                                        ID   Mem VCPUs\tState\tTime(s)\n"
+        "Domain-0                                     0   512     1     r-----      17.5\n"
+        "natvm                                        1   128     1     -b----      16.8\n"
+        "client-a                                     2    64     1     -b----       3.1\n"
+    )
+    assert init.domain_names(listing) == ["natvm", "client-a"]
