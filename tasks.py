@@ -12,7 +12,7 @@ from invoke.tasks import task
 
 from appliance.config import ConfigError, apply_overrides, load_config
 from image import build as image_build
-from image import demo, deploy
+from image import demo, deploy, xendemo, xenhost
 from image import lock as image_lock
 from image.errors import ImageError
 
@@ -56,17 +56,42 @@ def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.
     return b
 
 
+def do_xen_host_build(debug: bool) -> xenhost.XenHost:
+    started = time.monotonic()
+    print(f"building the test dom0 (Xen tier; not the product) into {xenhost.OUTPUT}", flush=True)
+    h = xenhost.XenHost()
+    try:
+        xenhost.run(h, progress)
+    except ImageError as error:
+        raise die(error, debug) from None
+    print(
+        f"built in {time.monotonic() - started:.1f} s: Xen {h.hypervisor}, "
+        f"dom0 kernel {h.kernel_release}",
+        flush=True,
+    )
+    return h
+
+
 @task(
     help={
         "config": "ops-config.json to bake in",
         "debug": "show tracebacks",
         "reference": "build the kernel-NAT reference image (nft) into build/reference/ instead",
+        "xen-host": "build the Xen tier's test dom0 (Xen, a dom0 kernel and root) into "
+        "build/xen-host/ instead",
     }
 )
 def build(
-    c: Context, config: str = str(CONFIG), debug: bool = False, reference: bool = False
+    c: Context,
+    config: str = str(CONFIG),
+    debug: bool = False,
+    reference: bool = False,
+    xen_host: bool = False,
 ) -> None:
     """Build build/vmlinuz, build/initramfs and the deployment files."""
+    if xen_host:
+        do_xen_host_build(debug)
+        return
     do_build(Path(config), debug, reference)
 
 
@@ -96,6 +121,8 @@ def clean(c: Context) -> None:
         "bridged": "attach to the bridges named in RunConfig.Nics[].BridgeName",
         "show_command": "print the QEMU command line and exit",
         "debug": "show tracebacks",
+        "xen": "boot natvm under Xen nested in QEMU (the test dom0 of build/xen-host/, "
+        "xl create build/xen.cfg) between the demo namespaces",
     }
 )
 def run(
@@ -107,9 +134,16 @@ def run(
     bridged: bool = False,
     show_command: bool = False,
     debug: bool = False,
+    xen: bool = False,
 ) -> None:
     """Boot natvm under QEMU between a LAN and a WAN namespace and show NAT working."""
     path = Path(config)
+    if xen:
+        if taps or bridged or memory or cpus:
+            message = "--xen boots build/xen.cfg as built, between the demo's namespaces"
+            raise die(ImageError(message, "drop --taps, --bridged, --memory and --cpus"), debug)
+        do_xen_run(path, debug, show_command or dry_run)
+        return
     try:
         options = demo.options(path, load_config(path), memory, cpus, taps, bridged)
         if show_command:
@@ -121,14 +155,26 @@ def run(
         raise die(error, debug) from None
 
 
+def do_xen_run(config: Path, debug: bool, show_command: bool) -> None:
+    if show_command:
+        print(xendemo.show_command(xenhost.OUTPUT))
+        return
+    do_build(config, debug)
+    do_xen_host_build(debug)
+    try:
+        xendemo.run_demo(image_build.OUTPUT, xenhost.OUTPUT)
+    except ImageError as error:
+        raise die(error, debug) from None
+
+
 @task(help={"fast": "only the unit tests and the linters (no root, no namespaces, no VM)"})
 def test(c: Context, fast: bool = False) -> None:
-    """Run ruff, mypy and the tests (unit, netns and vm tiers)."""
+    """Run ruff, mypy and the tests (unit, netns, vm and xen tiers)."""
     py = shlex.quote(sys.executable)
     c.run(f"{py} -m ruff check .")
     c.run(f"{py} -m ruff format --check .")
     c.run(f"{py} -m mypy")
-    c.run(f"{py} -m pytest" + (" -m 'not netns and not vm'" if fast else ""), pty=True)
+    c.run(f"{py} -m pytest" + (" -m 'not netns and not vm and not xen'" if fast else ""), pty=True)
 
 
 @task(

@@ -31,7 +31,8 @@ def _index(moddir: Path) -> dict[str, Path]:
 
 def _depends(ko: Path) -> list[str]:
     value = Elf(ko.read_bytes()).modinfo().get("depends", "")
-    return [name for name in value.split(",") if name]
+    # Named as in the .ko file ("xen-privcmd"): as the index names it, dashes as underscores.
+    return [name.replace("-", "_") for name in value.split(",") if name]
 
 
 def load_order(moddir: Path, wanted: tuple[str, ...] = WANTED) -> list[Path]:

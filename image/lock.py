@@ -42,6 +42,33 @@ REFERENCE_PACKAGES = (
     "libmd0",
     "libtinfo6",
 )
+# Only in the test dom0 of the Xen tier (`invoke build --xen-host`, image/xenhost.py): Xen's
+# hypervisor, its toolstack and the libraries they link. With the product's Python runtime
+# (PACKAGES) and the generic flavour of the product's kernel (`dom0_kernel_name`), that is the
+# whole dom0. Test equipment: neither image takes these (`product_pins`, `reference_pins`).
+XEN_HOST_PACKAGES = (
+    "xen-hypervisor-4.17-amd64",  # /boot/xen-4.17-amd64.gz
+    "xen-utils-4.17",  # xl, xenstored, xenconsoled, xenconsole, xen-init-dom0
+    "xenstore-utils",  # xenstore-read and -write, for the vif hotplug script
+    "libxenmisc4.17",  # libxenlight, libxenctrl, libxenguest, libxlutil
+    "libxencall1",
+    "libxendevicemodel1",
+    "libxenevtchn1",
+    "libxenforeignmemory1",
+    "libxengnttab1",
+    "libxenhypfs1",
+    "libxenstore4",
+    "libxentoolcore1",
+    "libxentoollog1",
+    "libyajl2",
+    "liblzma5",
+    "libzstd1",
+    "libuuid1",
+    "libgcc-s1",  # libgcc_s.so.1: glibc dlopens it when xl's threads exit, no DT_NEEDED names it
+)
+# The hypervisor and the toolstack talk through interfaces private to one Xen release: their
+# versions must match.
+XEN_MATCHING = ("xen-hypervisor-4.17-amd64", "xen-utils-4.17")
 _HEADER = "# natvm image packages: name version sha256 (amd64; refresh with `invoke lock`)\n"
 
 
@@ -79,20 +106,55 @@ def load(path: Path = LOCK_FILE) -> list[Pin]:
     return parse(path.read_text())
 
 
+def dom0_kernel_name(kernel: Pin) -> str:
+    """The test dom0's kernel package: the generic flavour of the product's kernel, the same
+    upstream version (the cloud flavour has no CONFIG_XEN_DOM0)."""
+    return kernel.name.replace("-cloud-amd64", "-amd64")
+
+
+def _xen_host_only(pins: list[Pin]) -> set[str]:
+    """Names of the pins that only the test dom0 takes."""
+    shared = {*PACKAGES, *REFERENCE_PACKAGES}
+    only = {name for name in XEN_HOST_PACKAGES if name not in shared}
+    kernels = [pin for pin in pins if pin.name.startswith("linux-image-")]
+    return only | ({dom0_kernel_name(kernels[0])} if kernels else set())
+
+
 def product_pins(pins: list[Pin]) -> list[Pin]:
-    """The pins of the product image: all but the reference image's extra packages."""
-    return [pin for pin in pins if pin.name not in REFERENCE_PACKAGES]
+    """The pins of the product image: all but the reference image's and the test dom0's."""
+    excluded = {*REFERENCE_PACKAGES, *_xen_host_only(pins)}
+    return [pin for pin in pins if pin.name not in excluded]
+
+
+def _require(pins: list[Pin], names: set[str]) -> None:
+    missing = sorted(names - {pin.name for pin in pins})
+    if missing:
+        raise ImageError(f"the lock file pins no {', '.join(missing)}", "run `invoke lock`")
 
 
 def reference_pins(pins: list[Pin]) -> list[Pin]:
     """The pins of the reference image: the product's and nft's; fails if nft is not pinned."""
-    missing = sorted(set(REFERENCE_PACKAGES) - {pin.name for pin in pins})
-    if missing:
-        raise ImageError(f"the lock file pins no {', '.join(missing)}", "run `invoke lock`")
-    return pins
+    _require(pins, set(REFERENCE_PACKAGES))
+    excluded = _xen_host_only(pins)
+    return [pin for pin in pins if pin.name not in excluded]
+
+
+def xen_host_pins(pins: list[Pin]) -> list[Pin]:
+    """The pins of the test dom0: its kernel, Xen and the product's Python runtime; fails if one
+    is not pinned or the hypervisor's and the toolstack's versions differ."""
+    kernel = dom0_kernel_name(kernel_pin(pins))
+    _require(pins, {kernel, *XEN_HOST_PACKAGES, *PACKAGES})
+    wanted = {kernel, *XEN_HOST_PACKAGES, *PACKAGES}
+    chosen = [pin for pin in pins if pin.name in wanted]
+    versions = {pin.name: pin.version for pin in chosen if pin.name in XEN_MATCHING}
+    if len(set(versions.values())) != 1:
+        pinned = ", ".join(f"{name} {version}" for name, version in sorted(versions.items()))
+        raise ImageError(f"Xen's hypervisor and toolstack differ: {pinned}", "run `invoke lock`")
+    return chosen
 
 
 def kernel_pin(pins: list[Pin]) -> Pin:
+    """The product's kernel: the first linux-image pin (`refresh` writes the dom0's after it)."""
     for pin in pins:
         if pin.name.startswith("linux-image-"):
             return pin
@@ -118,14 +180,20 @@ def _pin(name: str) -> Pin:
 
 
 def refresh(path: Path = LOCK_FILE) -> list[Pin]:
-    """Pin the candidate versions of the kernel, `PACKAGES` and `REFERENCE_PACKAGES`, write the
-    lock, return it."""
+    """Pin the candidate versions of the kernel, `PACKAGES`, `REFERENCE_PACKAGES` and
+    `XEN_HOST_PACKAGES`, and the dom0 kernel at the kernel's version; write the lock, return it."""
     require("apt-cache", "apt")
     depends = _show(KERNEL_META)["Depends"]
     kernel = re.match(r"(linux-image-[\w.-]+)", depends)
     if kernel is None:
         raise ImageError(f"cannot find the kernel package in {KERNEL_META}'s Depends: {depends}")
-    names = (*PACKAGES, *REFERENCE_PACKAGES)
-    pins = [_pin(kernel.group(1)), *(_pin(name) for name in names)]
+    product_kernel = _pin(kernel.group(1))
+    dom0_kernel = _show(dom0_kernel_name(product_kernel), product_kernel.version)
+    names = dict.fromkeys((*PACKAGES, *REFERENCE_PACKAGES, *XEN_HOST_PACKAGES))
+    pins = [
+        product_kernel,
+        *(_pin(name) for name in names),
+        Pin(dom0_kernel["Package"], dom0_kernel["Version"], dom0_kernel["SHA256"]),
+    ]
     path.write_text(format_pins(pins))
     return pins

@@ -14,7 +14,7 @@ from tests.support.imagebuild import build_image
 
 @pytest.fixture(scope="session")
 def package_root() -> Path:
-    return debs.extract(lock.load())
+    return debs.extract(lock.product_pins(lock.load()))
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,66 @@
+"""Reading an `xl` domain configuration (xl.cfg(5)) as far as the test dom0 needs, and deriving
+a variant of it.
+
+Rules: the file users get is the file tested, so nothing here rewrites what it does not have to.
+Values are read as xl reads them: a setting is `key = value` on one line, a string is in double
+quotes with backslash escapes, a list is `[ "...", ... ]`. A vif spec is `key=value` pairs
+separated by commas. `with_cmdline_words` appends to `cmdline`: xl ignores `extra=` whenever
+`cmdline=` is set ("Warning: ignoring root= and extra= in favour of cmdline="), and natvm's
+xen.cfg sets it.
+"""
+
+import re
+
+_SETTING = re.compile(r"^[ \t]*(\w+)[ \t]*=[ \t]*(.*?)[ \t]*$", re.MULTILINE)
+_STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+class ConfigError(ValueError):
+    """The configuration lacks something the dom0 needs from it."""
+
+
+def _unquote(body: str) -> str:
+    return re.sub(r"\\(.)", r"\1", body)
+
+
+def quote(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def settings(text: str) -> dict[str, str]:
+    """key -> raw value (as written, quotes and brackets included); the last one wins."""
+    return {key: value for key, value in _SETTING.findall(text)}
+
+
+def string(text: str, key: str) -> str:
+    """The string setting `key`."""
+    raw = settings(text).get(key)
+    match = _STRING.fullmatch(raw or "")
+    if match is None:
+        raise ConfigError(f"no string setting {key!r} in the xl configuration")
+    return _unquote(match.group(1))
+
+
+def vifs(text: str) -> list[dict[str, str]]:
+    """Each vif spec of the `vif` list as key -> value, in order (the first is WAN)."""
+    raw = settings(text).get("vif", "")
+    specs = [_unquote(body) for body in _STRING.findall(raw)]
+    return [dict(part.split("=", 1) for part in spec.split(",") if "=" in part) for spec in specs]
+
+
+def vif_bridges(text: str) -> list[str]:
+    """The bridge of each vif, in order; every vif must name one."""
+    bridges = [spec.get("bridge", "") for spec in vifs(text)]
+    if not bridges or not all(bridges):
+        raise ConfigError("every vif of the xl configuration must name its bridge")
+    return bridges
+
+
+def with_cmdline_words(text: str, words: tuple[str, ...]) -> str:
+    """`text` with `words` appended to its `cmdline` setting, every other line unchanged."""
+    line = _SETTING.pattern.replace(r"(\w+)", "(cmdline)", 1)
+    match = re.search(line, text, flags=re.MULTILINE)
+    if match is None:
+        raise ConfigError("no 'cmdline' setting in the xl configuration")
+    value = " ".join((string(text, "cmdline"), *words))
+    return text[: match.start()] + f"cmdline = {quote(value)}" + text[match.end() :]

@@ -1,0 +1,167 @@
+"""Xen tier: natvm as a PVH guest of real Xen, nested in QEMU in the router namespace.
+
+QEMU (TCG) boots Xen and the test dom0 of `invoke build --xen-host` (built once per session into
+a directory of the session's own, as the image is); the dom0 bridges QEMU's two NICs, taps in the
+router namespace exactly as the VM tier's, to natvm's vifs and runs `xl create` on the session
+build's xen.cfg as built. One nested boot serves every test; the whole serial console (Xen, the
+dom0 and natvm's hvc0 as `xl console` streams it) goes to a file, and each test's report carries
+the console lines that came during it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from imagebuild import build_image
+from routers import stats_counter
+from services import Services, running_services
+from topology import Attach, Topology, session_prefix
+from topology import topology as built_topology
+
+from image import xenboot, xenhost
+from image.build import Build
+
+BOOT_TIMEOUT = 300.0  # QEMU start to natvm's READY: about 50 s here
+GUEST = "natvm"
+
+
+class XenNat:
+    """The nested boot, as the traffic checks see what forwards (routers.Nat)."""
+
+    kind = "xen"
+
+    def __init__(self, nested: xenboot.NestedXen) -> None:
+        self.nested = nested
+
+    def start(self) -> None:
+        """Booted by the fixture that made it."""
+
+    def output(self) -> list[str]:
+        return self.nested.console.of(GUEST)
+
+    def alive(self) -> bool:
+        """QEMU runs, and natvm's last word is READY's (no fatal error or panic after it)."""
+        lines = self.output()
+        ready = [i for i, line in enumerate(lines) if line.startswith("READY")]
+        dead = [i for i, line in enumerate(lines) if "natvm: fatal:" in line or "panic" in line]
+        return self.nested.alive() and bool(ready) and ready[-1] > max(dead, default=-1)
+
+    def dropped(self) -> int | None:
+        return stats_counter(self.output(), "dropped")
+
+    def stop(self) -> int | None:
+        return self.nested.stop()
+
+
+def report(request: pytest.FixtureRequest, line: str) -> None:
+    """A line in the terminal output, past pytest's capture (as the VM tier's accelerator)."""
+    plugins = request.config.pluginmanager
+    reporter, capture = plugins.get_plugin("terminalreporter"), plugins.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def image(tmp_path_factory: pytest.TempPathFactory) -> Build:
+    return build_image(tmp_path_factory.mktemp("image"))
+
+
+@pytest.fixture(scope="session")
+def xen_host(tmp_path_factory: pytest.TempPathFactory) -> xenhost.XenHost:
+    h = xenhost.XenHost(out=tmp_path_factory.mktemp("xen-host"))
+    xenhost.run(h, lambda name, seconds: None)
+    return h
+
+
+@pytest.fixture(scope="session")
+def topology(required_tools: None) -> Iterator[Topology]:
+    with built_topology(session_prefix() + "xen-", Attach.TAP) as topo:
+        yield topo
+
+
+@pytest.fixture(scope="session")
+def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
+    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
+        yield started
+
+
+def memory_report(nested: xenboot.NestedXen) -> str:
+    """What the nested machine uses: QEMU's resident memory on the host, each domain's
+    allocation (xl list), and what the dom0 has left."""
+    assert nested.control is not None
+    status = Path(f"/proc/{nested.console.proc.pid}/status").read_text()
+    rss = next(line.split()[1] for line in status.splitlines() if line.startswith("VmRSS"))
+    domains = nested.control.run("/usr/lib/xen-4.17/bin/xl", "list").splitlines()[1:]
+    allocated = ", ".join(f"{d.split()[0]} {d.split()[2]} MiB" for d in domains)
+    probe = "print(open('/proc/meminfo').read())"
+    meminfo = nested.control.run("/usr/bin/python3.11", "-c", probe)
+    fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
+    available = int(fields["MemAvailable"].split()[0]) // 1024
+    return (
+        f"memory: QEMU RSS {int(rss) // 1024} MiB; {allocated}; dom0 MemAvailable {available} MiB"
+    )
+
+
+@pytest.fixture(scope="session")
+def nested(
+    topology: Topology,
+    image: Build,
+    xen_host: xenhost.XenHost,
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
+) -> Iterator[xenboot.NestedXen]:
+    work = tmp_path_factory.mktemp("xen")
+    machine = xenboot.Machine(
+        xen_host.out,
+        work / "dom0-initrd",
+        (topology.appliance_wan, topology.appliance_lan),
+        work / "control.sock",
+    )
+
+    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+        return topology.spawn(
+            topology.router,
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    with (work / "console.log").open("w") as log:
+
+        def echo(line: xenboot.Line) -> None:
+            log.write(f"{line.at:7.1f} {line.source:>5} | {line.text}\n")
+            log.flush()
+
+        report(request, f"Xen tier console: {work / 'console.log'}")
+        with xenboot.booted(machine, image.out / "xen.cfg", spawn, echo) as booted:
+            try:
+                split = booted.wait_booted(BOOT_TIMEOUT)
+            except xenboot.BootError as error:
+                pytest.fail(str(error), pytrace=False)
+            report(request, f"Xen tier boot split: {split}")
+            report(request, f"Xen tier {memory_report(booted)}")
+            yield booted
+
+
+@pytest.fixture(scope="session")
+def nat(nested: xenboot.NestedXen) -> XenNat:
+    return XenNat(nested)
+
+
+@pytest.fixture(autouse=True)
+def console_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Print the console lines (natvm's and the dom0's) that came during the test, into its
+    captured output."""
+    if "nested" not in request.fixturenames:
+        yield
+        return
+    console = request.getfixturevalue("nested").console
+    start = len(console.lines)
+    yield
+    for line in console.lines[start:]:
+        print(f"{line.at:7.1f} {line.source:>5} | {line.text}")

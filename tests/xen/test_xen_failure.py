@@ -1,0 +1,54 @@
+"""A nested boot that fails says why in its first line, ends with the console tails of the dom0
+and the guest, and leaves nothing running."""
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from topology import Attach, Topology, session_prefix, topology
+
+from image import xenboot, xenhost
+from image.build import Build
+
+pytestmark = pytest.mark.xen
+
+
+@pytest.fixture(scope="module")
+def wired() -> Iterator[Topology]:
+    """Namespaces of this module's own: the session's nested boot keeps the tier's taps."""
+    with topology(session_prefix() + "xenfail-", Attach.TAP) as built:
+        yield built
+
+
+def test_a_guest_xl_cannot_create_fails_with_both_consoles_and_stops_qemu(
+    wired: Topology, image: Build, xen_host: xenhost.XenHost, tmp_path: Path
+) -> None:
+    (tmp_path / "vmlinuz").write_bytes(b"not a kernel\n")
+    (tmp_path / "initramfs").write_bytes((image.out / "initramfs").read_bytes())
+    cfg = (image.out / "xen.cfg").read_text().replace(str(image.out), str(tmp_path))
+    (tmp_path / "xen.cfg").write_text(cfg)
+    machine = xenboot.Machine(
+        xen_host.out,
+        tmp_path / "dom0-initrd",
+        (wired.appliance_wan, wired.appliance_lan),
+        tmp_path / "control.sock",
+    )
+
+    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+        return wired.spawn(wired.router, *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+    with (
+        pytest.raises(xenboot.BootError) as caught,
+        xenboot.booted(machine, tmp_path / "xen.cfg", spawn) as nested,
+    ):
+        nested.wait_booted(180)
+    first, *rest = caught.value.message.splitlines()
+    assert first.startswith("natvm never printed READY: QEMU exited")
+    assert "dom0 said: dom0: fatal: Dom0Error: xl create" in first
+    assert "last 40 console lines of dom0 (and Xen):" in rest
+    assert any(line.startswith("dom0: xl: ") for line in rest)
+    assert "last 40 console lines of natvm:" in rest
+    assert nested.console.proc.poll() is not None
+    pids = subprocess.run(["ip", "netns", "pids", wired.router], capture_output=True, text=True)
+    assert pids.stdout.split() == []
