@@ -142,7 +142,7 @@ def run(
         if taps or bridged or memory or cpus:
             message = "--xen boots build/xen.cfg as built, between the demo's namespaces"
             raise die(ImageError(message, "drop --taps, --bridged, --memory and --cpus"), debug)
-        do_xen_run(path, debug, show_command or dry_run)
+        do_xen_run(path, debug, show_command)
         return
     try:
         options = demo.options(path, load_config(path), memory, cpus, taps, bridged)
@@ -159,11 +159,12 @@ def do_xen_run(config: Path, debug: bool, show_command: bool) -> None:
     if show_command:
         print(xendemo.show_command(xenhost.OUTPUT))
         return
-    do_build(config, debug)
-    do_xen_host_build(debug)
     try:
-        xendemo.run_demo(image_build.OUTPUT, xenhost.OUTPUT)
-    except ImageError as error:
+        hosts = demo.addresses(load_config(config))
+        do_build(config, debug)
+        do_xen_host_build(debug)
+        xendemo.run_demo(image_build.OUTPUT, xenhost.OUTPUT, hosts)
+    except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
 
 

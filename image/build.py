@@ -19,9 +19,12 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from image import cpio, debs, deploy, initramfs, kconfig, lock, qemu
 from image.lock import Pin
+
+_Context = TypeVar("_Context")
 
 SOURCE = Path(__file__).resolve().parent.parent
 OUTPUT = SOURCE / "build"
@@ -148,8 +151,18 @@ STEPS: tuple[Callable[[Build], None], ...] = (packages, kernel, image, deploymen
 
 def run(b: Build, progress: Callable[[str, float], None]) -> None:
     """Run every step, reporting each one's name and duration."""
-    b.out.mkdir(parents=True, exist_ok=True)
-    for step in STEPS:
+    run_steps(STEPS, b, b.out, progress)
+
+
+def run_steps(
+    steps: tuple[Callable[[_Context], None], ...],
+    context: _Context,
+    out: Path,
+    progress: Callable[[str, float], None],
+) -> None:
+    """A build as a flat list of named steps over one context, each timed (any image's)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for step in steps:
         started = time.monotonic()
-        step(b)
+        step(context)
         progress(step.__name__, time.monotonic() - started)

@@ -280,12 +280,17 @@ def _attach_bridges(bridges: tuple[str, ...]) -> None:
         _ip("link", "set", tap, "master", bridge, "up")
 
 
-def run_demo(options: Options, out: Path) -> None:
-    """Build the wiring, boot, wait for READY, show NAT, stay until Ctrl-C, tear down."""
+def preflight(task: str) -> None:
+    """What every demo needs before it touches anything: its tools, and root."""
     for tool, package in (("ip", "iproute2"), (qemu.QEMU, "qemu-system-x86"), ("curl", "curl")):
         require(tool, package)
     if os.geteuid() != 0:
-        raise ImageError("invoke run needs root (namespaces and taps)", "run it with sudo")
+        raise ImageError(f"{task} needs root (namespaces and taps)", "run it with sudo")
+
+
+def run_demo(options: Options, out: Path) -> None:
+    """Build the wiring, boot, wait for READY, show NAT, stay until Ctrl-C, tear down."""
+    preflight("invoke run")
     started = time.monotonic()
     accel = qemu.choose_accel(out / "vmlinuz")
     say(

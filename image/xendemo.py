@@ -6,7 +6,6 @@ created by `xl` from build/xen.cfg as built (image/xenboot.py). Xen's, the dom0'
 console lines stream as they come; Ctrl-C (or any failure) stops QEMU and removes the wiring.
 """
 
-import os
 import shlex
 import signal
 import subprocess
@@ -15,8 +14,6 @@ import time
 from pathlib import Path
 
 from image import demo, qemu, xenboot
-from image.command import require
-from image.errors import ImageError
 
 READY_TIMEOUT = 300.0  # QEMU start to natvm's READY; about 40 s on two cores under TCG
 
@@ -50,16 +47,13 @@ def _spawn(argv: list[str]) -> "subprocess.Popen[bytes]":
     )
 
 
-def run_demo(out: Path, host: Path) -> None:
+def run_demo(out: Path, host: Path, hosts: demo.Addresses) -> None:
     """Wire the namespaces, boot Xen, the dom0 and natvm, show NAT, stay until Ctrl-C."""
-    for tool, package in (("ip", "iproute2"), (qemu.QEMU, "qemu-system-x86"), ("curl", "curl")):
-        require(tool, package)
-    if os.geteuid() != 0:
-        raise ImageError("invoke run --xen needs root (namespaces and taps)", "run it with sudo")
+    demo.preflight("invoke run --xen")
     demo.say("accelerator: TCG (Xen nested in QEMU: guests of a nested Xen need no KVM)")
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
-        _boot_and_show(out, host)
+        _boot_and_show(out, host, hosts)
     except KeyboardInterrupt:
         demo.say("interrupted")
     finally:
@@ -67,9 +61,9 @@ def run_demo(out: Path, host: Path) -> None:
         demo.say("stopped and cleaned up")
 
 
-def _boot_and_show(out: Path, host: Path) -> None:
+def _boot_and_show(out: Path, host: Path, hosts: demo.Addresses) -> None:
     started = time.monotonic()
-    demo.build_topology()
+    demo.build_topology(hosts)
     demo.say(f"namespaces {demo.LAN} and {demo.WAN} wired through {demo.ROUTER}", started)
     with (
         tempfile.TemporaryDirectory(prefix="natvm-xen-") as work,
@@ -79,7 +73,7 @@ def _boot_and_show(out: Path, host: Path) -> None:
         demo.say(f"booting: {shlex.join(command(host, Path(work)))}")
         split = nested.wait_booted(READY_TIMEOUT)
         demo.say(f"natvm READY under Xen: {split}")
-        demo.show_nat()
+        demo.show_nat(hosts)
         demo.say("running; Ctrl-C stops QEMU (Xen, the dom0, natvm) and removes the wiring")
         while nested.alive():
             time.sleep(0.5)

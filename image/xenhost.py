@@ -21,12 +21,11 @@ import hashlib
 import json
 import shutil
 import tempfile
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image import cpio, debs, initramfs, kconfig, kmod, lock, runtime
+from image import build, cpio, debs, initramfs, kconfig, kmod, lock, runtime
 from image.elf import Elf
 from image.errors import ImageError
 from image.lock import Pin
@@ -240,8 +239,4 @@ STEPS: tuple[Callable[[XenHost], None], ...] = (packages, hypervisor, kernel, ro
 
 def run(h: XenHost, progress: Callable[[str, float], None]) -> None:
     """Run every step, reporting each one's name and duration."""
-    h.out.mkdir(parents=True, exist_ok=True)
-    for step in STEPS:
-        started = time.monotonic()
-        step(h)
-        progress(step.__name__, time.monotonic() - started)
+    build.run_steps(STEPS, h, h.out, progress)

@@ -7,11 +7,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_qemu_command import properties, values
 
 from image import cpio, deploy, xenboot
 from image.dom0 import control, init, links, xlcfg
 from image.errors import ImageError
+from tests.image.test_qemu_command import properties, values
 
 VM = deploy.Deployment(128, 1, ("natvm-wan", "natvm-lan"), Path("/b/vmlinuz"), Path("/b/initramfs"))
 CFG = deploy.xl_config(VM)

@@ -7,11 +7,11 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from test_image_contents import extract
 
 from image import build, cpio, lock, runtime, xenhost
 from image.elf import Elf
 from image.errors import ImageError
+from tests.image.test_image_contents import extract
 
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_SEARCH = 8192  # the header must sit in the image's first 8 KiB

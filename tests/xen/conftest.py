@@ -15,14 +15,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from imagebuild import build_image
-from routers import stats_counter
-from services import Services, running_services
-from topology import Attach, Topology, session_prefix
-from topology import topology as built_topology
 
 from image import xenboot, xenhost
 from image.build import Build
+from tests.support.fixtures import services_fixture, topology_fixture
+from tests.support.imagebuild import build_image
+from tests.support.routers import stats_counter
+from tests.support.topology import Attach, Topology
 
 BOOT_TIMEOUT = 300.0  # QEMU start to natvm's READY: about 50 s here
 GUEST = "natvm"
@@ -77,16 +76,8 @@ def xen_host(tmp_path_factory: pytest.TempPathFactory) -> xenhost.XenHost:
     return h
 
 
-@pytest.fixture(scope="session")
-def topology(required_tools: None) -> Iterator[Topology]:
-    with built_topology(session_prefix() + "xen-", Attach.TAP) as topo:
-        yield topo
-
-
-@pytest.fixture(scope="session")
-def services(topology: Topology, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Services]:
-    with running_services(topology, tmp_path_factory.mktemp("services")) as started:
-        yield started
+topology = topology_fixture("session", "xen-", Attach.TAP)
+services = services_fixture("session")
 
 
 def memory_report(nested: xenboot.NestedXen) -> str:

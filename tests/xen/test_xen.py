@@ -4,13 +4,13 @@ a fatal configuration that xl restarts per on_reboot, and a good one that forwar
 import re
 
 import pytest
-import traffic
-from routers import Nat
-from services import Services
-from topology import Topology
 
 from image import xenboot
 from image.dom0 import xlcfg
+from tests.support import traffic
+from tests.support.routers import Nat
+from tests.support.services import Services
+from tests.support.topology import Topology
 
 pytestmark = pytest.mark.xen
 XL = "/usr/lib/xen-4.17/bin/xl"

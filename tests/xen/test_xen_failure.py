@@ -6,10 +6,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from topology import Attach, Topology, session_prefix, topology
 
 from image import xenboot, xenhost
 from image.build import Build
+from tests.support.topology import Attach, Topology, session_prefix, topology
 
 pytestmark = pytest.mark.xen
 
