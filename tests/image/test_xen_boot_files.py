@@ -20,7 +20,7 @@ MACHINE = xenboot.Machine(Path("/h"), Path("/w/dom0-initrd"), ("tw", "tl"), Path
 
 def test_reads_what_the_dom0_needs_from_natvms_xen_cfg() -> None:
     assert xlcfg.string(CFG, "name") == "natvm"
-    assert xlcfg.string(CFG, "kernel") == "vmlinuz"  # relative to where xl runs
+    assert xlcfg.string(CFG, "kernel") == "/b/vmlinuz"
     assert xlcfg.vif_bridges(CFG) == ["natvm-wan", "natvm-lan"]
     assert [spec["mac"] for spec in xlcfg.vifs(CFG)] == list(deploy.XEN_MACS)
 
@@ -49,14 +49,13 @@ def test_the_derived_cfg_only_adds_words_to_cmdline() -> None:
 def test_the_guest_archive_puts_each_file_where_xl_looks(tmp_path: Path) -> None:
     (tmp_path / "vmlinuz").write_bytes(b"kernel")
     (tmp_path / "initramfs").write_bytes(b"initrd")
-    # A user may edit in absolute paths: those files go where the paths say.
-    absolute = CFG.replace('"vmlinuz"', xlcfg.quote(str(tmp_path / "vmlinuz")))
-    (tmp_path / "xen.cfg").write_text(absolute)
+    absolute = deploy.Deployment(128, 1, VM.bridges, tmp_path / "vmlinuz", tmp_path / "initramfs")
+    (tmp_path / "xen.cfg").write_text(deploy.xl_config(absolute))
     entries = {e.path: e.data for e in xenboot.guest_entries(tmp_path / "xen.cfg")}
     assert entries["guest/xen.cfg"] == (tmp_path / "xen.cfg").read_bytes()
     assert entries[str(tmp_path / "vmlinuz").lstrip("/")] == b"kernel"
-    # natvm's own, relative: beside the cfg, where xl (run in its folder) looks.
-    (tmp_path / "xen.cfg").write_text(CFG)
+    relative = deploy.Deployment(128, 1, VM.bridges, Path("vmlinuz"), Path("initramfs"))
+    (tmp_path / "xen.cfg").write_text(deploy.xl_config(relative))
     entries = {e.path: e.data for e in xenboot.guest_entries(tmp_path / "xen.cfg")}
     assert (entries["guest/vmlinuz"], entries["guest/initramfs"]) == (b"kernel", b"initrd")
 
@@ -65,7 +64,7 @@ def test_a_cfg_naming_a_missing_kernel_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "xen.cfg").write_text(CFG)
     with pytest.raises(ImageError) as caught:
         xenboot.guest_entries(tmp_path / "xen.cfg")
-    assert caught.value.message.endswith("names kernel vmlinuz, which is not there")
+    assert caught.value.message.endswith("names kernel /b/vmlinuz, which is not there")
 
 
 def test_the_guest_archive_follows_the_dom0s_at_a_four_byte_boundary(tmp_path: Path) -> None:
@@ -76,7 +75,7 @@ def test_the_guest_archive_follows_the_dom0s_at_a_four_byte_boundary(tmp_path: P
     xenboot.write_dom0_initrd(tmp_path, tmp_path / "xen.cfg", tmp_path / "initrd")
     blob = (tmp_path / "initrd").read_bytes()
     assert blob[:7] == (tmp_path / "initramfs").read_bytes() and blob[7:8] == b"\0"
-    assert "guest/xen.cfg" in [e.path for e in cpio.read(blob[8:]) if stat.S_ISREG(e.mode)]
+    assert next(e.path for e in cpio.read(blob[8:]) if stat.S_ISREG(e.mode)) == "guest/xen.cfg"
 
 
 def test_qemu_boots_xen_with_the_dom0_as_multiboot_modules() -> None:
