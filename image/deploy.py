@@ -117,10 +117,8 @@ def xl_config(vm: Deployment) -> str:
     lines = [
         f"name = {_quoted(NAME)}",
         'type = "pvh"',
-        # Relative: xl resolves them against its working directory, so `xl create xen.cfg` run
-        # in the folder holding the three files works wherever build/ was copied.
-        f"kernel = {_quoted(vm.kernel.name)}",
-        f"ramdisk = {_quoted(vm.initrd.name)}",
+        f"kernel = {_quoted(str(vm.kernel))}",
+        f"ramdisk = {_quoted(str(vm.initrd))}",
         f"cmdline = {_quoted(' '.join(XEN_CMDLINE))}",
         f"memory = {vm.memory_mib}",
         f"maxmem = {vm.memory_mib}",

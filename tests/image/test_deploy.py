@@ -39,8 +39,7 @@ def parse_xl(text: str) -> dict[str, object]:
 def test_xl_config_is_a_pvh_guest_with_two_vifs() -> None:
     settings = parse_xl(deploy.xl_config(VM))
     assert settings["type"] == "pvh"
-    # relative to the folder xl runs in (the build folder), so a copied build/ still works
-    assert settings["kernel"] == "vmlinuz" and settings["ramdisk"] == "initramfs"
+    assert settings["kernel"] == "/k/vmlinuz" and settings["ramdisk"] == "/k/initramfs"
     assert "console=hvc0" in str(settings["cmdline"]).split()
     assert settings["memory"] == 128 and settings["vcpus"] == 1
     vifs = [dict(p.split("=") for p in vif.split(",")) for vif in settings["vif"]]  # type: ignore[attr-defined]
