@@ -2,20 +2,16 @@
 
 import pytest
 
-from tests.support import REPO, traffic
+from tests.support import REPO, checks
 from tests.support.routers import HostAppliance, Nat
-from tests.support.services import Services
 from tests.support.topology import Topology
 
 pytestmark = pytest.mark.netns
 
 
-def test_malformed_burst(topology: Topology, nat: Nat) -> None:
-    traffic.check_malformed_burst(topology, nat)
-
-
-def test_udp_flood(topology: Topology, nat: Nat, services: Services) -> None:
-    traffic.check_udp_flood(topology, nat, services)
+@checks.parametrize(checks.BAD_INPUT)
+def test_check(check: checks.Check, nat: Nat, request: pytest.FixtureRequest) -> None:
+    check.run(request)
 
 
 def test_missing_interface_is_one_clear_line(
