@@ -27,8 +27,19 @@ def syn_ack_from_host(harness: Harness, client: str, port: int) -> None:
     harness.one(LAN, answer, WAN)
 
 
+def last_ack_from_client(harness: Harness, client: str, port: int) -> None:
+    ack = IP(src=client, dst=WAN_IP) / TCP(sport=port, dport=FORWARD_PORT, flags="A")
+    harness.one(WAN, ack, LAN)
+
+
 def spoofed_client(n: int) -> str:
     return f"203.0.113.{n % 250 + 1}"
+
+
+def syn_flood(harness: Harness, clients: range, first_port: int) -> None:
+    """SYNs at the forward from spoofed clients, each from a port of its own."""
+    for n in clients:
+        inbound_syn(harness, spoofed_client(n), first_port + n)
 
 
 def test_outbound_syn_and_syn_ack_without_the_last_ack_stays_transitory(harness: Harness) -> None:
@@ -51,8 +62,7 @@ def test_inbound_handshake_completed_is_established(harness: Harness) -> None:
     start = harness.now
     inbound_syn(harness, SERVER, 50001)
     syn_ack_from_host(harness, SERVER, 50001)
-    ack = IP(src=SERVER, dst=WAN_IP) / TCP(sport=50001, dport=FORWARD_PORT, flags="A")
-    harness.one(WAN, ack, LAN)
+    last_ack_from_client(harness, SERVER, 50001)
     harness.advance(start + TRANSITORY + 1)
     assert len(harness.nat.table) == 1, "the completed handshake gets the established timeout"
 
@@ -76,15 +86,13 @@ def test_real_client_gets_through_a_forward_under_a_syn_flood(
     demo_config: ApplianceConfig,
 ) -> None:
     harness = make_harness(demo_config, max_flows_per_host=16)
-    for n in range(100):
-        inbound_syn(harness, spoofed_client(n), 20000 + n)
+    syn_flood(harness, range(100), 20000)
     out = inbound_syn(harness, SERVER, 55555)
     assert len(out) == 1 and out[0][0] is LAN, "the real client's SYN reaches the LAN host"
     syn_ack_from_host(harness, SERVER, 55555)
-    ack = IP(src=SERVER, dst=WAN_IP) / TCP(sport=55555, dport=FORWARD_PORT, flags="A")
-    harness.one(WAN, ack, LAN)
-    for n in range(100, 300):  # the flood goes on; the established connection is never evicted
-        inbound_syn(harness, spoofed_client(n), 20000 + n)
+    last_ack_from_client(harness, SERVER, 55555)
+    # the flood goes on; the established connection is never evicted
+    syn_flood(harness, range(100, 300), 20000)
     data = IP(src=SERVER, dst=WAN_IP) / TCP(sport=55555, dport=FORWARD_PORT, flags="PA") / b"GET"
     assert harness.one(WAN, data, LAN)[TCP].dport == FORWARDED_TO
 
@@ -97,8 +105,7 @@ def test_forward_full_of_established_connections_refuses_with_admin_prohibited(
         client = spoofed_client(n)
         inbound_syn(harness, client, 30000)
         syn_ack_from_host(harness, client, 30000)
-        ack = IP(src=client, dst=WAN_IP) / TCP(sport=30000, dport=FORWARD_PORT, flags="A")
-        harness.one(WAN, ack, LAN)
+        last_ack_from_client(harness, client, 30000)
     refused = inbound_syn(harness, SERVER, 30001)
     assert len(refused) == 1 and refused[0][0] is WAN
     error = refused[0][1]
@@ -112,8 +119,7 @@ def test_syn_flood_at_one_forward_leaves_the_hosts_other_forwards_open(
     """The budget is per host, shared by its forwards: a new flow of any of them, TCP or UDP,
     evicts a half-open connection rather than being refused."""
     harness = make_harness(demo_config, max_flows_per_host=8)
-    for n in range(50):
-        inbound_syn(harness, spoofed_client(n), 40000 + n)
+    syn_flood(harness, range(50), 40000)
     query = IP(src=SERVER, dst=WAN_IP) / UDP(sport=40000, dport=5353) / b"q"
     assert harness.one(WAN, query, LAN)[UDP].dport == 53  # udp 5353 -> 10.77.0.10:53
     assert harness.nat.counters.refused == {}
