@@ -20,13 +20,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from appliance.config import load_config
-from image import qemu, reference
+from image import qemu, reference, xenboot
 from tests.support import CONFIG, REPO
 from tests.support.topology import APPLIANCE_LAN, APPLIANCE_WAN, GATEWAY, Topology, stop_process
 
@@ -218,6 +218,34 @@ def tier_machine(
         extra_cmdline=extra_cmdline,
         no_reboot=no_reboot,
     )
+
+
+def nested_xen(
+    xen_host: Path,
+    topology: Topology,
+    work: Path,
+    cfg: Path,
+    echo: Callable[[xenboot.Line], None] = lambda line: None,
+) -> AbstractContextManager[xenboot.NestedXen]:
+    """The Xen tier's nested boot of guest configuration `cfg` (see xenboot.booted): QEMU in the
+    router namespace on the topology's taps, the dom0 initrd and control socket in `work`."""
+    machine = xenboot.Machine(
+        xen_host,
+        work / "dom0-initrd",
+        (topology.appliance_wan, topology.appliance_lan),
+        work / "control.sock",
+    )
+
+    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
+        return topology.spawn(
+            topology.router,
+            *argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    return xenboot.booted(machine, cfg, spawn, echo)
 
 
 class VmAppliance(_ConsoleProcess):

@@ -10,7 +10,6 @@ the console lines that came during it.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,7 @@ from image import xenboot, xenhost
 from image.build import Build
 from tests.support.fixtures import services_fixture, topology_fixture
 from tests.support.imagebuild import build_image
-from tests.support.routers import stats_counter
+from tests.support.routers import nested_xen, stats_counter
 from tests.support.topology import Attach, Topology
 
 BOOT_TIMEOUT = 300.0  # QEMU start to natvm's READY: about 50 s here
@@ -106,22 +105,6 @@ def nested(
     request: pytest.FixtureRequest,
 ) -> Iterator[xenboot.NestedXen]:
     work = tmp_path_factory.mktemp("xen")
-    machine = xenboot.Machine(
-        xen_host.out,
-        work / "dom0-initrd",
-        (topology.appliance_wan, topology.appliance_lan),
-        work / "control.sock",
-    )
-
-    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-        return topology.spawn(
-            topology.router,
-            *argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
-
     with (work / "console.log").open("w") as log:
 
         def echo(line: xenboot.Line) -> None:
@@ -129,7 +112,7 @@ def nested(
             log.flush()
 
         report(request, f"Xen tier console: {work / 'console.log'}")
-        with xenboot.booted(machine, image.out / "xen.cfg", spawn, echo) as booted:
+        with nested_xen(xen_host.out, topology, work, image.out / "xen.cfg", echo) as booted:
             try:
                 split = booted.wait_booted(BOOT_TIMEOUT)
             except xenboot.BootError as error:

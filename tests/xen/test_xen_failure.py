@@ -9,6 +9,7 @@ import pytest
 
 from image import xenboot, xenhost
 from image.build import Build
+from tests.support.routers import nested_xen
 from tests.support.topology import Attach, Topology, session_prefix, topology
 
 pytestmark = pytest.mark.xen
@@ -28,19 +29,9 @@ def test_a_guest_xl_cannot_create_fails_with_both_consoles_and_stops_qemu(
     (tmp_path / "initramfs").write_bytes((image.out / "initramfs").read_bytes())
     cfg = (image.out / "xen.cfg").read_text().replace(str(image.out), str(tmp_path))
     (tmp_path / "xen.cfg").write_text(cfg)
-    machine = xenboot.Machine(
-        xen_host.out,
-        tmp_path / "dom0-initrd",
-        (wired.appliance_wan, wired.appliance_lan),
-        tmp_path / "control.sock",
-    )
-
-    def spawn(argv: list[str]) -> subprocess.Popen[bytes]:
-        return wired.spawn(wired.router, *argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-
     with (
         pytest.raises(xenboot.BootError) as caught,
-        xenboot.booted(machine, tmp_path / "xen.cfg", spawn) as nested,
+        nested_xen(xen_host.out, wired, tmp_path, tmp_path / "xen.cfg") as nested,
     ):
         nested.wait_booted(180)
     first, *rest = caught.value.message.splitlines()
