@@ -1,8 +1,8 @@
 """`invoke build`: a flat list of named steps, each taking the one `Build` context.
 
 Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deployment files
-(libvirt.xml, xen.cfg, qubes/, run-qemu.sh). Nothing in the outputs depends on the time or the
-host, so a rebuild from the same lock and sources is byte-identical.
+(libvirt.xml and libvirt-define.sh, xen.cfg, qubes/, run-qemu.sh). Nothing in the outputs depends on
+the time or the host, so a rebuild from the same lock and sources is byte-identical.
 
 `Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel and
 appliance, plus nft, the nftables modules and an /init of its own that makes Linux the NAT
@@ -95,19 +95,28 @@ def deployment(b: Build) -> None:
     if b.reference:
         return  # the reference image is booted by the benchmark only
     (b.out / "libvirt.xml").write_text(deploy.libvirt_xml(b.vm))
+    _write_script(b.out / "libvirt-define.sh", deploy.libvirt_define_script())
     (b.out / "xen.cfg").write_text(deploy.xl_config(b.vm))
     kernels = b.out / "qubes" / "vm-kernels" / deploy.NAME
     kernels.mkdir(parents=True, exist_ok=True)
     for name in ("vmlinuz", "initramfs"):
         shutil.copyfile(b.out / name, kernels / name)
     (b.out / "qubes" / "install.sh").write_text(deploy.qubes_script(b.vm))
+    # Paths relative to the script's folder, which it changes to: build/ may be copied anywhere.
     machine = qemu.Machine(
-        b.out / "vmlinuz", b.out / "initramfs", b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
+        Path("vmlinuz"), Path("initramfs"), b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
     )
     lines = qemu.format_command(qemu.command(machine))
-    script = f"#!/bin/sh\n# Boot natvm on existing taps {' and '.join(DEMO_TAPS)}.\nexec {lines}\n"
-    (b.out / "run-qemu.sh").write_text(script)
-    (b.out / "run-qemu.sh").chmod(0o755)
+    script = (
+        f"#!/bin/sh\n# Boot natvm on existing taps {' and '.join(DEMO_TAPS)}, from this folder.\n"
+        f'cd "$(dirname "$0")"\nexec {lines}\n'
+    )
+    _write_script(b.out / "run-qemu.sh", script)
+
+
+def _write_script(path: Path, text: str) -> None:
+    path.write_text(text)
+    path.chmod(0o755)
 
 
 def _sha256(path: Path) -> str:
@@ -133,6 +142,7 @@ OUTPUTS = (
     "vmlinuz",
     "initramfs",
     "libvirt.xml",
+    "libvirt-define.sh",
     "xen.cfg",
     "run-qemu.sh",
     "qubes/install.sh",

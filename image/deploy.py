@@ -4,6 +4,10 @@ All are generated from one `Deployment` (`deployment` takes it from ops-config.j
 appliance's config parser reads it): memory, CPUs, the bridges of the WAN and LAN NICs
 (`RunConfig.Nics[].BridgeName`). NIC order is the role: the first interface is WAN, the second LAN,
 as the image's init maps them.
+
+libvirt.xml names no build directory, so it works wherever build/ is copied: libvirt needs
+absolute kernel and initrd paths, so the file holds `@BUILD_DIR@` where its folder's path goes, and
+libvirt-define.sh, beside it, puts in the path of the folder it is in and runs `virsh define`.
 """
 
 import shlex
@@ -20,6 +24,10 @@ XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
 XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)  # LEAN: see qemu.py
 QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"
 DEFAULT_BRIDGES = ("natvm-wan", "natvm-lan")  # for a NIC without BridgeName
+BUILD_DIR = "@BUILD_DIR@"  # in libvirt.xml: the absolute path of its folder
+# libvirt's domain type for each QEMU accelerator: libvirt.xml has kvm's, libvirt-define.sh can
+# swap in tcg's for a host without usable KVM.
+LIBVIRT_TYPES = {"kvm": "kvm", "tcg": "qemu"}
 
 
 class NicSettings(Protocol):
@@ -73,16 +81,23 @@ def _element(parent: ET.Element, tag: str, text: str = "", **attributes: str) ->
     return child
 
 
+LIBVIRT_NOTE = f"""
+  natvm's libvirt domain. {BUILD_DIR} stands for the absolute path of this file's folder (libvirt
+  needs absolute kernel and initrd paths): libvirt-define.sh, in the same folder, puts it in and
+  runs virsh define. The folder must be readable by libvirt's QEMU user (libvirt-qemu on Debian).
+"""
+
+
 def libvirt_xml(vm: Deployment) -> str:
     """A libvirt domain: direct kernel boot, two virtio NICs on bridges, serial console."""
-    domain = ET.Element("domain", type="kvm")
+    domain = ET.Element("domain", type=LIBVIRT_TYPES["kvm"])
     _element(domain, "name", NAME)
     _element(domain, "memory", str(vm.memory_mib), unit="MiB")
     _element(domain, "vcpu", str(vm.cpus))
     os_ = _element(domain, "os")
     _element(os_, "type", "hvm", arch="x86_64", machine="pc")
-    _element(os_, "kernel", str(vm.kernel))
-    _element(os_, "initrd", str(vm.initrd))
+    _element(os_, "kernel", f"{BUILD_DIR}/vmlinuz")
+    _element(os_, "initrd", f"{BUILD_DIR}/initramfs")
     _element(os_, "cmdline", qemu.kernel_cmdline())
     for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "restart")):
         _element(domain, f"on_{event}", action)
@@ -101,7 +116,29 @@ def libvirt_xml(vm: Deployment) -> str:
     _element(rng, "backend", "/dev/urandom", model="random")
     _element(devices, "memballoon", model="none")
     ET.indent(domain)
-    return ET.tostring(domain, encoding="unicode") + "\n"
+    note = ET.tostring(ET.Comment(LIBVIRT_NOTE), encoding="unicode")
+    return note + "\n" + ET.tostring(domain, encoding="unicode") + "\n"
+
+
+def libvirt_define_script() -> str:
+    """libvirt-define.sh: defines libvirt.xml from the folder it is in, wherever that is now."""
+    kvm, tcg = LIBVIRT_TYPES["kvm"], LIBVIRT_TYPES["tcg"]
+    return f"""#!/bin/sh
+# Define {NAME} as a libvirt domain from libvirt.xml in this folder, wherever the folder is now:
+# {BUILD_DIR} in libvirt.xml becomes this folder's absolute path. As root:
+#   sh libvirt-define.sh [{kvm}|{tcg}] && virsh start {NAME}
+# ({tcg}: QEMU's emulation, slower, for a host without usable KVM)
+set -eu
+type=${{1:-{kvm}}}
+case $type in {kvm}|{tcg}) ;; *) echo "usage: $0 [{kvm}|{tcg}]" >&2; exit 2 ;; esac
+dir=$(cd "$(dirname "$0")" && pwd -P)
+case $dir in
+  *[!A-Za-z0-9._/+,:=@~\\ -]*)  # a character that sed or XML would take for syntax
+    echo "$0: move this folder to a path without special characters, not: $dir" >&2; exit 1 ;;
+esac
+sed -e "s|{BUILD_DIR}|$dir|g" -e "s|<domain type=\\"{kvm}\\">|<domain type=\\"$type\\">|" \\
+  "$dir/libvirt.xml" | virsh define /dev/stdin
+"""
 
 
 def _quoted(value: str) -> str:

@@ -25,7 +25,7 @@ from tests.support.routers import Nat  # noqa: E402
 from tests.support.topology import session_prefix  # noqa: E402
 
 TOOLS = ("ip", "ethtool", "nft", "ping", "curl", "dig", "dnsmasq", "traceroute", "iperf3", "ss")
-ROOT_TIERS = ("netns", "vm", "xen")
+ROOT_TIERS = ("netns", "vm", "xen", "libvirt")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

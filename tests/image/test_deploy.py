@@ -1,12 +1,14 @@
 """Deployment files, parsed back: libvirt XML, xl config, the QubesOS install script."""
 
 import ast
+import os
 import shlex
+import shutil
 import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from image import deploy, qemu
+from image import build, deploy, qemu
 
 VM = deploy.Deployment(128, 1, ("br-up", "br-down"), Path("/k/vmlinuz"), Path("/k/initramfs"))
 
@@ -15,8 +17,9 @@ def test_libvirt_domain_boots_the_kernel_directly_with_two_bridged_nics() -> Non
     domain = ET.fromstring(deploy.libvirt_xml(VM))
     assert domain.findtext("memory") == "128" and domain.find("memory").get("unit") == "MiB"  # type: ignore[union-attr]
     assert domain.findtext("vcpu") == "1"
-    assert domain.findtext("os/kernel") == "/k/vmlinuz"
-    assert domain.findtext("os/initrd") == "/k/initramfs"
+    assert domain.get("type") == "kvm"
+    assert domain.findtext("os/kernel") == "@BUILD_DIR@/vmlinuz"  # libvirt-define.sh fills it in
+    assert domain.findtext("os/initrd") == "@BUILD_DIR@/initramfs"
     assert "console=ttyS0" in (domain.findtext("os/cmdline") or "")
     interfaces = domain.findall("devices/interface")
     assert [i.get("type") for i in interfaces] == ["bridge", "bridge"]
@@ -24,6 +27,49 @@ def test_libvirt_domain_boots_the_kernel_directly_with_two_bridged_nics() -> Non
     assert [i.find("model").get("type") for i in interfaces] == ["virtio", "virtio"]  # type: ignore[union-attr]
     assert [i.find("mac").get("address") for i in interfaces] == list(qemu.MACS)  # type: ignore[union-attr]
     assert domain.findtext("on_crash") == "restart"
+
+
+def test_libvirt_define_script_checks_its_argument() -> None:
+    script = deploy.libvirt_define_script()
+    subprocess.run(["sh", "-n"], input=script.encode(), check=True)
+    run = subprocess.run(["sh", "-c", script, "libvirt-define.sh", "xen"], capture_output=True)
+    assert run.returncode == 2 and b"usage:" in run.stderr
+
+
+def _stand_in(bin_dir: Path, name: str, body: str) -> None:
+    path = bin_dir / name
+    path.write_text(f"#!/bin/sh\n{body}\n")
+    path.chmod(0o755)
+
+
+def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_path: Path) -> None:
+    """build/ copied elsewhere: libvirt-define.sh defines libvirt.xml with the copy's kernel and
+    initramfs, and run-qemu.sh boots them, whatever the current directory (stand-ins for virsh
+    and QEMU record what they get). Neither file names the build directory."""
+    copy = tmp_path / "elsewhere" / "natvm"
+    shutil.copytree(built.out, copy)
+    for name in ("libvirt.xml", "libvirt-define.sh", "run-qemu.sh"):
+        assert str(built.out) not in (copy / name).read_text(), name
+    stand_ins, record = tmp_path / "bin", tmp_path / "record"
+    stand_ins.mkdir()
+    record.mkdir()
+    _stand_in(stand_ins, "virsh", f'echo "$@" > {record}/virsh; cat > {record}/domain.xml')
+    _stand_in(stand_ins, qemu.QEMU, f'pwd > {record}/cwd; printf "%s\\n" "$@" > {record}/qemu')
+    env = {**os.environ, "PATH": f"{stand_ins}:{os.environ['PATH']}"}
+
+    for argv, domain_type in (([], "kvm"), (["qemu"], "qemu")):
+        subprocess.run([copy / "libvirt-define.sh", *argv], cwd="/", env=env, check=True)
+        assert (record / "virsh").read_text() == "define /dev/stdin\n"
+        domain = ET.parse(record / "domain.xml").getroot()
+        assert domain.get("type") == domain_type
+        for element, name in (("os/kernel", "vmlinuz"), ("os/initrd", "initramfs")):
+            assert Path(domain.findtext(element) or "") == copy.resolve() / name
+
+    subprocess.run([copy / "run-qemu.sh"], cwd="/", env=env, check=True)
+    cwd = Path((record / "cwd").read_text().strip())
+    argv = (record / "qemu").read_text().splitlines()
+    for option, name in (("-kernel", "vmlinuz"), ("-initrd", "initramfs")):
+        assert cwd / argv[argv.index(option) + 1] == copy.resolve() / name
 
 
 def parse_xl(text: str) -> dict[str, object]:

@@ -16,10 +16,18 @@ that differs between tiers (``Attach``):
   as a host process in the router namespace and opens ``wan0`` and ``lan0``.
 - ``TAP`` (VM mode): persistent taps ``tap-wan`` and ``tap-lan`` enslaved to the bridges; QEMU,
   started with ``ip netns exec ROUTER``, opens them.
+- ``ROOT_BRIDGES`` (libvirt): no router namespace; the bridges themselves are in the root
+  namespace, named as the caller says (libvirt.xml's), for a hypervisor there to plug its NICs
+  into. They carry no address (IPv6 off, no ARP answers for the machine's own addresses), their
+  only other ports are the host veths, whose root-namespace ends are named ``gw-PID``,
+  ``host-a-PID`` and ``host-b-PID``, and their alias is the topology's prefix: a later session
+  removes them if the session that made them is gone, and refuses bridges of the same names
+  that are not a test's.
 
 The WAN namespace is the gateway host and the servers at once: the server addresses are local to it
 (on lo), it has no default route, and it reaches 192.0.2.0/24 on link. Nothing routes out
-of the machine: no namespace has a link to the root namespace.
+of the machine: no namespace has a link to the root namespace but through the root bridges of
+``ROOT_BRIDGES``, which route nothing.
 
 Rules
 -----
@@ -33,7 +41,7 @@ Rules
 - Namespaces are created explicitly and opened with ``flags=0``: a typo fails instead of creating
   an empty namespace. Links are waited for by state, never by sleeping.
 - ``Topology.destroy`` ends every process started with ``spawn`` and removes every namespace, which
-  takes every veth, bridge and tap with it.
+  takes every veth, bridge and tap with it, then the root bridges if there are any.
 """
 
 from __future__ import annotations
@@ -71,13 +79,15 @@ ETH_P_ALL = 0x0003
 PACKET_OUTGOING = 4
 SO_RCVBUFFORCE = 33  # not in the socket module; root may exceed rmem_max with it
 OFFLOADS_OFF = ("tx", "off", "tso", "off", "gso", "off", "gro", "off")
+BRIDGES = ("br-wan", "br-lan")  # in the router namespace
 
 
 class Attach(enum.StrEnum):
-    """How the appliance's two NICs are plugged into the router namespace's bridges."""
+    """How the appliance's two NICs are plugged into the bridges."""
 
     VETH = "veth"
     TAP = "tap"
+    ROOT_BRIDGES = "root-bridges"
 
 
 @dataclass(frozen=True)
@@ -96,17 +106,25 @@ class Topology:
 
     prefix: str
     attach: Attach
-    router: str
+    router_ns: str | None  # None with ROOT_BRIDGES: the router side is the root namespace
     lan_a: Host
     lan_b: Host
     wan: Host
-    appliance_wan: str
+    appliance_wan: str  # what the appliance's NICs are or plug into: veths, taps or root bridges
     appliance_lan: str
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     @property
+    def router(self) -> str:
+        """The router namespace, where the appliance or QEMU runs."""
+        if self.router_ns is None:
+            raise AssertionError(f"{self.attach} has no router namespace: it is the root one")
+        return self.router_ns
+
+    @property
     def namespaces(self) -> list[str]:
-        return [self.router, self.wan.ns, self.lan_a.ns, self.lan_b.ns]
+        hosts = [self.wan.ns, self.lan_a.ns, self.lan_b.ns]
+        return hosts if self.router_ns is None else [self.router_ns, *hosts]
 
     def run(
         self, ns: str, *argv: str, timeout: float = 30, check: bool = True, cwd: Path | None = None
@@ -142,6 +160,8 @@ class Topology:
         for name in self.namespaces:
             with contextlib.suppress(FileNotFoundError):
                 netns.remove(name)
+        if self.attach is Attach.ROOT_BRIDGES:
+            _remove_root_bridges((self.appliance_wan, self.appliance_lan), self.prefix)
 
 
 def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> int:
@@ -160,28 +180,35 @@ def session_prefix() -> str:
     return f"natvm-t{os.getpid()}-"
 
 
-def build(prefix: str, attach: Attach, offloads: bool = False) -> Topology:
-    """Create the namespaces and links; on any failure, remove what was made and re-raise."""
+def build(
+    prefix: str, attach: Attach, offloads: bool = False, bridges: tuple[str, str] = BRIDGES
+) -> Topology:
+    """Create the namespaces and links; on any failure, remove what was made and re-raise.
+    ``bridges``: the names of the WAN and LAN bridges."""
     remove_stale_namespaces()
-    names = {role: prefix + role for role in ("router", "wan", "lan-a", "lan-b")}
+    hosts = ("wan", "lan-a", "lan-b")
+    roles = hosts if attach is Attach.ROOT_BRIDGES else ("router", *hosts)
+    names = {role: prefix + role for role in roles}
     created: list[str] = []
     try:
         for name in names.values():
             netns.create(name)
             created.append(name)
             _set_sysctls(name)
-        appliance_wan, appliance_lan = _wire_router(names, attach, offloads)
+        appliance_wan, appliance_lan = _wire_router(prefix, names, attach, offloads, bridges)
         lan_a = _configure_lan_host(names["lan-a"], CLIENT_A, offloads)
         lan_b = _configure_lan_host(names["lan-b"], CLIENT_B, offloads)
         wan = _configure_wan_host(names["wan"], offloads)
     except BaseException:
         for name in created:
             netns.remove(name)
+        if attach is Attach.ROOT_BRIDGES:
+            _remove_root_bridges(bridges, prefix)
         raise
     return Topology(
         prefix=prefix,
         attach=attach,
-        router=names["router"],
+        router_ns=names.get("router"),
         lan_a=lan_a,
         lan_b=lan_b,
         wan=wan,
@@ -190,12 +217,17 @@ def build(prefix: str, attach: Attach, offloads: bool = False) -> Topology:
     )
 
 
+def left_by_a_gone_session(name: str) -> bool:
+    """Whether ``name`` starts with the prefix of a test session whose process is gone."""
+    match = SESSION_PREFIX_PATTERN.match(name)
+    return match is not None and not os.path.exists(f"/proc/{match.group(1)}")
+
+
 def remove_stale_namespaces() -> None:
     """Remove namespaces left by test sessions whose process is gone (a crash, a kill -9),
     after killing the processes that session had started in them."""
     for name in netns.listnetns():
-        match = SESSION_PREFIX_PATTERN.match(name)
-        if match and not os.path.exists(f"/proc/{match.group(1)}"):
+        if left_by_a_gone_session(name):
             pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True)
             for pid in pids.stdout.split():
                 with contextlib.suppress(ProcessLookupError):
@@ -220,33 +252,47 @@ def _set_sysctls(ns: str) -> None:
     subprocess.run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings], check=True)
 
 
-def _wire_router(names: dict[str, str], attach: Attach, offloads: bool) -> tuple[str, str]:
-    router = names["router"]
-    with IPRoute(netns=router, flags=0) as ipr:
-        bridges = {name: _add_link(ipr, name, kind="bridge") for name in ("br-wan", "br-lan")}
+def _wire_router(
+    prefix: str,
+    names: dict[str, str],
+    attach: Attach,
+    offloads: bool,
+    bridge_names: tuple[str, str],
+) -> tuple[str, str]:
+    router = names.get("router")  # None: the root namespace
+    with IPRoute() if router is None else IPRoute(netns=router, flags=0) as ipr:
+        if router is None:
+            _claim_root_bridge_names(ipr, bridge_names)
+        bridges = {name: _add_bridge(ipr, name, router, prefix) for name in bridge_names}
+        wan_bridge, lan_bridge = bridges.values()
+        suffix = "" if router else f"-{os.getpid()}"  # root names are the machine's: unique ones
         hosts = {
-            "gw": ("wan", "br-wan"),
-            "host-a": ("lan-a", "br-lan"),
-            "host-b": ("lan-b", "br-lan"),
+            f"gw{suffix}": ("wan", wan_bridge),
+            f"host-a{suffix}": ("lan-a", lan_bridge),
+            f"host-b{suffix}": ("lan-b", lan_bridge),
         }
         for port, (role, bridge) in hosts.items():
-            peer = {"ifname": "eth0", "net_ns_fd": names[role]}
-            _add_link(ipr, port, kind="veth", peer=peer, master=bridges[bridge])
+            _add_link(ipr, port, kind="veth", peer={"ifname": "eth0", "net_ns_fd": names[role]})
+            if router is None:
+                _disable_ipv6(port)
+            _set_up(ipr, port, master=bridge)
         if attach is Attach.VETH:
             nics = ("wan0", "lan0")
-            for nic, bridge in zip(nics, bridges, strict=True):
+            for nic, bridge in zip(nics, bridges.values(), strict=True):
                 _add_link(ipr, nic, kind="veth", peer=f"{nic}-br")
-                _set_up(ipr, f"{nic}-br", master=bridges[bridge])
+                _set_up(ipr, f"{nic}-br", master=bridge)
                 _set_up(ipr, nic)
             offload_ends = [*hosts, *nics, *(f"{nic}-br" for nic in nics)]
-        else:
+        elif attach is Attach.TAP:
             nics = ("tap-wan", "tap-lan")
-            for nic, bridge in zip(nics, bridges, strict=True):
+            for nic, bridge in zip(nics, bridges.values(), strict=True):
                 subprocess.run(
-                    ["ip", "netns", "exec", router, "ip", "tuntap", "add", nic, "mode", "tap"],
-                    check=True,
+                    [*_in(router), "ip", "tuntap", "add", nic, "mode", "tap"], check=True
                 )
-                _set_up(ipr, nic, master=bridges[bridge])
+                _set_up(ipr, nic, master=bridge)
+            offload_ends = list(hosts)
+        else:
+            nics = bridge_names  # the hypervisor plugs its NICs into them
             offload_ends = list(hosts)
         for index in bridges.values():
             ipr.link("set", index=index, state="up")
@@ -260,11 +306,58 @@ def _wire_router(names: dict[str, str], attach: Attach, offloads: bool) -> tuple
     return nics
 
 
-def _add_link(ipr: IPRoute, ifname: str, master: int | None = None, **spec: object) -> int:
+def _in(ns: str | None) -> list[str]:
+    """The argv prefix that runs a command in namespace ``ns`` (None: the root namespace)."""
+    return [] if ns is None else ["ip", "netns", "exec", ns]
+
+
+def _disable_ipv6(ifname: str) -> None:
+    """In the root namespace, where IPv6 stays on for the machine's own links: before ``ifname``
+    is up, so it never gets a link-local address."""
+    setting = Path(f"/proc/sys/net/ipv6/conf/{ifname}/disable_ipv6")
+    if setting.exists():
+        setting.write_text("1")
+
+
+def _add_bridge(ipr: IPRoute, name: str, router: str | None, prefix: str) -> int:
+    index = _add_link(ipr, name, kind="bridge")
+    if router is None:
+        _disable_ipv6(name)
+        # The machine's own addresses are local on every link: without NOARP the bridge would
+        # answer ARP for them, and the test hosts could reach the machine through it.
+        ipr.link("set", index=index, ifalias=prefix, arp=False)
+    return index
+
+
+def _claim_root_bridge_names(ipr: IPRoute, names: tuple[str, str]) -> None:
+    """Remove root bridges of these names that a session now gone made; refuse any other link
+    of these names (a deployment's real bridges, another session's)."""
+    for name in names:
+        for index in ipr.link_lookup(ifname=name):
+            if not left_by_a_gone_session(_alias(ipr, index)):
+                raise FileExistsError(
+                    f"{name} already exists in the root namespace (a deployment's bridge, or a "
+                    f"running test session's): these test namespaces need the name"
+                )
+            ipr.link("del", index=index)
+
+
+def _remove_root_bridges(names: tuple[str, str], prefix: str) -> None:
+    """Delete the root bridges of these names that carry ``prefix`` as their alias."""
+    with IPRoute() as ipr:
+        for name in names:
+            for index in ipr.link_lookup(ifname=name):
+                if _alias(ipr, index) == prefix:
+                    ipr.link("del", index=index)
+
+
+def _alias(ipr: IPRoute, index: int) -> str:
+    return str(ipr.get_links(index)[0].get("ifalias") or "")
+
+
+def _add_link(ipr: IPRoute, ifname: str, **spec: object) -> int:
     ipr.link("add", ifname=ifname, **spec)
     (index,) = ipr.link_lookup(ifname=ifname)
-    if master is not None:
-        ipr.link("set", index=index, master=master, state="up")
     return int(index)
 
 
@@ -274,17 +367,13 @@ def _set_up(ipr: IPRoute, ifname: str, master: int | None = None) -> None:
     ipr.link("set", index=index, state="up", **extra)
 
 
-def _disable_offloads(ns: str, ifnames: Iterable[str]) -> None:
+def _disable_offloads(ns: str | None, ifnames: Iterable[str]) -> None:
     for ifname in ifnames:
         _ethtool(ns, ifname, *OFFLOADS_OFF)
 
 
-def _ethtool(ns: str, ifname: str, *features: str) -> None:
-    subprocess.run(
-        ["ip", "netns", "exec", ns, "ethtool", "-K", ifname, *features],
-        check=True,
-        capture_output=True,
-    )
+def _ethtool(ns: str | None, ifname: str, *features: str) -> None:
+    subprocess.run([*_in(ns), "ethtool", "-K", ifname, *features], check=True, capture_output=True)
 
 
 def _configure_lan_host(ns: str, address: str, offloads: bool) -> Host:
@@ -412,9 +501,11 @@ def inject(ns: str, ifname: str, frames: Iterable[bytes]) -> int:
 
 
 @contextlib.contextmanager
-def topology(prefix: str, attach: Attach, offloads: bool = False) -> Iterator[Topology]:
+def topology(
+    prefix: str, attach: Attach, offloads: bool = False, bridges: tuple[str, str] = BRIDGES
+) -> Iterator[Topology]:
     """``build`` then ``destroy``, whatever happens in between."""
-    built = build(prefix, attach, offloads)
+    built = build(prefix, attach, offloads, bridges)
     try:
         yield built
     finally:
