@@ -24,11 +24,10 @@ import pytest
 
 from image import deploy
 from image.build import Build
+from tests.support import checks
 from tests.support import topology as wiring
-from tests.support import traffic
 from tests.support.fixtures import services_fixture
 from tests.support.libvirt import LibvirtDomain, running_libvirtd
-from tests.support.services import Services
 from tests.support.topology import Attach, Topology, session_prefix
 
 pytestmark = [pytest.mark.vm, pytest.mark.libvirt]
@@ -102,9 +101,6 @@ def test_domain_runs_on_the_test_bridges_only(
             assert _ip_json("address", "show", "dev", ifname)[0].get("addr_info") == [], ifname
 
 
-def test_ping_lan_to_wan(topology: Topology, nat: LibvirtDomain) -> None:
-    traffic.check_ping_lan_to_wan(topology)
-
-
-def test_http_fetch(topology: Topology, nat: LibvirtDomain, services: Services) -> None:
-    traffic.check_http_fetch(topology, services)
+@checks.parametrize(checks.select("ping_lan_to_wan", "http_fetch"))
+def test_check(check: checks.Check, nat: LibvirtDomain, request: pytest.FixtureRequest) -> None:
+    check.run(request)
