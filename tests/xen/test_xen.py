@@ -35,12 +35,14 @@ XEN_CHECKS = (
     # burst fills the buffers after about 300 frames a side and the guest's kernel drops the rest
     # unseen: natvm counts about 590 of the 1420 malformed frames (1323 under QEMU's virtio; 1323
     # here too with `memory=512`). Everything the check asserts before its counter floor still
-    # holds (natvm lives, no broken header crosses, no LAN address leaks); strict: once natvm
-    # counts them, this passes and the marker must go.
+    # holds (natvm lives, no broken header crosses, no LAN address leaks). Not strict: how many
+    # frames the kernel drops depends on how fast the sender outruns natvm on the day (on a loaded
+    # machine the burst arrives slowly enough and all of it is counted: seen), and only the
+    # counter floor's timeout is excused, every other assertion still fails the test.
     pytest.param(
         *checks.select("malformed_burst"),
         marks=pytest.mark.xfail(
-            strict=True,
+            strict=False,
             raises=TimeoutError,
             reason="netfront's page-per-frame truesize fills natvm's receive buffers in a burst",
         ),
