@@ -2,11 +2,12 @@
 a fatal configuration that xl restarts per on_reboot, and a good one that forwards again."""
 
 import re
+from pathlib import PurePosixPath
 
 import pytest
 
 from image import xenboot
-from image.dom0 import xlcfg
+from image.dom0 import init, xlcfg
 from tests.support import traffic
 from tests.support.routers import Nat
 from tests.support.services import Services
@@ -72,18 +73,23 @@ def domid(nested: xenboot.NestedXen) -> int:
 def test_a_fatal_configuration_is_restarted_by_xl_and_a_good_one_forwards_again(
     topology: Topology, nat: Nat, nested: xenboot.NestedXen
 ) -> None:
-    """A second cfg, xen.cfg with a bad natvm.* word on its command line: natvm logs the fatal
-    error and reboots, and xl restarts it (on_reboot = "restart": a new domain, the same error).
-    Then xen.cfg as built again: READY, and it forwards."""
+    """A second cfg, xen.cfg with a bad natvm.* word on its command line, created as
+    xen-create.sh creates xen.cfg: natvm logs the fatal error and reboots, and xl restarts it
+    (on_reboot = "restart": a new domain, the same error, the same kernel found again). Then
+    xen.cfg as built again: READY, and it forwards."""
     control, console = nested.control, nested.console
     assert control is not None
     shipped = control.run(
         "/usr/bin/python3.11", "-c", "print(open('/guest/xen.cfg').read(), end='')"
     )
-    control.write("/guest/fatal.cfg", xlcfg.with_cmdline_words(shipped, (FATAL_WORD,)))
+    fatal_cfg = PurePosixPath("/guest/fatal.cfg")
+    derived = xlcfg.with_cmdline_words(shipped, (FATAL_WORD,))
+    control.write(str(fatal_cfg), derived)
     control.run(XL, "destroy", GUEST)
     mark = len(console.lines)
-    control.run(XL, "create", "fatal.cfg", cwd="/guest")
+    # xen-create.sh's command line (the dom0 has no shell to run the script): the restart below
+    # shows the kernel's absolute path outlives the command, as xl's daemon restarts from /.
+    control.run(XL, *xlcfg.create_args(fatal_cfg, derived), cwd="/")
     first = domid(nested)
 
     def fatal(line: xenboot.Line) -> bool:
@@ -100,7 +106,7 @@ def test_a_fatal_configuration_is_restarted_by_xl_and_a_good_one_forwards_again(
 
     control.run(XL, "destroy", GUEST)
     mark = len(console.lines)
-    control.run(XL, "create", "xen.cfg", cwd="/guest")
+    control.run(XL, *xlcfg.create_args(PurePosixPath(init.GUEST_CFG), shipped), cwd="/")
     ready = console.wait_for(
         xenboot.is_ready(GUEST), "natvm never got READY", RESTART_TIMEOUT, GUEST, mark
     )
