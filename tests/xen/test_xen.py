@@ -1,6 +1,7 @@
 """natvm under real Xen: the VM tier's traffic checks through a PVH guest on netfront vifs, then
 a fatal configuration that xl restarts per on_reboot, and a good one that forwards again."""
 
+import json
 import re
 from pathlib import PurePosixPath
 
@@ -103,6 +104,10 @@ def test_a_fatal_configuration_is_restarted_by_xl_and_a_good_one_forwards_again(
     assert restarted != first, "the same domain printed the error twice: no restart"
     assert not [line for line in console.lines[mark:] if xenboot.is_ready(GUEST)(line)]
     print(f"fatal at {seen.at:.1f} s (domain {first}), again at {again.at:.1f} s ({restarted})")
+    # What the restart used: the configuration libxl stored for the domain, overrides applied.
+    (stored,) = json.loads(control.run(XL, "list", "-l", GUEST))
+    files = {key: stored["config"]["b_info"][key] for key in xlcfg.FILE_KEYS}
+    assert files == {"kernel": "/guest/vmlinuz", "ramdisk": "/guest/initramfs"}
 
     control.run(XL, "destroy", GUEST)
     mark = len(console.lines)
