@@ -1,8 +1,9 @@
 """`invoke build`: a flat list of named steps, each taking the one `Build` context.
 
 Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deployment files
-(libvirt.xml and libvirt-define.sh, xen.cfg, qubes/, run-qemu.sh). Nothing in the outputs depends on
-the time or the host, so a rebuild from the same lock and sources is byte-identical.
+(libvirt.xml and libvirt-define.sh, xen.cfg and xen-create.sh, qubes/, run-qemu.sh). Nothing in
+the outputs depends on the time, the host or the build directory, so a rebuild from the same lock
+and sources is byte-identical, and build/ works wherever it is copied.
 
 `Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel and
 appliance, plus nft, the nftables modules and an /init of its own that makes Linux the NAT
@@ -96,7 +97,9 @@ def deployment(b: Build) -> None:
         return  # the reference image is booted by the benchmark only
     (b.out / "libvirt.xml").write_text(deploy.libvirt_xml(b.vm))
     _write_script(b.out / "libvirt-define.sh", deploy.libvirt_define_script())
-    (b.out / "xen.cfg").write_text(deploy.xl_config(b.vm))
+    xen_cfg = deploy.xl_config(b.vm)
+    (b.out / deploy.XEN_CFG).write_text(xen_cfg)
+    _write_script(b.out / "xen-create.sh", deploy.xen_create_script(xen_cfg))
     kernels = b.out / "qubes" / "vm-kernels" / deploy.NAME
     kernels.mkdir(parents=True, exist_ok=True)
     for name in ("vmlinuz", "initramfs"):
@@ -144,6 +147,7 @@ OUTPUTS = (
     "libvirt.xml",
     "libvirt-define.sh",
     "xen.cfg",
+    "xen-create.sh",
     "run-qemu.sh",
     "qubes/install.sh",
     "qubes/vm-kernels/natvm/vmlinuz",

@@ -8,16 +8,20 @@ as the image's init maps them.
 libvirt.xml names no build directory, so it works wherever build/ is copied: libvirt needs
 absolute kernel and initrd paths, so the file holds `@BUILD_DIR@` where its folder's path goes, and
 libvirt-define.sh, beside it, puts in the path of the folder it is in and runs `virsh define`.
+xen.cfg names vmlinuz and initramfs relative to itself, and xen-create.sh, beside it, runs
+`xl create` with their absolute paths as overrides (image/dom0/xlcfg.py says why: xl's restart on
+reboot); the Xen tier's dom0 runs the same command line on the file as built.
 """
 
 import shlex
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Protocol
 
 from image import qemu
+from image.dom0 import xlcfg
 
 NAME = "natvm"
 XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
@@ -28,6 +32,7 @@ BUILD_DIR = "@BUILD_DIR@"  # in libvirt.xml: the absolute path of its folder
 # libvirt's domain type for each QEMU accelerator: libvirt.xml has kvm's, libvirt-define.sh can
 # swap in tcg's for a host without usable KVM.
 LIBVIRT_TYPES = {"kvm": "kvm", "tcg": "qemu"}
+XEN_CFG = "xen.cfg"
 
 
 class NicSettings(Protocol):
@@ -120,9 +125,22 @@ def libvirt_xml(vm: Deployment) -> str:
     return note + "\n" + ET.tostring(domain, encoding="unicode") + "\n"
 
 
+def _this_folder(allowed: str, syntax: str) -> str:
+    """Shell lines that set $dir to the absolute path of the script's folder, or stop if that path
+    has a character other than `allowed` (a bracket expression's), space and '-', which `syntax`
+    would take for syntax."""
+    return f"""dir=$(cd "$(dirname "$0")" && pwd -P)
+case $dir in
+  *[!{allowed}\\ -]*)  # a character that {syntax} would take for syntax
+    echo "$0: move this folder to a path without special characters, not: $dir" >&2; exit 1 ;;
+esac
+"""
+
+
 def libvirt_define_script() -> str:
     """libvirt-define.sh: defines libvirt.xml from the folder it is in, wherever that is now."""
     kvm, tcg = LIBVIRT_TYPES["kvm"], LIBVIRT_TYPES["tcg"]
+    folder = _this_folder("A-Za-z0-9._/+,:=@~", "sed or XML")
     return f"""#!/bin/sh
 # Define {NAME} as a libvirt domain from libvirt.xml in this folder, wherever the folder is now:
 # {BUILD_DIR} in libvirt.xml becomes this folder's absolute path. As root:
@@ -131,32 +149,27 @@ def libvirt_define_script() -> str:
 set -eu
 type=${{1:-{kvm}}}
 case $type in {kvm}|{tcg}) ;; *) echo "usage: $0 [{kvm}|{tcg}]" >&2; exit 2 ;; esac
-dir=$(cd "$(dirname "$0")" && pwd -P)
-case $dir in
-  *[!A-Za-z0-9._/+,:=@~\\ -]*)  # a character that sed or XML would take for syntax
-    echo "$0: move this folder to a path without special characters, not: $dir" >&2; exit 1 ;;
-esac
-sed -e "s|{BUILD_DIR}|$dir|g" -e "s|<domain type=\\"{kvm}\\">|<domain type=\\"$type\\">|" \\
+{folder}sed -e "s|{BUILD_DIR}|$dir|g" -e "s|<domain type=\\"{kvm}\\">|<domain type=\\"$type\\">|" \\
   "$dir/libvirt.xml" | virsh define /dev/stdin
 """
 
 
-def _quoted(value: str) -> str:
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 def xl_config(vm: Deployment) -> str:
-    """An `xl` config for a PVH guest: the same kernel and initramfs, console on hvc0."""
+    """An `xl` config for a PVH guest: the same kernel and initramfs, console on hvc0. It names
+    them relative to its own folder: xen-create.sh makes them absolute."""
     vifs = ", ".join(
-        _quoted(f"mac={mac},bridge={bridge}")
+        xlcfg.quote(f"mac={mac},bridge={bridge}")
         for bridge, mac in zip(vm.bridges, XEN_MACS, strict=True)
     )
     lines = [
-        f"name = {_quoted(NAME)}",
+        f"# {NAME} as a Xen PVH guest. Create it with xen-create.sh, from this folder: it gives xl",
+        "# the absolute paths of the kernel and ramdisk named below, which xl needs to restart",
+        "# the guest on reboot.",
+        f"name = {xlcfg.quote(NAME)}",
         'type = "pvh"',
-        f"kernel = {_quoted(str(vm.kernel))}",
-        f"ramdisk = {_quoted(str(vm.initrd))}",
-        f"cmdline = {_quoted(' '.join(XEN_CMDLINE))}",
+        f"kernel = {xlcfg.quote(vm.kernel.name)}",
+        f"ramdisk = {xlcfg.quote(vm.initrd.name)}",
+        f"cmdline = {xlcfg.quote(' '.join(XEN_CMDLINE))}",
         f"memory = {vm.memory_mib}",
         f"maxmem = {vm.memory_mib}",
         f"vcpus = {vm.cpus}",
@@ -166,6 +179,30 @@ def xl_config(vm: Deployment) -> str:
         'on_crash = "restart"',
     ]
     return "".join(line + "\n" for line in lines)
+
+
+def _shell_word(arg: str) -> str:
+    """`arg` in double quotes for sh, with $ left to expand: the arguments of `xl create` hold
+    $dir and the build's file names, nothing else that sh would read."""
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def xen_create_script(cfg: str) -> str:
+    """xen-create.sh: `xl create` on xen.cfg (whose text is `cfg`) from the folder it is in,
+    wherever that is now."""
+    command = " ".join(
+        _shell_word(arg) for arg in xlcfg.create_args(PurePosixPath("$dir") / XEN_CFG, cfg)
+    )
+    # No '=' in the folder's path: xl would take the file for a key=value override.
+    folder = _this_folder("A-Za-z0-9._/+,:@~", "xl")
+    return f"""#!/bin/sh
+# Create {NAME} under Xen from {XEN_CFG} in this folder, wherever the folder is now: xl gets the
+# absolute paths of the kernel and ramdisk {XEN_CFG} names relative to it (xl restarts {NAME} on
+# reboot from /, where a relative name finds nothing). As root:
+#   sh xen-create.sh [options of xl create, key=value overrides]   (-c: attach the console)
+set -eu
+{folder}exec xl {command} "$@"
+"""
 
 
 def qubes_commands(vm: Deployment, name: str = NAME) -> list[list[str]]:

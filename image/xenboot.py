@@ -6,7 +6,8 @@ build/xen-host/ through its multiboot loader: `-kernel xen`, and as modules the 
 its command line and the dom0's initrd. That initrd is the xen-host initramfs with a second
 archive appended (Linux unpacks concatenated archives in turn): the guest's deployment directory,
 its xen.cfg unchanged at /guest/xen.cfg and each file it names where xl will look for it (an
-absolute path as is, a relative one under /guest, where the dom0 runs xl). So one dom0 boots any
+absolute path as is, a relative one under /guest, the file's folder: the dom0 runs xl with the
+command line of natvm's xen-create.sh). So one dom0 boots any
 build of natvm, and the file users get is the file tested.
 
 QEMU's two NICs are taps (WAN first), which the dom0 bridges to the guest's vifs; a virtio-serial
@@ -104,7 +105,7 @@ def guest_entries(cfg: Path) -> list[cpio.Entry]:
     """The guest's archive: `cfg` as /guest/xen.cfg and each file it names where xl finds it."""
     text = cfg.read_text()
     entries = [cpio.file(str(GUEST_CFG).lstrip("/"), text.encode())]
-    for key in ("kernel", "ramdisk"):
+    for key in xlcfg.FILE_KEYS:
         named = Path(xlcfg.string(text, key))
         source = named if named.is_absolute() else cfg.parent / named
         if not source.is_file():

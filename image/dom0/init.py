@@ -7,8 +7,9 @@ xenstored reads its ring from it), loads the kernel modules in dependency order,
 writes dom0's own xenstore entries (xen-init-dom0), starts xenconsoled, and bridges each of
 QEMU's NICs (in PCI order) to the bridge the guest's vif of the same position names (natvm's
 xen.cfg: WAN first). It prints READY_LINE, serves the control channel (control.py), runs
-`xl create` on the guest's configuration as shipped (/guest/xen.cfg, from the directory it is in,
-so relative paths resolve as next to the file), and streams the guest's console with
+`xl create` on the guest's configuration as shipped (/guest/xen.cfg), with the command line of
+natvm's xen-create.sh (`xlcfg.create_args`: the files it names made absolute against its folder),
+and streams the guest's console with
 `xl console`, each line prefixed with the domain's name and "| ", re-attaching whenever xl
 restarts the domain; so it does for every other guest that appears (created through the control
 channel).
@@ -24,7 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from image.dom0 import control, links, xlcfg
 
@@ -185,13 +186,16 @@ def follow_consoles() -> None:
         time.sleep(1.0)
 
 
+def create_command(cfg: Path) -> list[str]:
+    """The `xl create` command line for the configuration file `cfg`, as xen-create.sh beside
+    natvm's xen.cfg runs it."""
+    return [XL, *xlcfg.create_args(PurePosixPath(cfg), cfg.read_text())]
+
+
 def create_guest() -> None:
-    text = GUEST_CFG.read_text()
-    name = xlcfg.string(text, "name")
+    name = xlcfg.string(GUEST_CFG.read_text(), "name")
     started = time.monotonic()
-    proc = subprocess.run(
-        [XL, "create", GUEST_CFG.name], cwd=GUEST_DIR, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(create_command(GUEST_CFG), capture_output=True, text=True, check=False)
     for line in (proc.stdout + proc.stderr).splitlines():
         log(f"xl: {line}")
     if proc.returncode != 0:

@@ -1,5 +1,5 @@
-"""Reading an `xl` domain configuration (xl.cfg(5)) as far as the test dom0 needs, and deriving
-a variant of it.
+"""Reading an `xl` domain configuration (xl.cfg(5)) as far as the test dom0 needs, deriving a
+variant of it, and the `xl create` arguments that boot it from the folder it is in.
 
 Rules: the file users get is the file tested, so nothing here rewrites what it does not have to.
 Values are read as xl reads them: a setting is `key = value` on one line, a string is in double
@@ -7,12 +7,22 @@ quotes with backslash escapes, a list is `[ "...", ... ]`. A vif spec is `key=va
 separated by commas. `with_cmdline_words` appends to `cmdline`: xl ignores `extra=` whenever
 `cmdline=` is set ("Warning: ignoring root= and extra= in favour of cmdline="), and natvm's
 xen.cfg sets it.
+
+`create_args` is the one command line that creates a domain from a configuration, for natvm's
+xen-create.sh (image/deploy.py writes it from this function) and for the test dom0 alike. xen.cfg
+names its kernel and ramdisk relative to its own folder; xl would resolve them against its working
+directory, and its restart on reboot runs in xl's daemon, which has changed to /. So each relative
+name goes on the command line as a `key="absolute path"` override: xl appends the overrides to the
+file (the last setting of a key wins), and the domain's stored configuration, which the restart
+uses, holds the absolute paths.
 """
 
 import re
+from pathlib import PurePosixPath
 
 _SETTING = re.compile(r"^[ \t]*(\w+)[ \t]*=[ \t]*(.*?)[ \t]*$", re.MULTILINE)
 _STRING = re.compile(r'"((?:[^"\\]|\\.)*)"')
+FILE_KEYS = ("kernel", "ramdisk")  # the settings that name files xl reads when it creates
 
 
 class ConfigError(ValueError):
@@ -64,3 +74,15 @@ def with_cmdline_words(text: str, words: tuple[str, ...]) -> str:
         raise ConfigError("no 'cmdline' setting in the xl configuration")
     value = " ".join((string(text, "cmdline"), *words))
     return text[: match.start()] + f"cmdline = {quote(value)}" + text[match.end() :]
+
+
+def create_args(cfg: PurePosixPath, text: str) -> list[str]:
+    """`xl create`'s arguments for the configuration file `cfg`, whose text is `text`: the file,
+    then each file it names by a relative path as an override with the path absolute against
+    `cfg`'s folder (an absolute name stays as the file says)."""
+    overrides = [
+        f"{key}={quote(str(cfg.parent / named))}"
+        for key in FILE_KEYS
+        if not (named := PurePosixPath(string(text, key))).is_absolute()
+    ]
+    return ["create", str(cfg), *overrides]

@@ -9,6 +9,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from image import build, deploy, qemu
+from image.dom0 import init, xlcfg
 
 VM = deploy.Deployment(128, 1, ("br-up", "br-down"), Path("/k/vmlinuz"), Path("/k/initramfs"))
 
@@ -48,7 +49,7 @@ def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_
     and QEMU record what they get). Neither file names the build directory."""
     copy = tmp_path / "elsewhere" / "natvm"
     shutil.copytree(built.out, copy)
-    for name in ("libvirt.xml", "libvirt-define.sh", "run-qemu.sh"):
+    for name in ("libvirt.xml", "libvirt-define.sh", "run-qemu.sh", "xen.cfg", "xen-create.sh"):
         assert str(built.out) not in (copy / name).read_text(), name
     stand_ins, record = tmp_path / "bin", tmp_path / "record"
     stand_ins.mkdir()
@@ -72,6 +73,45 @@ def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_
         assert cwd / argv[argv.index(option) + 1] == copy.resolve() / name
 
 
+def test_xen_create_sh_from_a_copy_of_the_build_runs_the_dom0s_command_line(
+    built: build.Build, tmp_path: Path
+) -> None:
+    """build/ copied elsewhere: xen-create.sh, run from /, gives xl the copy's xen.cfg and the
+    absolute paths of the copy's kernel and ramdisk as overrides (as xl reads them, the last
+    setting of a key winning), then its own arguments; and its command line is the one the Xen
+    tier's dom0 runs on the shipped file, which has no shell to run the script."""
+    copy = tmp_path / "elsewhere" / "natvm"
+    shutil.copytree(built.out, copy)
+    stand_ins, record = tmp_path / "bin", tmp_path / "xl-argv"
+    stand_ins.mkdir()
+    _stand_in(stand_ins, "xl", f'printf "%s\\n" "$@" > {record}')
+    env = {**os.environ, "PATH": f"{stand_ins}:{os.environ['PATH']}"}
+
+    subprocess.run([copy / "xen-create.sh", "-c"], cwd="/", env=env, check=True)
+    *argv, own = record.read_text().splitlines()
+    assert own == "-c"
+    assert argv == init.create_command(copy.resolve() / "xen.cfg")[1:]
+    command, cfg, *overrides = argv
+    assert (command, Path(cfg)) == ("create", copy.resolve() / "xen.cfg")
+    settings = (copy / "xen.cfg").read_text() + "".join(line + "\n" for line in overrides)
+    for key, name in (("kernel", "vmlinuz"), ("ramdisk", "initramfs")):
+        assert Path(xlcfg.string(settings, key)) == copy.resolve() / name
+
+
+def test_xen_create_sh_refuses_a_folder_xl_would_misread(
+    built: build.Build, tmp_path: Path
+) -> None:
+    """An '=' in the path would make xl take xen.cfg for a key=value override: one line, no xl."""
+    copy = tmp_path / "a=b"
+    shutil.copytree(built.out, copy)
+    run = subprocess.run([copy / "xen-create.sh"], capture_output=True, text=True)
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        f"{copy}/xen-create.sh: move this folder to a path without special characters, "
+        f"not: {copy.resolve()}"
+    ]
+
+
 def parse_xl(text: str) -> dict[str, object]:
     """xl's config syntax is key = value with Python-like literals."""
     settings = {}
@@ -85,7 +125,8 @@ def parse_xl(text: str) -> dict[str, object]:
 def test_xl_config_is_a_pvh_guest_with_two_vifs() -> None:
     settings = parse_xl(deploy.xl_config(VM))
     assert settings["type"] == "pvh"
-    assert settings["kernel"] == "/k/vmlinuz" and settings["ramdisk"] == "/k/initramfs"
+    # relative to the file's folder: xen-create.sh passes xl their absolute paths
+    assert settings["kernel"] == "vmlinuz" and settings["ramdisk"] == "initramfs"
     assert "console=hvc0" in str(settings["cmdline"]).split()
     assert settings["memory"] == 128 and settings["vcpus"] == 1
     vifs = [dict(p.split("=") for p in vif.split(",")) for vif in settings["vif"]]  # type: ignore[attr-defined]

@@ -4,7 +4,7 @@ to the dom0 initrd, QEMU's command line, the console's split, the control channe
 import stat
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -20,7 +20,7 @@ MACHINE = xenboot.Machine(Path("/h"), Path("/w/dom0-initrd"), ("tw", "tl"), Path
 
 def test_reads_what_the_dom0_needs_from_natvms_xen_cfg() -> None:
     assert xlcfg.string(CFG, "name") == "natvm"
-    assert xlcfg.string(CFG, "kernel") == "/b/vmlinuz"
+    assert xlcfg.string(CFG, "kernel") == "vmlinuz"
     assert xlcfg.vif_bridges(CFG) == ["natvm-wan", "natvm-lan"]
     assert [spec["mac"] for spec in xlcfg.vifs(CFG)] == list(deploy.XEN_MACS)
 
@@ -37,6 +37,22 @@ def test_a_vif_without_a_bridge_or_a_missing_setting_is_an_error() -> None:
         xlcfg.string('name = "x"\n', "kernel")
 
 
+def test_xl_create_gets_the_files_named_relative_to_the_cfg_as_absolute_overrides() -> None:
+    cfg = PurePosixPath("/srv/nat vm/xen.cfg")
+    assert xlcfg.create_args(cfg, CFG) == [
+        "create",
+        "/srv/nat vm/xen.cfg",
+        'kernel="/srv/nat vm/vmlinuz"',
+        'ramdisk="/srv/nat vm/initramfs"',
+    ]
+    edited = CFG.replace('kernel = "vmlinuz"', 'kernel = "/boot/other"')
+    assert xlcfg.create_args(cfg, edited) == [
+        "create",
+        "/srv/nat vm/xen.cfg",
+        'ramdisk="/srv/nat vm/initramfs"',
+    ]  # an absolute name needs no override
+
+
 def test_the_derived_cfg_only_adds_words_to_cmdline() -> None:
     derived = xlcfg.with_cmdline_words(CFG, ("natvm.mtu=12",))
     assert xlcfg.string(derived, "cmdline") == xlcfg.string(CFG, "cmdline") + " natvm.mtu=12"
@@ -47,24 +63,25 @@ def test_the_derived_cfg_only_adds_words_to_cmdline() -> None:
 
 
 def test_the_guest_archive_puts_each_file_where_xl_looks(tmp_path: Path) -> None:
+    """As built, beside the cfg in /guest; an edited-in absolute path, where it says."""
     (tmp_path / "vmlinuz").write_bytes(b"kernel")
     (tmp_path / "initramfs").write_bytes(b"initrd")
-    absolute = deploy.Deployment(128, 1, VM.bridges, tmp_path / "vmlinuz", tmp_path / "initramfs")
-    (tmp_path / "xen.cfg").write_text(deploy.xl_config(absolute))
+    (tmp_path / "xen.cfg").write_text(CFG)
     entries = {e.path: e.data for e in xenboot.guest_entries(tmp_path / "xen.cfg")}
-    assert entries["guest/xen.cfg"] == (tmp_path / "xen.cfg").read_bytes()
-    assert entries[str(tmp_path / "vmlinuz").lstrip("/")] == b"kernel"
-    relative = deploy.Deployment(128, 1, VM.bridges, Path("vmlinuz"), Path("initramfs"))
-    (tmp_path / "xen.cfg").write_text(deploy.xl_config(relative))
-    entries = {e.path: e.data for e in xenboot.guest_entries(tmp_path / "xen.cfg")}
+    assert entries["guest/xen.cfg"] == CFG.encode()
     assert (entries["guest/vmlinuz"], entries["guest/initramfs"]) == (b"kernel", b"initrd")
+    edited = CFG.replace('kernel = "vmlinuz"', f"kernel = {xlcfg.quote(str(tmp_path / 'vmlinuz'))}")
+    (tmp_path / "xen.cfg").write_text(edited)
+    entries = {e.path: e.data for e in xenboot.guest_entries(tmp_path / "xen.cfg")}
+    assert entries[str(tmp_path / "vmlinuz").lstrip("/")] == b"kernel"
+    assert "guest/vmlinuz" not in entries
 
 
 def test_a_cfg_naming_a_missing_kernel_is_one_line(tmp_path: Path) -> None:
     (tmp_path / "xen.cfg").write_text(CFG)
     with pytest.raises(ImageError) as caught:
         xenboot.guest_entries(tmp_path / "xen.cfg")
-    assert caught.value.message.endswith("names kernel /b/vmlinuz, which is not there")
+    assert caught.value.message.endswith("names kernel vmlinuz, which is not there")
 
 
 def test_the_guest_archive_follows_the_dom0s_at_a_four_byte_boundary(tmp_path: Path) -> None:
@@ -75,7 +92,8 @@ def test_the_guest_archive_follows_the_dom0s_at_a_four_byte_boundary(tmp_path: P
     xenboot.write_dom0_initrd(tmp_path, tmp_path / "xen.cfg", tmp_path / "initrd")
     blob = (tmp_path / "initrd").read_bytes()
     assert blob[:7] == (tmp_path / "initramfs").read_bytes() and blob[7:8] == b"\0"
-    assert next(e.path for e in cpio.read(blob[8:]) if stat.S_ISREG(e.mode)) == "guest/xen.cfg"
+    files = {e.path for e in cpio.read(blob[8:]) if stat.S_ISREG(e.mode)}
+    assert files == {"guest/xen.cfg", "guest/vmlinuz", "guest/initramfs"}
 
 
 def test_qemu_boots_xen_with_the_dom0_as_multiboot_modules() -> None:
