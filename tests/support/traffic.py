@@ -183,7 +183,11 @@ def check_http_bulk_download(topo: Topology, services: Services) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         target = Path(tmp) / "bulk.bin"
         url = f"http://{SERVER_A}/bulk.bin"
-        topo.run(topo.lan_a.ns, "curl", "-sS", "--max-time", "90", "-o", str(target), url)
+        # The run's own timeout outlasts curl's: a slow transfer (nested Xen on a loaded machine)
+        # gets curl's time, and a failure says what curl saw.
+        topo.run(
+            topo.lan_a.ns, "curl", "-sS", "--max-time", "90", "-o", str(target), url, timeout=120
+        )
         assert hashlib.sha256(target.read_bytes()).hexdigest() == services.bulk_sha256
 
 
