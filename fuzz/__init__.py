@@ -3,7 +3,8 @@ protocol, fragments, ICMP errors quoting what the engine sent, ARP, VLAN tags an
 metadata, with the oracle's checks after every frame (program.py, oracle.py, campaign.py).
 
     python -m fuzz run [--engine atheris|random] [--frames N] [--seed N]
-    python -m fuzz replay FILE...        python -m fuzz coverage [DIR...]
+    python -m fuzz replay FILE...        python -m fuzz minimize FILE OUT
+    python -m fuzz coverage [DIR...]     python -m fuzz seeds   (rewrites fuzz/corpus/seed-*)
 
 Nothing here is imported by the appliance; `invoke fuzz` runs it.
 """
