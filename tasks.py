@@ -216,3 +216,27 @@ def bench(
         do_build(CONFIG, debug=False)
         do_build(CONFIG, debug=False, reference=True)
     bench_run.bench(options)
+
+
+@task(
+    help={
+        "frames": "frames to hand the engine (default 10 million)",
+        "seed": "the campaign's seed (default 1)",
+        "engine": "atheris: coverage-guided by libFuzzer (default); random: seeded, stdlib only",
+    }
+)
+def fuzz(c: Context, frames: int = 10_000_000, seed: int = 1, engine: str = "atheris") -> None:
+    """Fuzz the pure engine: generated and mutated frames, each checked (fuzz/).
+
+    Prints frames/s, then the coverage of appliance/ that the inputs reached."""
+    py, work = shlex.quote(sys.executable), image_build.OUTPUT / "fuzz"
+    with c.cd(str(ROOT)):
+        run = c.run(
+            f"{py} -m fuzz run --engine {shlex.quote(engine)} --frames {frames} --seed {seed} "
+            f"--work {shlex.quote(str(work))}",
+            warn=True,
+        )
+        if run is None or run.failed:
+            raise Exit("natvm: error: the fuzzer stopped on a finding (above); see build/fuzz/", 1)
+        extra = "" if engine == "atheris" else " --random 2000"
+        c.run(f"{py} -m fuzz coverage {shlex.quote(str(work / 'corpus'))} fuzz/corpus{extra}")

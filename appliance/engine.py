@@ -110,12 +110,11 @@ class FrameContext:
     def keeps_offload(self, ip: Ipv4, mtu: int) -> bool:
         """Whether `ip` can leave with the frame's offload, for the kernel to finish."""
         offload = self.offload
-        return (
-            offload is not None
-            and ip.proto in (TCP, UDP)
-            and not ip.is_fragment
-            and (offload.gso_size != 0 or len(ip.buf) <= mtu)
-        )
+        if offload is None or ip.proto not in (TCP, UDP) or ip.is_fragment:
+            return False
+        # Segmentation is for TCP only: a peer's GSO type on anything else (netback passes a
+        # client's on) must not go out to the kernel with the datagram.
+        return ip.proto == TCP if offload.gso_size else len(ip.buf) <= mtu
 
 
 class Nat:

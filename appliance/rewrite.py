@@ -76,7 +76,7 @@ def _patch(
     offset: int,
     new: bytes,
     checksums: tuple[int | None, ...],
-    udp_checksum: int | None = None,
+    never_zero: int | None = None,
 ) -> None:
     old = bytes(buf[offset : offset + len(new)])
     if old == new:
@@ -86,7 +86,7 @@ def _patch(
         if check is None:
             continue
         value = adjust(word(buf, check), old, new)
-        if check == udp_checksum and value == 0:
+        if check == never_zero and value == 0:
             value = 0xFFFF
         buf[check : check + 2] = value.to_bytes(2, "big")
 
@@ -106,7 +106,10 @@ def rewrite_endpoint(
     """
     buf = ip.buf
     l4_check = _l4_checksum_offset(ip)
-    udp_check = l4_check if ip.proto == UDP else None
+    # RFC 1624's update gives 0x0000 when the words sum to zero, but data that is all zeros
+    # needs 0xFFFF (an ICMP echo of id 0, sequence 0 and no data; TCP and UDP sums include the
+    # pseudo-header, never zero); 0xFFFF is valid for any data, and UDP sends no 0 (RFC 768).
+    never_zero = l4_check if ip.proto in (UDP, ICMP) else None
     if partial and l4_check is not None and ip.proto != ICMP:
         old = bytes(buf[addr_offset : addr_offset + 4])
         _patch(buf, addr_offset, addr, (10,))
@@ -122,9 +125,9 @@ def rewrite_endpoint(
         return
     # The ICMP checksum has no pseudo-header: an address change does not touch it.
     addr_checks = (10,) if ip.proto == ICMP else (10, l4_check)
-    _patch(buf, addr_offset, addr, addr_checks, udp_check)
+    _patch(buf, addr_offset, addr, addr_checks, never_zero)
     if port_offset is not None:
-        _patch(buf, port_offset, port.to_bytes(2, "big"), (l4_check,), udp_check)
+        _patch(buf, port_offset, port.to_bytes(2, "big"), (l4_check,), never_zero)
     if addr_offset == 12:
         ip.src = addr
     else:
@@ -183,7 +186,8 @@ def rewrite_embedded(
         # An echo id is covered by the quoted ICMP checksum only; addresses are not.
         _patch(inner.buf, addr_offset, addr, (10,))
         if port_offset is not None:
-            _patch(inner.buf, port_offset, port.to_bytes(2, "big"), (_l4_checksum_offset(inner),))
+            check = _l4_checksum_offset(inner)
+            _patch(inner.buf, port_offset, port.to_bytes(2, "big"), (check,), never_zero=check)
     else:
         rewrite_endpoint(inner, addr_offset, addr, port_offset, port)
     start = ip.header_len + 8
