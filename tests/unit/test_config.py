@@ -833,7 +833,7 @@ OVERRIDE_ERRORS = [
     ),
     ({"natvm.netvm": ["true"]}, "natvm.netvm: 'true' is not 0 or 1"),
     ({"natvm.dns": ["1.2.3.4,x"]}, "natvm.dns: 'x' is not an IPv4 address"),
-    ({"natvm.dns": ["1.1.1.1,2.2.2.2,3.3.3.3"]}, "natvm.dns: [\"1.1.1.1\", "),
+    ({"natvm.dns": ["1.1.1.1,2.2.2.2,3.3.3.3"]}, 'natvm.dns: ["1.1.1.1", '),
     ({"natvm.dns": ["224.0.0.1"]}, "natvm.dns: '224.0.0.1' is not a unicast address"),
 ]
 
