@@ -169,13 +169,9 @@ class NetVm:
         """`Nat.handle` for a frame received on `port` (`WAN` or a client's)."""
         if port == WAN:
             return self._to_ports(self.nat.handle(WAN, frame, now, l4_verified))
-        try:
-            inner = self._inward(port, frame, False)
-        except _Answered as answered:
-            return [(port, answered.frame)]
-        except Drop as drop:
-            self._drop(port, drop.reason)
-            return []
+        inner = self._from_client(port, frame, False)
+        if not isinstance(inner, bytes):
+            return inner
         return self._to_ports(self.nat.handle(LAN, inner, now, l4_verified))
 
     def handle_offload(
@@ -183,13 +179,10 @@ class NetVm:
     ) -> PortOffloadOutput:
         """`Nat.handle_offload` for a frame received on `port` (`WAN` or a client's)."""
         if port != WAN:
-            try:
-                frame = self._inward(port, frame, True)
-            except _Answered as answered:
-                return [(port, answered.frame, None)]
-            except Drop as drop:
-                self._drop(port, drop.reason)
-                return []
+            inner = self._from_client(port, frame, True)
+            if not isinstance(inner, bytes):
+                return [(answer_port, answer, None) for answer_port, answer in inner]
+            frame = inner
         side = WAN if port == WAN else LAN
         out = []
         for out_side, sent, kept in self.nat.handle_offload(side, frame, now, offload):
@@ -217,10 +210,22 @@ class NetVm:
 
     # -- from a client ---------------------------------------------------------------------
 
+    def _from_client(self, port: Port, frame: bytes, partial: bool) -> bytes | PortOutput:
+        """The frame from `port` for the NAT; or, if it ends here (counted in, as the NAT
+        counts what it takes), what to send for it: an ARP answer, or nothing."""
+        try:
+            return self._inward(port, frame, partial)
+        except _Answered as answered:
+            out = [(port, answered.frame)]
+        except Drop as drop:
+            self._drop(port, drop.reason)
+            out = []
+        self.counters.frames_in[LAN] += 1
+        return out
+
     def _inward(self, port: Port, frame: bytes, partial: bool) -> bytes:
         """The frame from `port` for the NAT, readdressed to its inner MAC; raises Drop, or
         _Answered with the answer to an ARP request."""
-        self.counters.frames_in[LAN] += 1
         client = self.clients.get(port)
         if client is None:
             raise Drop("no-client")
@@ -240,8 +245,6 @@ class NetVm:
             return self._dns_out(client, frame, partial)
         if dst != self.gateway and self.client_net.is_host(dst):
             raise Drop("client-to-client")
-        # The NAT counts the frame in again: it was counted here only for the drops above.
-        self.counters.frames_in[LAN] -= 1
         return b"".join((INNER_MAC, memoryview(frame)[6:]))
 
     def _proxy_arp(self, client: Client, frame: bytes) -> bytes:
@@ -270,7 +273,6 @@ class NetVm:
             del records[next(iter(records))]
         records[key] = ip.dst
         rewrite_endpoint(ip, 16, upstream, None, 0, partial)
-        self.counters.frames_in[LAN] -= 1
         return INNER_MAC + frame[6:ETH_HEADER_LEN] + ip.buf
 
     def _drop(self, port: Port, reason: str) -> None:

@@ -13,7 +13,7 @@ from scapy.packet import Packet
 from appliance.config import ApplianceConfig, apply_overrides
 from appliance.engine import Offload
 from appliance.flows import PortAllocator
-from appliance.frames import WAN
+from appliance.frames import LAN, WAN
 from appliance.netvm import ClientError, NetVm
 from appliance.packet import TCP as TCP_PROTO
 from appliance.packet import UDP as UDP_PROTO
@@ -367,3 +367,29 @@ def test_a_slash_32_uplink_reaches_its_on_link_gateway(netvm_config: ApplianceCo
     assert out[IP].src == "10.138.0.7" and out.dst == GATEWAY_MAC
     reply = IP(src=SERVER, dst="10.138.0.7") / UDP(sport=7, dport=out[UDP].sport)
     assert clients.one(WAN, reply, A)[IP].dst == ip_of(A)
+
+
+def test_each_frame_from_a_client_is_counted_in_once(clients: Clients) -> None:
+    counters = clients.netvm.counters
+    udp_out(clients, A)  # through the NAT
+    clients.nothing(A, IP(src=ip_of(B), dst=SERVER) / UDP())  # dropped here
+    arp = ARP(op=1, hwsrc=CLIENTS[A][1], psrc=ip_of(A), pdst=GW)
+    clients.one(A, Ether(dst="ff:ff:ff:ff:ff:ff", src=CLIENTS[A][1]) / arp, A)  # answered here
+    query = IP(src=ip_of(A), dst="10.139.1.1") / UDP(sport=33333, dport=53) / b"q"
+    clients.one(A, query, WAN)  # translated here, then through the NAT
+    assert (counters.frames_in[LAN], counters.frames_out[LAN]) == (4, 1)
+    assert counters.frames_out[WAN] == 2
+
+
+def test_a_forward_to_a_client_not_attached_sends_nothing_to_any_port(
+    netvm_config: ApplianceConfig,
+) -> None:
+    clients = Clients(netvm_config, attach=(B,))  # the forward's client, A, is not there
+    clients.nothing(WAN, IP(src=SERVER, dst=WAN_IP) / TCP(sport=4000, dport=8080, flags="S"))
+    assert clients.netvm.counters.frames_out[LAN] == 0
+    # It waited for the client's address: attaching the client delivers it.
+    ip, mac = CLIENTS[A]
+    out = clients.netvm.attach_client(
+        A, IPv4Address(ip), mac_bytes(mac), mac_bytes(PORT_MAC), clients.now
+    )
+    assert [(port, Ether(frame)[TCP].dport) for port, frame in out] == [(A, 80)]
