@@ -348,6 +348,11 @@ class Shell(Generic[P]):
                 self._poller.unregister(fd)
                 sock.close()
 
+    def close(self) -> None:
+        """Close every port's sockets."""
+        for port in list(self.sockets):
+            self.remove_port(port)
+
     def add_reader(self, fd: int, ready: Callable[[], None]) -> None:
         """Call `ready` from the loop whenever `fd` is readable (after the frames waiting)."""
         self._readers[fd] = ready
@@ -644,11 +649,15 @@ def run_netvm(
     def stop(signum: int, frame: FrameType | None) -> None:
         shell.stopping = True
 
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
     try:
         for client in clients:
             shell.attach(client.ifname, client.ip, client.mac)
+    except ShellError:
+        shell.close()
+        raise
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    try:
         for name in (wan_ifname, *(client.ifname for client in clients)):
             if not wait_for_carrier(name, CARRIER_WAIT):
                 log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; going on")
@@ -661,6 +670,5 @@ def run_netvm(
     finally:
         log(shell.stats_line())
         log("stopped")
-        for port in list(shell.sockets):
-            shell.remove_port(port)
+        shell.close()
         sys.stdout.flush()

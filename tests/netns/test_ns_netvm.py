@@ -15,7 +15,7 @@ import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 
-from tests.support import CONFIG
+from tests.support import CONFIG, REPO
 from tests.support.fixtures import services_fixture
 from tests.support.routers import HostAppliance
 from tests.support.services import BULK_SIZE, Services
@@ -149,6 +149,22 @@ def test_dns_to_the_virtual_address_is_answered_by_the_upstream(
     assert out.stdout.split() == [services.dns_answer]
     log = services.dnsmasq_log.read_text()
     assert f"query[A] {services.dns_name} from {APPLIANCE_WAN}" in log
+
+
+def test_a_client_the_engine_refuses_is_one_clear_line(
+    topology: NetVmTopology, nat: HostAppliance
+) -> None:
+    """A client outside the clients' subnet ends a start with one line naming it."""
+    command = nat.command[: nat.command.index("--client")]
+    vif, client = topology.vifs[1], topology.clients[1]
+    command += ["--client", f"{vif}=192.168.5.5,{client.mac}"]
+    result = topology.run(topology.router, *command, check=False, cwd=REPO)
+    lines = (result.stdout + result.stderr).splitlines()
+    assert result.returncode == 1
+    assert lines == [
+        f"natvm: error: client {vif} (192.168.5.5): not a client address of {CLIENT_SUBNET} "
+        f"(other than the gateway {CLIENT_GATEWAY})"
+    ]
 
 
 def test_detaching_a_client_leaves_anothers_download_intact(
