@@ -37,6 +37,7 @@ from tests.support.topology import (
 pytestmark = pytest.mark.netns
 
 CLIENTS = 4
+FIRST = "10.137.0.11"  # the first client's address (build_netvm numbers them from .11)
 COUNTER_WAIT = 5.0  # the appliance prints its counters every second
 
 
@@ -51,12 +52,14 @@ services = services_fixture("module")
 
 def netvm_config(path: Path) -> Path:
     """The tier's config in netvm mode: clients in 10.137.0.0/16 with the gateway 10.137.0.1,
-    dnsmasq on the WAN side as the upstream DNS server, no port forwards."""
+    dnsmasq on the WAN side as the upstream DNS server, TCP 8080 forwarded to the first client's
+    web server."""
     document = copy.deepcopy(json.loads(CONFIG.read_text()))
     lan = document["RunConfig"]["Nics"][1]
     lan["IPAddress"], lan["NetMask"] = CLIENT_GATEWAY, CLIENT_SUBNET.split("/")[1]
     nat = document["ManifestPassthrough"]["nat"]
-    nat.update(netvm=True, dns_servers=[SERVER_A], port_forwards=[])
+    forward = {"protocol": "tcp", "external_port": "8080", "lan_host": FIRST, "lan_port": 80}
+    nat.update(netvm=True, dns_servers=[SERVER_A], port_forwards=[forward])
     path.write_text(json.dumps(document))
     return path
 
@@ -149,6 +152,15 @@ def test_dns_to_the_virtual_address_is_answered_by_the_upstream(
     assert out.stdout.split() == [services.dns_answer]
     log = services.dnsmasq_log.read_text()
     assert f"query[A] {services.dns_name} from {APPLIANCE_WAN}" in log
+
+
+def test_a_port_forward_reaches_its_client(
+    topology: NetVmTopology, nat: HostAppliance, services: Services
+) -> None:
+    assert topology.clients[0].address == FIRST
+    url = f"http://{APPLIANCE_WAN}:8080/index.html"
+    body = topology.run(topology.wan.ns, "curl", "-sS", "--max-time", "20", url).stdout
+    assert body.encode() == services.lan_index
 
 
 def test_a_client_the_engine_refuses_is_one_clear_line(
