@@ -631,9 +631,11 @@ def run_netvm(
     clients: Sequence[ClientSpec] = (),
     stats_interval: float = 10.0,
     log: Log = log_line,
+    watch: Callable[[NetVmShell], None] | None = None,
 ) -> None:
     """Serve netvm clients (`clients` from the start) through the uplink `wan_ifname` until
-    SIGTERM or SIGINT; raises ShellError."""
+    SIGTERM or SIGINT; raises ShellError. `watch` is called with the shell before it serves:
+    where a source of clients that come and go registers (`NetVmShell.add_reader`)."""
     if not config.nat.netvm:
         raise ShellError("the configuration is not in netvm mode (nat.netvm is false)")
     buffer_size = socket_buffer_size(memory_total())
@@ -652,6 +654,8 @@ def run_netvm(
     try:
         for client in clients:
             shell.attach(client.ifname, client.ip, client.mac)
+        if watch is not None:
+            watch(shell)
     except ShellError:
         shell.close()
         raise
