@@ -19,12 +19,13 @@ and qubes-antispoof.nft; qubes-mirage-firewall client_eth.ml and firewall.ml):
                  clients pin the gateway's MAC to fe:ff:ff:ff:ff:ff, netback's vif MAC, and never
                  ask). A request for the client's own address (a duplicate address probe) is not.
   isolation      a frame from one client to another client address is dropped
-                 ("client-to-client"). Qubes forwards between clients only where a firewall rule
-                 allows it (its nft forward chain accepts vif traffic only towards the uplink;
-                 qubes-mirage-firewall's rules drop client-to-client unless a rule says accept),
-                 and natvm has no such rules. A port forward on the WAN address that leads to a
-                 client is an explicit rule, so clients reach it through the WAN address
-                 (hairpinning) like anyone.
+                 ("client-to-client"), as Qubes' own net VMs do: their forward chain drops every
+                 new connection towards a client interface unless a custom rule accepted it
+                 first (qubes-core-agent-linux network/qubes-ipv4.nft, `oifgroup 2 counter
+                 drop`). qubes-mirage-firewall instead applies the sender's QubesDB rules to it
+                 (rules.ml, `from_client`), which may accept; natvm has no rules yet. A port
+                 forward on the WAN address that leads to a client is an explicit rule, so
+                 clients reach it through the WAN address (hairpinning) like anyone.
   DNS            UDP and TCP to port 53 of 10.139.1.1 and 10.139.1.2 (Qubes' virtual DNS servers)
                  go to the first and the second configured upstream server (the first for both
                  if only one is given): the destination is rewritten (DNAT) before the NAT, and
