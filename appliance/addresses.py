@@ -10,19 +10,21 @@ from appliance.config import ApplianceConfig
 class Subnet:
     """An IPv4 network, as integers: membership and host tests without building objects."""
 
-    __slots__ = ("broadcast", "mask", "network")
+    __slots__ = ("mask", "network", "not_hosts")
 
     def __init__(self, network: IPv4Network) -> None:
         self.network = int(network.network_address)
         self.mask = int(network.netmask)
-        self.broadcast = int(network.broadcast_address)
+        # A /31 (RFC 3021) and a /32 have no network or broadcast address.
+        edges = (self.network, int(network.broadcast_address))
+        self.not_hosts = edges if network.prefixlen <= 30 else ()
 
     def __contains__(self, addr: bytes) -> bool:
         return int.from_bytes(addr, "big") & self.mask == self.network
 
     def is_host(self, addr: bytes) -> bool:
         value = int.from_bytes(addr, "big")
-        return value & self.mask == self.network and value not in (self.network, self.broadcast)
+        return value & self.mask == self.network and value not in self.not_hosts
 
 
 def is_special(addr: bytes) -> bool:

@@ -173,8 +173,8 @@ def _address(value: object, path: str) -> IPv4Address:
     return address
 
 
-def _prefix(value: object, path: str) -> int:
-    """A netmask, dotted ("255.255.255.0") or as a prefix length ("24")."""
+def _prefix(value: object, path: str, longest: int) -> int:
+    """A netmask, dotted ("255.255.255.0") or as a prefix length ("24"), at most `longest`."""
     text = value if isinstance(value, str) else ""
     try:
         network: IPv4Network | None = IPv4Network(f"0.0.0.0/{text}")
@@ -183,20 +183,24 @@ def _prefix(value: object, path: str) -> int:
     # IPv4Network also takes a host mask ("0.0.0.255"): accept only masks that read back the same
     if network is None or not (text.isdigit() or str(network.netmask) == text):
         _fail(path, value, "is not a netmask like '255.255.255.0' or a prefix length like '24'")
-    if network.prefixlen > 30:
-        _fail(path, value, "leaves no room for hosts (the prefix must be 30 or shorter)")
+    if network.prefixlen > longest:
+        _fail(path, value, f"leaves no room for hosts (the prefix must be {longest} or shorter)")
     return network.prefixlen
 
 
 def _host(address: IPv4Address, network: IPv4Network, path: str) -> None:
-    if address in (network.network_address, network.broadcast_address):
+    # A /31 (RFC 3021) and a /32 have no network or broadcast address: every address is a host.
+    if network.prefixlen <= 30 and address in (network.network_address, network.broadcast_address):
         _fail(path, str(address), f"is the network or broadcast address of {network}")
 
 
-def _neighbour(value: object, path: str, interface: IPv4Interface, side: str) -> IPv4Address:
-    """An address of another host in the subnet of the appliance's interface on side."""
+def _neighbour(
+    value: object, path: str, interface: IPv4Interface, side: str, on_link: bool = False
+) -> IPv4Address:
+    """An address of another host in the subnet of the appliance's interface on side; with
+    `on_link`, of a host outside it too (a /32's gateway, reached on the link by ARP)."""
     address = _address(value, path)
-    if address not in interface.network:
+    if address not in interface.network and not on_link:
         _fail(path, value, f"is not inside the {side} subnet {interface.network}")
     if address == interface.ip:
         _fail(path, value, f"is the appliance's own {side} address")
@@ -380,6 +384,26 @@ class PortForwards(Kind[tuple[PortForward, ...]]):
         return forwards
 
 
+_MAX_DNS_SERVERS = 2  # one for each of the addresses Qubes clients send DNS to
+
+
+@dataclass(frozen=True)
+class DnsServers(Kind[tuple[IPv4Address, ...]]):
+    """Upstream DNS servers: a JSON array of addresses; on the command line IP[,IP] or 'none'."""
+
+    def read(self, value: object, path: str, context: _Context) -> tuple[IPv4Address, ...]:
+        items = _array(value, path)
+        if len(items) > _MAX_DNS_SERVERS:
+            _fail(path, value, f"names more than {_MAX_DNS_SERVERS} servers")
+        return tuple(_address(item, f"{path}[{index}]") for index, item in enumerate(items))
+
+    def write(self, value: tuple[IPv4Address, ...]) -> object:
+        return [str(address) for address in value]
+
+    def word(self, key: str, values: Sequence[str]) -> object:
+        return [] if values[-1] == "none" else values[-1].split(",")
+
+
 @dataclass(frozen=True)
 class Section(Kind[_T]):
     """A JSON object whose keys are declared with setting() on a frozen dataclass's fields."""
@@ -525,6 +549,23 @@ class NatSettings:
         "natvm.busy_poll_us",
         "microseconds to keep polling after a frame (0: sleep at once)",
     )
+    # A Qubes-style net VM (appliance/netvm.py): clients attach at run time, each on an
+    # interface of its own with one address inside Nics[1]'s subnet, whose own address is the
+    # gateway they use (Qubes' /qubes-netvm-gateway).
+    netvm: bool = setting(
+        False,
+        Boolean(),
+        "natvm.netvm",
+        "serve client VMs on interfaces attached at run time (Qubes-style net VM): 0 or 1",
+    )
+    # Where DNS that netvm clients send to 10.139.1.1 and 10.139.1.2 goes (the first and the
+    # second server; the first for both if only one is given); none: such DNS is dropped.
+    dns_servers: tuple[IPv4Address, ...] = setting(
+        (),
+        DnsServers(),
+        "natvm.dns",
+        "upstream DNS servers for netvm clients, IP[,IP] ('none': no DNS)",
+    )
 
 
 _NAT = Section(NatSettings)
@@ -560,14 +601,17 @@ def _bridge(value: object, path: str) -> str | None:
 def _nic(value: object, path: str, side: str) -> Nic:
     obj = _object(value, path, _NIC_KEYS)
     address = _address(_required(obj, "IPAddress", path), f"{path}.IPAddress")
-    prefix = _prefix(_required(obj, "NetMask", path), f"{path}.NetMask")
+    # The uplink may be a /31 or a /32 (a Qubes net VM behind another one gets a /32 and an
+    # on-link gateway); the LAN needs room for hosts beside the appliance.
+    longest = 32 if side == "WAN" else 30
+    prefix = _prefix(_required(obj, "NetMask", path), f"{path}.NetMask", longest)
     interface = IPv4Interface((address, prefix))
     _host(address, interface.network, f"{path}.IPAddress")
     raw, gateway = obj.get("Gateway", ""), None
     if raw not in (None, ""):
         if side == "LAN":
             _fail(f"{path}.Gateway", raw, "is not allowed: the appliance is the LAN's router")
-        gateway = _neighbour(raw, f"{path}.Gateway", interface, side)
+        gateway = _neighbour(raw, f"{path}.Gateway", interface, side, on_link=prefix == 32)
     return Nic(interface, gateway, _bridge(obj.get("BridgeName"), f"{path}.BridgeName"))
 
 

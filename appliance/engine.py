@@ -132,7 +132,9 @@ class Nat:
         self.macs = {Side.WAN: wan_mac, Side.LAN: lan_mac}
         self.counters = Counters()
         self.neighbours = {
-            Side.WAN: Neighbours(wan_mac, self.wan_ip, self.wan_net, self.counters.drop),
+            Side.WAN: Neighbours(
+                wan_mac, self.wan_ip, self.wan_net, self.counters.drop, on_link=_on_link(addresses)
+            ),
             Side.LAN: Neighbours(lan_mac, self.lan_ip, self.lan_net, self.counters.drop),
         }
         self.table = FlowTable(config.nat, allocator)
@@ -499,6 +501,13 @@ class _TokenBucket:
             return False
         self.tokens -= 1
         return True
+
+
+def _on_link(addresses: Addresses) -> frozenset[bytes]:
+    """A gateway outside the WAN subnet (a /32's) is on the link all the same."""
+    gateway = addresses.gateway
+    outside = gateway is not None and not addresses.wan_net.is_host(gateway)
+    return frozenset([gateway]) if outside and gateway is not None else frozenset()
 
 
 def _cut(ip: Ipv4, mtu: int, partial: bool) -> list[bytearray]:

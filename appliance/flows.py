@@ -431,6 +431,17 @@ class FlowTable:
     def __len__(self) -> int:
         return self.session_count
 
+    def drop_host(self, int_addr: bytes, now: float) -> int:
+        """Remove every session of the LAN host `int_addr` (a netvm client that detached);
+        returns how many went. A scan of the table: detaching is rare, frames are not."""
+        mappings = [m for m in self.by_internal.values() if m.int_addr == int_addr]
+        removed = 0
+        for mapping in mappings:
+            for session in mapping.sessions():
+                self._remove_session(session, now)
+                removed += 1
+        return removed
+
     # -- expiry ----------------------------------------------------------------------------
 
     def expire(self, now: float, budget: int = 10000) -> int:

@@ -2,18 +2,20 @@
 
 Theory of operation: a neighbour is learned from an ARP packet that asks for our address, or
 from one whose sender we already hold or are resolving (RFC 826's merge rule), and only when its
-address is a host of the interface's subnet. A resolved neighbour is trusted for
-`reachable_time` seconds after it last spoke ARP to us; after that it is still used for
-`retry_interval * max_tries` seconds while `tick` asks it again (like Linux's STALE/PROBE
-states), so a live flow never waits on a refresh. A packet for a next hop whose link address is
-unknown waits in a small per-hop queue (at most `queue_per_hop` packets, at most `max_pending`
-hops), while a request is sent every `retry_interval` seconds up to `max_tries` times; then the
-queued packets are dropped. All of it is driven by `now`, passed in. What it drops after
-taking it (packets given up on, an ARP packet not for us) it counts through `count_drop`, with
-reasons of its own ("arp-queue-full", "arp-unresolved", "arp-not-for-us"); an ARP packet it
-refuses outright raises `Drop`.
+address is a host of the interface's subnet (or an on-link address outside it: a /32's gateway).
+A pinned neighbour (a netvm client, whose MAC the toolstack gives) never expires. A resolved
+neighbour is trusted for `reachable_time` seconds after it last spoke ARP to us; after that it
+is still used for `retry_interval * max_tries` seconds while `tick` asks it again (like Linux's
+STALE/PROBE states), so a live flow never waits on a refresh. A packet for a next hop whose link
+address is unknown waits in a small per-hop queue (at most `queue_per_hop` packets, at most
+`max_pending` hops), while a request is sent every `retry_interval` seconds up to `max_tries`
+times; then the queued packets are dropped. All of it is driven by `now`, passed in. What it
+drops after taking it (packets given up on, an ARP packet not for us) it counts through
+`count_drop`, with reasons of its own ("arp-queue-full", "arp-unresolved", "arp-not-for-us");
+an ARP packet it refuses outright raises `Drop`.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -50,8 +52,9 @@ class Neighbours:
         queue_per_hop: int = 8,
         max_pending: int = 256,
         max_entries: int = 4096,
+        on_link: frozenset[bytes] = frozenset(),
     ) -> None:
-        self.mac, self.ip, self.subnet = mac, ip, subnet
+        self.mac, self.ip, self.subnet, self.on_link = mac, ip, subnet, on_link
         self.count_drop = count_drop  # (reason, packets)
         self.reachable_time, self.retry_interval, self.max_tries = (
             reachable_time,
@@ -70,7 +73,7 @@ class Neighbours:
     def receive(self, arp: Arp, now: float) -> list[bytes]:
         """Take an ARP packet received on this interface; returns the frames to send: the
         packets that were waiting for its sender, and a reply if it asks for our address."""
-        if not self.subnet.is_host(arp.sender_ip):
+        if not self.subnet.is_host(arp.sender_ip) and arp.sender_ip not in self.on_link:
             raise Drop("arp-foreign-sender")
         if arp.sender_ip == self.ip:
             raise Drop("arp-address-conflict")
@@ -130,6 +133,20 @@ class Neighbours:
         self._stale.discard(ip)
         pending = self._pending.pop(ip, None)
         return [] if pending is None else [(mac, packet) for packet in pending.packets]
+
+    def pin(self, ip: bytes, mac: bytes) -> list[tuple[bytes, bytes]]:
+        """Record `ip` at `mac` for good (no ARP ever asks it again); returns the (mac, packet)
+        pairs that were waiting for it."""
+        waiting = self.learn(ip, mac, 0.0)
+        self._cache[ip] = (mac, math.inf)
+        return waiting
+
+    def forget(self, ip: bytes) -> None:
+        """Drop what is known of `ip`, and the packets waiting for it (not counted: their
+        receiver is gone)."""
+        self._cache.pop(ip, None)
+        self._pending.pop(ip, None)
+        self._stale.discard(ip)
 
     def knows(self, ip: bytes) -> bool:
         """Whether `ip` is cached or being resolved (RFC 826: update only entries we hold)."""

@@ -1,10 +1,15 @@
-"""The I/O shell: AF_PACKET sockets on two interfaces, a poll loop, the clock and the log.
+"""The I/O shell: AF_PACKET sockets on the interfaces, a poll loop, the clock and the log.
 
 Everything that decides anything lives in the engine; this module only moves frames between the
 kernel and `Nat.handle`, runs `Nat.tick` about once a second, prints a stats line periodically and
 turns OS failures into one-line `ShellError`s. It is the same in the image (called by init) and on
 a host (called by cli). A frame never kills it: an unexpected exception while handling one is
 counted and logged (rate-limited), and the loop goes on.
+
+Two engines, one loop: `Nat` between a WAN and a LAN NIC (`run`), and `NetVm` between the uplink
+and client interfaces that come and go (`run_netvm`, `NetVmShell`): its `attach` and `detach`
+open and close a client's sockets while the loop runs, and `add_reader` lets another source of
+events (the xenstore watcher) be polled by the same loop.
 """
 
 import array
@@ -17,13 +22,18 @@ import struct
 import sys
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from types import FrameType
-from typing import NamedTuple
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from appliance import linux
 from appliance.config import ApplianceConfig
-from appliance.engine import Nat, Offload, OffloadOutput, Side
+from appliance.counters import Counters
+from appliance.engine import Nat, Offload, Side
+from appliance.flows import FlowTable
+from appliance.frames import WAN
+from appliance.netvm import Client, ClientError, NetVm
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -259,39 +269,101 @@ def wait_for_carrier(name: str, timeout: float) -> bool:
         time.sleep(0.05)
 
 
-class Receiver(NamedTuple):
-    side: Side
+# Where a frame comes in and goes out: a `Side` for `Nat`, an interface name for `NetVm`.
+P = TypeVar("P", bound=str)
+
+
+class Engine(Protocol[P]):
+    """What the shell needs of an engine (`Nat`, `NetVm`)."""
+
+    config: ApplianceConfig
+    counters: Counters
+    table: FlowTable
+
+    def handle(
+        self, port: P, frame: bytes, now: float, l4_verified: bool = False
+    ) -> Sequence[tuple[P, bytes]]: ...
+
+    def handle_offload(
+        self, port: P, frame: bytes, now: float, offload: Offload
+    ) -> Sequence[tuple[P, bytes, Offload | None]]: ...
+
+    def tick(self, now: float) -> Sequence[tuple[P, bytes]]: ...
+
+
+class Receiver(NamedTuple, Generic[P]):
+    side: P
     sock: socket.socket
     openings: bool  # connection openings only: drained after every other socket, in small batches
 
 
-class Shell:
+class Shell(Generic[P]):
     def __init__(
         self,
-        nat: Nat,
-        sockets: dict[Side, socket.socket],
+        nat: Engine[P],
+        sockets: dict[P, socket.socket],
         log: Log,
         stats_interval: float,
-        opening_sockets: dict[Side, socket.socket] | None = None,
+        opening_sockets: dict[P, socket.socket] | None = None,
     ) -> None:
         """`sockets` send, and receive every frame but connection openings, which come in on
         `opening_sockets` (where given) and are handled only once the others are drained."""
-        self.nat, self.sockets, self.log = nat, sockets, log
-        self.opening_sockets = opening_sockets or {}
+        self.nat, self.sockets, self.log = nat, dict(sockets), log
+        self.opening_sockets = dict(opening_sockets or {})
         self.headers: dict[bytes, tuple[Offload | None, bool | None]] = {}
         self.stats_interval = stats_interval
         self.errors = RateLimitedLog(log)
         self.stats = ChangedLineLog(log)
         self.stopping = False
         self.tx_errors = 0
+        self._poller = select.poll()
+        self._receivers: dict[int, Receiver[P]] = {}
+        self._readers: dict[int, Callable[[], None]] = {}
+        for side, sock in self.sockets.items():
+            self._receive(Receiver(side, sock, False))
+        for side, sock in self.opening_sockets.items():
+            self._receive(Receiver(side, sock, True))
+
+    def _receive(self, receiver: Receiver[P]) -> None:
+        fd = receiver.sock.fileno()
+        self._receivers[fd] = receiver
+        self._poller.register(fd, select.POLLIN)
+
+    def add_port(self, port: P, sock: socket.socket, openings: socket.socket | None) -> None:
+        """Receive and send on `port` from now on (`openings`: its socket for connection
+        openings, if it has one)."""
+        self.sockets[port] = sock
+        self._receive(Receiver(port, sock, False))
+        if openings is not None:
+            self.opening_sockets[port] = openings
+            self._receive(Receiver(port, openings, True))
+
+    def remove_port(self, port: P) -> None:
+        """Stop using `port` and close its sockets (nothing if it has none)."""
+        for sockets in (self.sockets, self.opening_sockets):
+            sock = sockets.pop(port, None)
+            if sock is not None:
+                fd = sock.fileno()
+                del self._receivers[fd]
+                self._poller.unregister(fd)
+                sock.close()
+
+    def close(self) -> None:
+        """Close every port's sockets."""
+        for port in list(self.sockets):
+            self.remove_port(port)
+
+    def add_reader(self, fd: int, ready: Callable[[], None]) -> None:
+        """Call `ready` from the loop whenever `fd` is readable (after the frames waiting)."""
+        self._readers[fd] = ready
+        self._poller.register(fd, select.POLLIN)
+
+    def remove_reader(self, fd: int) -> None:
+        if self._readers.pop(fd, None) is not None:
+            self._poller.unregister(fd)
 
     def serve(self) -> None:
-        poller = select.poll()
-        by_fd = {sock.fileno(): Receiver(side, sock, False) for side, sock in self.sockets.items()}
-        for side, sock in self.opening_sockets.items():
-            by_fd[sock.fileno()] = Receiver(side, sock, True)
-        for fd in by_fd:
-            poller.register(fd, select.POLLIN)
+        poller, by_fd, readers = self._poller, self._receivers, self._readers
         wake_read, wake_write = os.pipe()
         os.set_blocking(wake_write, False)
         poller.register(wake_read, select.POLLIN)
@@ -308,21 +380,28 @@ class Shell:
                     self.stats(self.stats_line())
                     next_stats = now + self.stats_interval
                 ready = poller.poll(poll_timeout_ms(now, min(next_tick, next_stats), busy_until))
-                receivers = [by_fd[fd] for fd, _ in ready if fd in by_fd]
-                receivers.sort(key=lambda receiver: receiver.openings)  # openings last
-                for side, sock, openings in receivers:
-                    self._drain(side, sock, OPENING_BATCH if openings else RECV_BATCH)
+                receivers = [(fd, by_fd[fd]) for fd, _ in ready if fd in by_fd]
+                receivers.sort(key=lambda item: item[1].openings)  # openings last
+                for fd, (side, sock, openings) in receivers:
+                    # A port may go while the round runs (its interface went away).
+                    if fd in by_fd:
+                        self._drain(side, sock, OPENING_BATCH if openings else RECV_BATCH)
+                for fd, _ in ready:
+                    reader = readers.get(fd)
+                    if reader is not None:
+                        reader()
                 if ready and busy_poll:
                     busy_until = time.monotonic() + busy_poll
         finally:
             signal.set_wakeup_fd(previous)
+            poller.unregister(wake_read)
             os.close(wake_read)
             os.close(wake_write)
 
     def stats_line(self) -> str:
         return self.nat.counters.line(len(self.nat.table)) + f" tx_errors={self.tx_errors}"
 
-    def _drain(self, side: Side, sock: socket.socket, batch: int) -> None:
+    def _drain(self, side: P, sock: socket.socket, batch: int) -> None:
         # Per frame this is the hot loop: names are bound once, and the clock is read once per
         # batch (a batch takes well under a millisecond; the engine's timers count seconds).
         recv, nat, send = sock.recv, self.nat, self._send
@@ -333,6 +412,9 @@ class Shell:
                 data = recv(FRAME_BUFFER + header_size)
             except (BlockingIOError, InterruptedError):
                 return
+            except OSError as error:
+                self._receive_failed(side, error)
+                return
             # A link sends few distinct headers (per kind of frame and segment size): decoding
             # each once saves building an Offload per frame.
             header = data[:header_size]
@@ -341,7 +423,7 @@ class Shell:
                 decoded = self._decode(header)
             offload, valid = decoded
             if valid is None:  # UDP or IPv6 segmentation; a short read
-                nat.counters.frames_in[side] += 1
+                nat.counters.frames_in[self._side_of(side)] += 1
                 nat.counters.drop("unsupported-offload")
                 continue
             frame = data[header_size:]
@@ -364,30 +446,45 @@ class Shell:
         self.headers[header] = decoded
         return decoded
 
-    def _send_offloaded(self, out: OffloadOutput) -> None:
+    def _side_of(self, port: P) -> Side:
+        """The side of the appliance `port` is on, for the counters."""
+        return Side(port)
+
+    def _receive_failed(self, side: P, error: OSError) -> None:
+        """A receive failed for a reason other than "nothing to read" (the interface went
+        down or away): fatal here, as it always was; `NetVmShell` survives a client's."""
+        raise error
+
+    def _send_offloaded(self, out: Sequence[tuple[P, bytes, Offload | None]]) -> None:
         sockets = self.sockets
         for side, frame, offload in out:
+            sock = sockets.get(side)
+            if sock is None:
+                continue  # its port closed while the frame was on its way
             try:
-                sockets[side].sendmsg([encode_vnet_hdr(frame, offload), frame])
+                sock.sendmsg([encode_vnet_hdr(frame, offload), frame])
             except OSError as error:
                 self._tx_error(side, error)
 
-    def _internal_error(self, side: Side, now: float) -> None:
+    def _internal_error(self, side: P, now: float) -> None:
         self.nat.counters.drop("internal-error")
         detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
         self.errors("internal", f"error: frame from {side} raised: {detail}", now)
 
-    def _tx_error(self, side: Side, error: OSError) -> None:
+    def _tx_error(self, side: P, error: OSError) -> None:
         self.tx_errors += 1
         self.errors(
             f"tx-{error.errno}", f"error: send on {side}: {error.strerror}", time.monotonic()
         )
 
-    def _send(self, out: list[tuple[Side, bytes]]) -> None:
+    def _send(self, out: Sequence[tuple[P, bytes]]) -> None:
         sockets = self.sockets
         for side, frame in out:
+            sock = sockets.get(side)
+            if sock is None:
+                continue  # its port closed while the frame was on its way
             try:
-                sockets[side].send(NO_VNET_HDR + frame)
+                sock.send(NO_VNET_HDR + frame)
             except OSError as error:
                 self._tx_error(side, error)
 
@@ -408,6 +505,8 @@ def run(
     log: Log = log_line,
 ) -> None:
     """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
+    if config.nat.netvm:
+        raise ShellError("the configuration is in netvm mode: it serves clients, not a LAN NIC")
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
     buffer_size = socket_buffer_size(memory_total())
@@ -447,4 +546,133 @@ def run(
         log("stopped")
         for sock in opened:
             sock.close()
+        sys.stdout.flush()
+
+
+class NetVmShell(Shell[str]):
+    """The shell of netvm mode: the uplink's sockets for its whole life, and a client's from
+    `attach` to `detach`, which whatever learns of clients calls from the loop (the command
+    line at start; the xenstore watcher through `add_reader`). A client whose interface goes
+    away is detached when its socket reports it."""
+
+    def __init__(
+        self,
+        netvm: NetVm,
+        uplink: tuple[socket.socket, socket.socket],
+        log: Log,
+        stats_interval: float,
+        buffer_size: int,
+    ) -> None:
+        super().__init__(netvm, {WAN: uplink[0]}, log, stats_interval, {WAN: uplink[1]})
+        self.netvm, self.buffer_size = netvm, buffer_size
+
+    def attach(self, ifname: str, ip: IPv4Address, mac: bytes) -> None:
+        """Serve the client with address `ip` and MAC `mac` on interface `ifname`; raises
+        ShellError (the interface cannot be used, or the engine refuses the client)."""
+        sock, port_mac = open_interface(ifname, self.buffer_size)
+        try:
+            openings, _ = open_interface(ifname, MIN_SOCKET_BUFFER, openings=True)
+        except ShellError:
+            sock.close()
+            raise
+        try:
+            waiting = self.netvm.attach_client(ifname, ip, mac, port_mac, time.monotonic())
+        except ClientError as error:
+            sock.close()
+            openings.close()
+            raise ShellError(str(error)) from None
+        self.add_port(ifname, sock, openings)
+        self._send(waiting)
+        self.log(f"attached {ifname} client {ip} mac={mac.hex(':')} port_mac={port_mac.hex(':')}")
+
+    def detach(self, ifname: str, why: str = "") -> Client | None:
+        """Stop serving the client on `ifname`, drop its flows and close its sockets; returns
+        the client (None if `ifname` served none)."""
+        flows = len(self.netvm.table)
+        client = self.netvm.detach_client(ifname, time.monotonic())
+        self.remove_port(ifname)
+        if client is not None:
+            dropped = " ".join(f"drop_{reason}={n}" for reason, n in sorted(client.drops.items()))
+            self.log(
+                f"detached {ifname} client {client.address}{why}: "
+                f"{flows - len(self.netvm.table)} flows dropped {dropped}".rstrip()
+            )
+        return client
+
+    def stats_line(self) -> str:
+        return super().stats_line() + f" clients={len(self.netvm.clients)}"
+
+    def _side_of(self, port: str) -> Side:
+        return Side.WAN if port == WAN else Side.LAN
+
+    def _receive_failed(self, side: str, error: OSError) -> None:
+        if side == WAN:
+            raise error
+        try:
+            socket.if_nametoindex(side)
+        except OSError:
+            self.detach(side, " (its interface is gone)")
+            return
+        # The link went down (it may come back up): the socket keeps its binding.
+        self.errors(f"rx-{side}", f"error: receive on {side}: {error.strerror}", time.monotonic())
+
+
+class ClientSpec(NamedTuple):
+    """A client named on the command line: `IF=IP,MAC`."""
+
+    ifname: str
+    ip: IPv4Address
+    mac: bytes
+
+
+def run_netvm(
+    config: ApplianceConfig,
+    wan_ifname: str,
+    clients: Sequence[ClientSpec] = (),
+    stats_interval: float = 10.0,
+    log: Log = log_line,
+    watch: Callable[[NetVmShell], None] | None = None,
+) -> None:
+    """Serve netvm clients (`clients` from the start) through the uplink `wan_ifname` until
+    SIGTERM or SIGINT; raises ShellError. `watch` is called with the shell before it serves:
+    where a source of clients that come and go registers (`NetVmShell.add_reader`)."""
+    if not config.nat.netvm:
+        raise ShellError("the configuration is not in netvm mode (nat.netvm is false)")
+    buffer_size = socket_buffer_size(memory_total())
+    wan_sock, wan_mac = open_interface(wan_ifname, buffer_size)
+    try:
+        wan_openings, _ = open_interface(wan_ifname, MIN_SOCKET_BUFFER, openings=True)
+    except ShellError:
+        wan_sock.close()
+        raise
+    netvm = NetVm(config, wan_mac)
+    shell = NetVmShell(netvm, (wan_sock, wan_openings), log, stats_interval, buffer_size)
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        shell.stopping = True
+
+    try:
+        for client in clients:
+            shell.attach(client.ifname, client.ip, client.mac)
+        if watch is not None:
+            watch(shell)
+    except ShellError:
+        shell.close()
+        raise
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, stop)
+    try:
+        for name in (wan_ifname, *(client.ifname for client in clients)):
+            if not wait_for_carrier(name, CARRIER_WAIT):
+                log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; going on")
+        shell._send(netvm.start(time.monotonic()))
+        log(
+            f"READY wan={wan_ifname} {config.wan.address} mac={wan_mac.hex(':')} "
+            f"netvm gateway={config.lan.address.ip} clients={len(netvm.clients)}"
+        )
+        shell.serve()
+    finally:
+        log(shell.stats_line())
+        log("stopped")
+        shell.close()
         sys.stdout.flush()

@@ -1,25 +1,31 @@
 """How many packets a second the pure core translates on this machine: a figure, not a test.
 
-    python tests/bench_core.py [--flows 1000] [--packets 100000] [--runs 3]
+    python tests/bench_core.py [--flows 1000] [--packets 100000] [--runs 3] [--netvm]
 
 The engine gets resolved neighbours and `--flows` open flows per protocol first; then each
 workload hands it `--packets` prebuilt frames (cycling over the flows' frames) and is timed with
 `time.perf_counter`, best of `--runs`. Every frame must come out translated (or, in the last
 workload, unsolicited SYNs to a closed port, be dropped as filtered), or the run fails.
-Frames are built with scapy, so the figures cover only `Nat.handle`.
+Frames are built with scapy, so the figures cover only `Nat.handle`. With `--netvm`, the engine
+in netvm mode (`NetVm.handle`) with each LAN host a client on a port of its own; a frame's port is
+found by its source address, a dict lookup included in the figures.
 """
 
 import argparse
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from ipaddress import IPv4Address
 from pathlib import Path
+from typing import Protocol
 
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import Ether
 
-from appliance.config import load_config
+from appliance.config import ApplianceConfig, apply_overrides, load_config
+from appliance.counters import Counters
 from appliance.engine import Nat, Side
+from appliance.netvm import NetVm
 from appliance.packet import ARP_REPLY, build_arp_frame
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,6 +47,47 @@ def host(index: int) -> str:
 
 def host_mac(index: int) -> str:
     return f"02:00:00:00:04:{index % HOSTS:02x}"
+
+
+class Engine(Protocol):
+    config: ApplianceConfig
+    counters: Counters
+
+    def handle(self, side: Side, frame: bytes, now: float) -> Sequence[tuple[str, bytes]]: ...
+
+
+class ClientsByAddress:
+    """A NetVm behind `Nat.handle`'s signature: a LAN frame goes in on its sender's port."""
+
+    def __init__(self, netvm: NetVm, ports: dict[bytes, str]) -> None:
+        self.netvm, self.ports = netvm, ports
+        self.config, self.counters = netvm.config, netvm.counters
+
+    def handle(self, side: Side, frame: bytes, now: float) -> Sequence[tuple[str, bytes]]:
+        port = Side.WAN if side is Side.WAN else self.ports[frame[26:30]]
+        return self.netvm.handle(port, frame, now)
+
+
+def resolved_netvm() -> ClientsByAddress:
+    """The engine in netvm mode, its gateway resolved and the LAN hosts attached as clients."""
+    config = apply_overrides(load_config(ROOT / "ops-config.json"), {"natvm.netvm": ["1"]})
+    netvm = NetVm(config, mac(WAN_MAC))
+    assert config.wan.gateway is not None
+    gateway = build_arp_frame(
+        ARP_REPLY,
+        mac(GATEWAY_MAC),
+        config.wan.gateway.packed,
+        mac(WAN_MAC),
+        config.wan.address.ip.packed,
+    )
+    netvm.handle(Side.WAN, gateway, NOW)
+    ports = {}
+    for index in range(HOSTS):
+        address = IPv4Address(host(index))
+        port = f"vif{index}.0"
+        netvm.attach_client(port, address, mac(host_mac(index)), mac(LAN_MAC), NOW)
+        ports[address.packed] = port
+    return ClientsByAddress(netvm, ports)
 
 
 def resolved_nat() -> Nat:
@@ -68,7 +115,7 @@ def wan_frame(wan_ip: str, l4: object) -> bytes:
     return bytes(Ether(dst=WAN_MAC, src=GATEWAY_MAC) / IP(src=SERVER, dst=wan_ip) / l4)
 
 
-def one_out(nat: Nat, side: Side, frame: bytes) -> bytes:
+def one_out(nat: Engine, side: Side, frame: bytes) -> bytes:
     out = nat.handle(side, frame, NOW)
     if len(out) != 1:
         raise SystemExit(f"setup: expected one frame, got {len(out)}: {nat.counters.drops}")
@@ -80,7 +127,7 @@ def source_port(frame: bytes) -> int:
     return int.from_bytes(frame[14 + header_len : 16 + header_len], "big")
 
 
-def workloads(nat: Nat, flows: int) -> dict[str, tuple[Side, list[bytes]]]:
+def workloads(nat: Engine, flows: int) -> dict[str, tuple[Side, list[bytes]]]:
     """Open `flows` UDP and TCP flows, and return each workload's frames."""
     wan_ip = str(nat.config.wan.address.ip)
     udp_out, udp_in, tcp_out, tcp_in = [], [], [], []
@@ -111,7 +158,7 @@ def workloads(nat: Nat, flows: int) -> dict[str, tuple[Side, list[bytes]]]:
 UNSOLICITED = "SYN to a closed port (dropped)"
 
 
-def timed(nat: Nat, side: Side, frames: list[bytes], dropped: bool = False) -> float:
+def timed(nat: Engine, side: Side, frames: list[bytes], dropped: bool = False) -> float:
     """Seconds to handle `frames`; every one must come out (or, if `dropped`, be filtered)."""
     handle, counters = nat.handle, nat.counters
     before = counters.drops.get("filtered", 0) if dropped else sum(counters.frames_out.values())
@@ -135,8 +182,9 @@ def main() -> None:
     parser.add_argument("--flows", type=int, default=1000, help="open flows per protocol")
     parser.add_argument("--packets", type=int, default=100_000, help="frames per timed run")
     parser.add_argument("--runs", type=int, default=3, help="timed runs per workload (best kept)")
+    parser.add_argument("--netvm", action="store_true", help="the engine in netvm mode")
     args = parser.parse_args()
-    nat = resolved_nat()
+    nat: Engine = resolved_netvm() if args.netvm else resolved_nat()
     setup = time.perf_counter()
     loads = workloads(nat, args.flows)
     print(

@@ -20,7 +20,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Protocol
@@ -94,9 +94,15 @@ class HostAppliance(_ConsoleProcess):
 
     kind = "appliance"
 
-    def __init__(self, topology: Topology, config: Path) -> None:
+    def __init__(
+        self, topology: Topology, config: Path, downstream: Sequence[str] | None = None
+    ) -> None:
+        """`downstream`: the arguments that name the downstream side, by default the LAN NIC
+        (netvm mode names its clients: ``--client IF=IP,MAC ...``)."""
         super().__init__()
         self.topology = topology
+        if downstream is None:
+            downstream = ["--lan", topology.appliance_lan]
         self.command = [
             sys.executable,
             "-u",
@@ -106,8 +112,7 @@ class HostAppliance(_ConsoleProcess):
             str(config),
             "--wan",
             topology.appliance_wan,
-            "--lan",
-            topology.appliance_lan,
+            *downstream,
             "--stats-interval",
             str(STATS_INTERVAL),
         ]

@@ -29,6 +29,13 @@ The WAN namespace is the gateway host and the servers at once: the server addres
 of the machine: no namespace has a link to the root namespace but through the root bridges of
 ``ROOT_BRIDGES``, which route nothing.
 
+A netvm topology (``build_netvm``) has no bridges: the appliance's uplink ``wan0`` is a veth to
+the WAN namespace, and each client is a namespace whose ``eth0`` is a veth to ``vifN.0`` in the
+router namespace, as Xen's netback gives a Qubes net VM one ``vif`` per client VM: the ``vif`` has
+netback's MAC fe:ff:ff:ff:ff:ff, the client a /32 (10.137.0.1N), a route to the gateway address
+10.137.0.1 on its link, a default route through it, and the gateway's MAC pinned (Qubes'
+``setup-ip``), so it never asks ARP for it.
+
 Rules
 -----
 - Checksum offload, TSO, GSO and GRO are off on every veth end, so the appliance sees complete
@@ -174,6 +181,92 @@ def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> int:
             process.kill()
             process.wait()
     return process.returncode
+
+
+CLIENT_GATEWAY = "10.137.0.1"  # the gateway address netvm clients use
+CLIENT_SUBNET = "10.137.0.0/16"
+VIF_MAC = "fe:ff:ff:ff:ff:ff"  # netback's MAC on a vif
+NUD_PERMANENT = 0x80
+SCOPE_LINK = 253
+
+
+@dataclass
+class NetVmTopology(Topology):
+    """A topology of ``build_netvm``: the uplink and one namespace per client, each on its own
+    ``vif``. ``lan_a`` and ``lan_b`` are the first two clients; ``appliance_lan`` is empty."""
+
+    clients: list[Host] = field(default_factory=list)
+    vifs: list[str] = field(default_factory=list)  # the router's end of each client's link
+
+    @property
+    def namespaces(self) -> list[str]:
+        return [self.router, self.wan.ns, *(client.ns for client in self.clients)]
+
+
+def build_netvm(prefix: str, clients: int) -> NetVmTopology:
+    """Create the router, WAN and `clients` client namespaces and their links; on any failure,
+    remove what was made and re-raise."""
+    remove_stale_namespaces()
+    roles = ["router", "wan", *(f"client-{n}" for n in range(1, clients + 1))]
+    names = {role: prefix + role for role in roles}
+    vifs = [f"vif{n}.0" for n in range(1, clients + 1)]
+    created: list[str] = []
+    try:
+        for name in names.values():
+            netns.create(name)
+            created.append(name)
+            _set_sysctls(name)
+        router = names["router"]
+        with IPRoute(netns=router, flags=0) as ipr:
+            _add_link(ipr, "wan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": names["wan"]})
+            _set_up(ipr, "wan0")
+            for n, vif in enumerate(vifs, 1):
+                peer = {"ifname": "eth0", "net_ns_fd": names[f"client-{n}"]}
+                index = _add_link(ipr, vif, kind="veth", peer=peer)
+                ipr.link("set", index=index, address=VIF_MAC)
+                _set_up(ipr, vif)
+        _disable_offloads(router, ["wan0", *vifs])
+        wan = _configure_wan_host(names["wan"], offloads=False)
+        hosts = [
+            _configure_client(names[f"client-{n}"], f"10.137.0.{10 + n}")
+            for n in range(1, clients + 1)
+        ]
+    except BaseException:
+        for name in created:
+            netns.remove(name)
+        raise
+    return NetVmTopology(
+        prefix=prefix,
+        attach=Attach.VETH,
+        router_ns=router,
+        lan_a=hosts[0],
+        lan_b=hosts[1],
+        wan=wan,
+        appliance_wan="wan0",
+        appliance_lan="",
+        clients=hosts,
+        vifs=vifs,
+    )
+
+
+def _configure_client(ns: str, address: str) -> Host:
+    with IPRoute(netns=ns, flags=0) as ipr:
+        index = _bring_up_host_link(ns, ipr, offloads=False)
+        ipr.addr("add", index=index, address=address, prefixlen=32)
+        ipr.route("add", dst=f"{CLIENT_GATEWAY}/32", oif=index, scope=SCOPE_LINK)
+        ipr.route("add", dst="0.0.0.0/0", gateway=CLIENT_GATEWAY, oif=index)
+        ipr.neigh("replace", dst=CLIENT_GATEWAY, lladdr=VIF_MAC, ifindex=index, state=NUD_PERMANENT)
+        return Host(ns, "eth0", address, _mac(ipr, index))
+
+
+@contextlib.contextmanager
+def netvm_topology(prefix: str, clients: int) -> Iterator[NetVmTopology]:
+    """``build_netvm`` then ``destroy``, whatever happens in between."""
+    built = build_netvm(prefix, clients)
+    try:
+        yield built
+    finally:
+        built.destroy()
 
 
 def session_prefix() -> str:

@@ -245,8 +245,18 @@ ERRORS: list[tuple[dict[str, Any] | list[object], str]] = [
     ),
     (edited(("RunConfig.Nics[0].NetMask", 24)), "RunConfig.Nics[0].NetMask: 24 is not a netmask"),
     (
+        edited(("RunConfig.Nics[1].NetMask", "31")),
+        "RunConfig.Nics[1].NetMask: '31' leaves no room for hosts (the prefix must be 30 or "
+        "shorter)",
+    ),
+    (
+        # a /31 uplink has a gateway, but only the other address of the /31 is on its link
         edited(("RunConfig.Nics[0].NetMask", "31")),
-        "RunConfig.Nics[0].NetMask: '31' leaves no room for hosts",
+        "RunConfig.Nics[0].Gateway: '192.0.2.1' is not inside the WAN subnet 192.0.2.2/31",
+    ),
+    (
+        edited(("RunConfig.Nics[0].NetMask", "32"), ("RunConfig.Nics[0].Gateway", "192.0.2.2")),
+        "RunConfig.Nics[0].Gateway: '192.0.2.2' is the appliance's own WAN address",
     ),
     (
         edited(("RunConfig.Nics[0].Gateway", "198.51.100.1")),
@@ -693,6 +703,12 @@ OVERRIDES: dict[str, tuple[str, Callable[[ApplianceConfig], object], object]] = 
     "natvm.timeout.tcp_established": ("86400", lambda c: c.nat.timeouts.tcp_established, 86400.0),
     "natvm.timeout.tcp_transitory": ("300.5", lambda c: c.nat.timeouts.tcp_transitory, 300.5),
     "natvm.timeout.icmp_query": ("90", lambda c: c.nat.timeouts.icmp_query, 90.0),
+    "natvm.netvm": ("1", lambda c: c.nat.netvm, True),
+    "natvm.dns": (
+        "192.0.2.53,198.51.100.53",
+        lambda c: c.nat.dns_servers,
+        (IPv4Address("192.0.2.53"), IPv4Address("198.51.100.53")),
+    ),
 }
 
 
@@ -815,7 +831,32 @@ OVERRIDE_ERRORS = [
         {"natvm.timeout.icmp_query": ["1m"]},
         "natvm.timeout.icmp_query: '1m' is not a number of seconds",
     ),
+    ({"natvm.netvm": ["true"]}, "natvm.netvm: 'true' is not 0 or 1"),
+    ({"natvm.dns": ["1.2.3.4,x"]}, "natvm.dns: 'x' is not an IPv4 address"),
+    ({"natvm.dns": ["1.1.1.1,2.2.2.2,3.3.3.3"]}, 'natvm.dns: ["1.1.1.1", '),
+    ({"natvm.dns": ["224.0.0.1"]}, "natvm.dns: '224.0.0.1' is not a unicast address"),
 ]
+
+
+def test_dns_none_removes_the_servers() -> None:
+    with_servers = apply_overrides(DEMO_CONFIG, {"natvm.dns": ["192.0.2.53"]})
+    assert with_servers.nat.dns_servers == (IPv4Address("192.0.2.53"),)
+    assert apply_overrides(with_servers, {"natvm.dns": ["none"]}).nat.dns_servers == ()
+
+
+def test_uplink_may_be_a_slash_32_with_an_on_link_gateway() -> None:
+    # What a Qubes net VM behind another one gets: /qubes-ip with /qubes-gateway outside it.
+    overrides = {"natvm.wan.ip": ["10.138.0.7/32"], "natvm.wan.gw": ["10.138.0.1"]}
+    config = apply_overrides(DEMO_CONFIG, overrides)
+    assert (config.wan.address, config.wan.gateway) == (
+        IPv4Interface("10.138.0.7/32"),
+        IPv4Address("10.138.0.1"),
+    )
+
+
+def test_uplink_may_be_a_slash_31_whose_other_address_is_the_gateway() -> None:
+    overrides = {"natvm.wan.ip": ["192.0.2.2/31"], "natvm.wan.gw": ["192.0.2.3"]}
+    assert apply_overrides(DEMO_CONFIG, overrides).wan.gateway == IPv4Address("192.0.2.3")
 
 
 @pytest.mark.parametrize(
