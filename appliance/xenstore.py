@@ -293,6 +293,15 @@ class Xenstore:
     def directory(self, path: str, tx_id: int = 0) -> list[str]:
         return strings(self.call(Op.DIRECTORY, nul(path), tx_id, path))
 
+    def directory_optional(self, path: str, tx_id: int = 0) -> list[str] | None:
+        """The children of `path`, or None if there is no such node."""
+        try:
+            return self.directory(path, tx_id)
+        except XenstoreError as error:
+            if error.name == "ENOENT":
+                return None
+            raise
+
     def rm(self, path: str, tx_id: int = 0) -> None:
         self.call(Op.RM, nul(path), tx_id, path)
 
