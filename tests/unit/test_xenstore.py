@@ -396,3 +396,22 @@ def test_open_refuses_a_missing_device_with_the_os_error() -> None:
         xenstore.Xenstore.open("/nonexistent/xenbus")
     with pytest.raises(FileNotFoundError):
         xenstore.Xenstore.open("/nonexistent/xenstored/socket")
+
+
+@pytest.mark.parametrize(("value", "domid"), [(b"7", 7), (b"0", 0), (b"seven", None)])
+def test_own_domid_reads_the_relative_domid_key(
+    pair: tuple[socket.socket, socket.socket], value: bytes, domid: int | None
+) -> None:
+    ours, theirs = pair
+
+    def answer(kind: int, req_id: int, tx_id: int, payload: bytes) -> bytes:
+        assert (kind, payload) == (XS_READ, b"domid\0")  # relative: our home's domid key
+        return wire(XS_READ, req_id, tx_id, value)
+
+    Server(theirs, answer)
+    with client(ours) as store:
+        if domid is None:
+            with pytest.raises(xenstore.ProtocolError, match="'seven', not a domain id"):
+                store.own_domid()
+        else:
+            assert store.own_domid() == domid
