@@ -266,6 +266,10 @@ class VifBackends:
     """The state machine: one Record per client vif seen, and what to read next."""
 
     home: str  # our domain's path, /local/domain/<domid>
+    # Remove a closed backend's directory: a driver domain's duty. False where the toolstack
+    # runs in this same domain (a dom0 serving vifs itself), as libxl removes it there, after
+    # the hotplug script it runs reads the directory.
+    removes_closed: bool = True
     records: dict[Vif, Record] = field(default_factory=dict)
     _rescan: bool = False
     _domains: set[int] = field(default_factory=set)  # whose device list is to be read
@@ -374,7 +378,8 @@ class VifBackends:
             self.records.pop(vif, None)
         elif isinstance(seen, Closing) and seen.closed:
             self.records.pop(vif, None)
-            out.append(Remove(self._path(vif), self.base))
+            if self.removes_closed:
+                out.append(Remove(self._path(vif), self.base))
         elif isinstance(seen, Closing):
             self.records[vif] = Record(Phase.CLOSING)
         else:

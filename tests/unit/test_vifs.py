@@ -444,3 +444,17 @@ def test_events_of_other_paths_are_ignored(xen: Xen) -> None:
 )
 def test_observe_the_closing_states(values: dict[str, str | None], seen: object) -> None:
     assert vifs.observe(Vif(5, 0), f"{BASE}/5/0", values) == seen
+
+
+def test_a_domain_whose_toolstack_removes_its_backends_leaves_them(xen: Xen) -> None:
+    xen.backends.removes_closed = False  # a dom0 serving vifs: libxl removes them there
+    xen.attach(5, 0)
+    xen.serve(xen.service())
+    xen.detach(5, 0)
+    assert xen.service() == [Detach(client(5, 0), "online=0, state 5 (Closing)")]
+    xen.closed(5, 0)
+    assert xen.service() == []
+    assert xen.store.tree[f"{BASE}/5/0/state"] == "6"
+    xen.store.delete(f"{BASE}/5")  # as libxl does
+    assert xen.service() == []
+    assert xen.backends.records == {}
