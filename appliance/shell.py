@@ -18,12 +18,14 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from pathlib import Path
 from types import FrameType
 from typing import NamedTuple
 
 from appliance import linux
 from appliance.config import ApplianceConfig
 from appliance.engine import Nat, Offload, OffloadOutput, Side
+from appliance.statefile import FlowStateFile
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -284,6 +286,7 @@ class Shell:
         self.stats = ChangedLineLog(log)
         self.stopping = False
         self.tx_errors = 0
+        self.flows_file: FlowStateFile | None = None  # where the table's changes are saved
 
     def serve(self) -> None:
         poller = select.poll()
@@ -303,6 +306,8 @@ class Shell:
                 now = time.monotonic()
                 if now >= next_tick:
                     self._send(self.nat.tick(now))
+                    if self.flows_file is not None:
+                        self.flows_file.maintain(self.nat.table)
                     next_tick = now + 1.0
                 if now >= next_stats:
                     self.stats(self.stats_line())
@@ -312,6 +317,8 @@ class Shell:
                 receivers.sort(key=lambda receiver: receiver.openings)  # openings last
                 for side, sock, openings in receivers:
                     self._drain(side, sock, OPENING_BATCH if openings else RECV_BATCH)
+                if self.flows_file is not None:  # once a round: a kill loses only this round's
+                    self.flows_file.flush()
                 if ready and busy_poll:
                     busy_until = time.monotonic() + busy_poll
         finally:
@@ -406,8 +413,11 @@ def run(
     lan_ifname: str,
     stats_interval: float = 10.0,
     log: Log = log_line,
+    state_dir: Path | None = None,
 ) -> None:
-    """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
+    """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError.
+    `state_dir`: where the flows are saved as they change and restored from at start, so that
+    a restart (after a crash or kill) keeps the established connections."""
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
     buffer_size = socket_buffer_size(memory_total())
@@ -429,6 +439,14 @@ def run(
         raise
     nat = Nat(config, wan_mac, lan_mac)
     shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval, openings)
+    if state_dir is not None:
+        shell.flows_file = FlowStateFile(state_dir, log)
+        try:
+            log(shell.flows_file.open(nat.table, time.monotonic()))
+        except OSError as error:
+            for sock in opened:
+                sock.close()
+            raise ShellError(f"cannot keep flows in {state_dir}: {error.strerror}") from None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         shell.stopping = True
@@ -447,4 +465,6 @@ def run(
         log("stopped")
         for sock in opened:
             sock.close()
+        if shell.flows_file is not None:
+            shell.flows_file.close()
         sys.stdout.flush()
