@@ -3,6 +3,7 @@
 import argparse
 import sys
 from ipaddress import IPv4Address
+from pathlib import Path
 
 from appliance.config import ConfigError, load_config
 from appliance.shell import ClientSpec, ShellError, run, run_netvm
@@ -44,6 +45,12 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=10.0,
         help="seconds between stats lines (default 10)",
     )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        help="directory (a tmpfs, e.g. /run/natvm) where the flows are saved as they change, "
+        "and restored from at start: a restarted appliance keeps established connections",
+    )
     return parser.parse_args(argv)
 
 
@@ -58,7 +65,13 @@ def main(argv: list[str] | None = None) -> int:
         else:
             if args.lan is None or args.client:
                 raise ShellError("--lan is required and --client is for netvm mode only")
-            run(config, args.wan, args.lan, stats_interval=args.stats_interval)
+            run(
+                config,
+                args.wan,
+                args.lan,
+                stats_interval=args.stats_interval,
+                state_dir=args.state_dir,
+            )
     except (ConfigError, ShellError) as error:
         print(f"natvm: error: {error}", file=sys.stderr, flush=True)
         return 2 if isinstance(error, ConfigError) else 1

@@ -24,6 +24,9 @@ Rules (RFC 4787 UDP, RFC 5382 TCP, RFC 5508 ICMP query, RFC 6888, RFC 7857):
   refreshing only moves `expires` forward; `expire(now)` pops due entries and re-queues the
   refreshed ones, so no packet ever pays for a scan.
 - A freed external port rests for `port_reuse_delay` before reuse (RFC 6888 REQ-8).
+- A `Journal`, when attached, hears of every session that is new or changes TCP state and of
+  every one removed (a few calls per connection, none per packet otherwise), so that a restarted
+  appliance can `restore` them (appliance/flowstate.py).
 """
 
 import heapq
@@ -31,6 +34,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
+from typing import Protocol as Interface
 
 from appliance.config import Filtering, NatSettings, PortForward, Protocol
 from appliance.packet import ICMP, TCP, TCP_FIN, TCP_RST, TCP_SYN, UDP
@@ -260,10 +264,21 @@ class PortAllocator:
         return self.first, self.last
 
 
+class Journal(Interface):
+    """What a table tells about its sessions, for saving them outside the process."""
+
+    def saved(self, session: Session) -> None:
+        """`session` is new, or its TCP state changed."""
+
+    def removed(self, session: Session) -> None:
+        """`session` left the table (called before its fields are reused)."""
+
+
 class FlowTable:
     def __init__(self, settings: NatSettings, allocator: PortAllocator | None = None) -> None:
         """`allocator` chooses external ports; by default, over the configured range."""
         self.settings = settings
+        self.journal: Journal | None = None
         # The OS's random source by default: RFC 6056 randomises ports so that an off-path
         # attacker cannot guess a mapping's port (a fixed seed handed out the same sequence at
         # every start). Tests inject a seeded allocator.
@@ -442,6 +457,62 @@ class FlowTable:
                 removed += 1
         return removed
 
+    def all_sessions(self) -> list[Session]:
+        """Every session in the table (for a snapshot)."""
+        return [session for mapping in self.by_internal.values() for session in mapping.sessions()]
+
+    def restore(
+        self,
+        proto: int,
+        int_addr: bytes,
+        int_port: int,
+        ext_port: int,
+        remote_addr: bytes,
+        remote_port: int,
+        state: TcpState,
+        now: float,
+    ) -> bool:
+        """Put back a session an earlier run of the appliance held, with its external port and
+        TCP state and a timer that starts now (when it was last refreshed is not saved: an idle
+        flow lives at most one timeout longer). False, changing nothing, when it no longer fits:
+        its port taken or outside the range, its forward gone, no room, not a valid state."""
+        if proto not in (TCP, UDP, ICMP) or (proto != TCP and state is not TcpState.NONE):
+            return False
+        mapping = self.lookup_out(proto, int_addr, int_port)
+        if mapping is not None:
+            if mapping.ext_port != ext_port or mapping.session(remote_addr, remote_port):
+                return False
+            forwarded = mapping.forwarded
+        else:
+            fits = self._restorable_port(proto, int_addr, int_port, ext_port)
+            if fits is None:
+                return False
+            forwarded = fits
+        try:
+            self._check_room(int_addr, now, forwarded)
+        except TableFull:
+            return False
+        if mapping is None:
+            mapping = self._insert_mapping(proto, int_addr, int_port, ext_port, forwarded)
+        session = self._new_session(mapping, remote_addr, remote_port)
+        session.state = state
+        self._queue(session, now + self._timeout(proto, state))
+        session.expires = session.due
+        if forwarded and proto == TCP and state in _HALF_OPEN_IN:
+            self._remember_opened_inbound(mapping.int_addr, session)
+        return True
+
+    def _restorable_port(
+        self, proto: int, int_addr: bytes, int_port: int, ext_port: int
+    ) -> bool | None:
+        """Whether a restored mapping would be a port forward's (True) or not (False), or None
+        when its external port is no longer what this configuration would give it."""
+        forward = self._forward_for_internal(proto, int_addr, int_port)
+        if forward is not None:
+            return True if forward[1] == ext_port else None
+        in_range = self.settings.port_first <= ext_port <= self.settings.port_last
+        return False if in_range and self._port_free(proto, ext_port) else None
+
     # -- expiry ----------------------------------------------------------------------------
 
     def expire(self, now: float, budget: int = 10000) -> int:
@@ -584,25 +655,35 @@ class FlowTable:
 
     def _touch(self, session: Session, now: float, tcp_flags: int, outbound: bool) -> None:
         proto = session.mapping.proto
+        saved = session.due == 0.0  # a new session is saved once its first packet set its state
         if proto == TCP:
             event = tcp_event(tcp_flags, outbound)
-            session.state = _TCP_TRANSITIONS.get((session.state, event), session.state)
+            state = _TCP_TRANSITIONS.get((session.state, event), session.state)
+            if state is not session.state:
+                session.state, saved = state, True
             timeout = (
-                self._tcp_established
-                if session.state is TcpState.ESTABLISHED
-                else self._tcp_transitory
+                self._tcp_established if state is TcpState.ESTABLISHED else self._tcp_transitory
             )
         else:
             timeout = self._timeouts[proto]
         session.expires = now + timeout
         if session.due == 0.0 or session.expires < session.due:
             self._queue(session, session.expires)
+        if saved and self.journal is not None:
+            self.journal.saved(session)
+
+    def _timeout(self, proto: int, state: TcpState) -> float:
+        if proto != TCP:
+            return self._timeouts[proto]
+        return self._tcp_established if state is TcpState.ESTABLISHED else self._tcp_transitory
 
     def _queue(self, session: Session, due: float) -> None:
         session.due = due
         heapq.heappush(self._heap, (due, session))
 
     def _remove_session(self, session: Session, now: float) -> None:
+        if self.journal is not None:
+            self.journal.removed(session)
         session.due = -1.0  # any heap entry left for it is stale
         mapping = session.mapping
         if session is mapping:

@@ -5,21 +5,33 @@ Theory of operation: the kernel runs /init (a Python script) with the console as
 build time (`finit_module`, as there is no modprobe), waits for the NICs, names the first WAN
 and the second LAN (by bus address order: PCI under QEMU, vif number under Xen), brings them up
 with *no* IP configuration and sysctls that keep the kernel's own stack off them, reads the baked
-ops-config.json with `natvm.*` overrides from the kernel command line, and runs the shell.
+ops-config.json with `natvm.*` overrides from the kernel command line, and runs the appliance
+as its child process, which it supervises.
 
-Rules: PID 1 must never hang and never exit silently. Any failure is logged in one line and the
-VM reboots (`reboot(RB_AUTOBOOT)`), so the hypervisor sees it and restarts it; `panic=-1` on the
-command line covers a crash of this process itself. A clean stop (SIGTERM, handled by the shell)
-powers the VM off. Boot entropy: /dev/urandom exists in the initramfs before /dev is mounted (so
-Python's hash seed never waits), and virtio-rng feeds the kernel under QEMU.
+Supervision: the appliance runs in a forked child (copy-on-write: nothing is imported again), the
+one process the kernel's OOM killer may pick (oom_score_adj 1000; PID 1 it never kills, and
+without another candidate it would panic). When the child dies, PID 1 says how (exit status or
+signal) and how often, and starts it again: at once after a long life, else after a back-off
+doubling up to `RESTART_DELAY_MAX`. The child keeps its flows in `STATE_DIR` (a tmpfs) and a
+new one restores them, so established connections survive. A child that exits with
+`EXIT_FATAL` found something restarting cannot fix (a NIC it cannot use): that, and any failure
+of PID 1's own duties (a bad configuration included), is logged in one line and the VM reboots
+(`reboot(RB_AUTOBOOT)`), so the hypervisor sees it; `panic=-1` covers a crash of PID 1 itself.
+A clean stop (SIGTERM to PID 1, passed on to the child) powers the VM off.
+
+Rules: PID 1 must never hang and never exit silently. Boot entropy: /dev/urandom exists in the
+initramfs before /dev is mounted (so Python's hash seed never waits), and virtio-rng feeds the
+kernel under QEMU.
 
 Everything here imports at module level: the image builder finds the stdlib modules the image
 needs by importing this module.
 """
 
 import ctypes
+import gc
 import os
 import re
+import signal
 import sys
 import time
 import traceback
@@ -28,11 +40,16 @@ from pathlib import Path
 
 from appliance import config as config_module
 from appliance import linux, shell
+from appliance.config import ConfigError
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
 NIC_WAIT_SECONDS = 30.0
 REBOOT_DELAY_SECONDS = 3.0
+STATE_DIR = Path("/run/natvm")  # on the rootfs, a tmpfs: memory, gone with the VM
+EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexits' EX_CONFIG)
+RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 0.5, 30.0  # seconds
+STABLE_SECONDS = 30.0  # a child that lived this long is restarted at once
 
 _MOUNTS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"))
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
@@ -247,11 +264,95 @@ def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> 
     meminfo = Path("/proc/meminfo").read_text()
     log(f"memory: {memory_summary(meminfo)}")
     log(f"memory: {memory_breakdown(meminfo, Path('/proc/self/status').read_text())}")
-    shell.run(config, wan, lan)
+    shell.run(config, wan, lan, state_dir=STATE_DIR)
+
+
+def exit_cause(status: int) -> str:
+    """How a child ended, from its wait status: "exited with status 1", "killed by SIGKILL"."""
+    if os.WIFSIGNALED(status):
+        number = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(number).name
+        except ValueError:
+            name = f"signal {number}"
+        return f"killed by {name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def restart_delay(previous: float, lived: float) -> float:
+    """How long to wait before starting a child again: nothing after a long life (the flows'
+    gap is what matters), else twice the last wait, from RESTART_DELAY_FIRST up to the max."""
+    if lived >= STABLE_SECONDS:
+        return 0.0
+    return min(RESTART_DELAY_MAX, max(RESTART_DELAY_FIRST, previous * 2))
+
+
+def _child(program: Callable[[], None]) -> int:
+    """The exit status of `program` run in the forked child."""
+    try:
+        Path("/proc/self/oom_score_adj").write_text("1000")
+        program()
+    except BaseException as error:
+        # What restarting cannot fix ends it with EXIT_FATAL (PID 1 then reboots); anything
+        # else (a bug, no memory) with 1, and it is started again.
+        fatal = isinstance(error, InitError | shell.ShellError | ConfigError)
+        if not fatal:
+            traceback.print_exc()
+        log(f"{'fatal' if fatal else 'appliance failed'}: {error}")
+        return EXIT_FATAL if fatal else 1
+    return 0
+
+
+def _wait(child: int) -> int:
+    """Wait for `child`, reaping any other process that ends meanwhile (PID 1 inherits
+    orphans); returns its wait status."""
+    while True:
+        pid, status = os.waitpid(-1, 0)
+        if pid == child:
+            return status
+
+
+def supervise(program: Callable[[], None]) -> None:
+    """Run `program` in a child process, again each time it dies; returns once it stopped
+    cleanly (status 0, or after SIGTERM or SIGINT, which are passed on to it). Raises InitError
+    when it exits with EXIT_FATAL."""
+    child, stopping, restarts, delay = 0, False, 0, 0.0
+
+    def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        if child:
+            os.kill(child, signum)
+
+    previous = {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
+    # The objects PID 1 made so far are shared with every child: frozen, the collector of
+    # neither process writes into their pages, which then stay shared (not copied).
+    gc.freeze()
+    try:
+        while not stopping:
+            started = time.monotonic()
+            child = os.fork()
+            if child == 0:
+                for signum in previous:
+                    signal.signal(signum, signal.SIG_DFL)
+                os._exit(_child(program))
+            status = _wait(child)
+            child = 0
+            if stopping or status == 0:
+                return
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == EXIT_FATAL:
+                raise InitError("the appliance cannot run (see above)")
+            restarts += 1
+            delay = restart_delay(delay, time.monotonic() - started)
+            log(f"appliance {exit_cause(status)}; restart {restarts} in {delay:.1f} s")
+            time.sleep(delay)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def boot(program: Program) -> None:
-    """PID 1's duties, then `program`; returns when it stops cleanly."""
+    """PID 1's duties, then `program` as a supervised child; returns when it stops cleanly."""
     mount_filesystems()
     log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
     log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
@@ -260,7 +361,7 @@ def boot(program: Program) -> None:
     freed = release_files(done_with)
     log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
     wan, lan = wait_for_nics(2)
-    program(config, wan, lan)
+    supervise(lambda: program(config, wan, lan))
 
 
 def _restart(action: int, libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:
@@ -274,7 +375,7 @@ def main(program: Program = run_appliance) -> None:
     try:
         boot(program)
     except BaseException as error:  # PID 1 must turn every failure into a reboot
-        expected = InitError | shell.ShellError | OSError | ValueError
+        expected = InitError | OSError | ValueError
         if not isinstance(error, expected):
             traceback.print_exc()
         log(f"fatal: {error}; rebooting in {REBOOT_DELAY_SECONDS:.0f} s")

@@ -24,6 +24,7 @@ import time
 import traceback
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
+from pathlib import Path
 from types import FrameType
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -34,6 +35,7 @@ from appliance.engine import Nat, Offload, Side
 from appliance.flows import FlowTable
 from appliance.frames import WAN
 from appliance.netvm import Client, ClientError, NetVm
+from appliance.statefile import FlowStateFile
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
@@ -361,6 +363,7 @@ class Shell(Generic[P]):
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
             self._poller.unregister(fd)
+        self.flows_file: FlowStateFile | None = None  # where the table's changes are saved
 
     def serve(self) -> None:
         poller, by_fd, readers = self._poller, self._receivers, self._readers
@@ -375,6 +378,8 @@ class Shell(Generic[P]):
                 now = time.monotonic()
                 if now >= next_tick:
                     self._send(self.nat.tick(now))
+                    if self.flows_file is not None:
+                        self.flows_file.maintain(self.nat.table)
                     next_tick = now + 1.0
                 if now >= next_stats:
                     self.stats(self.stats_line())
@@ -390,6 +395,8 @@ class Shell(Generic[P]):
                     reader = readers.get(fd)
                     if reader is not None:
                         reader()
+                if self.flows_file is not None:  # once a round: a kill loses only this round's
+                    self.flows_file.flush()
                 if ready and busy_poll:
                     busy_until = time.monotonic() + busy_poll
         finally:
@@ -503,8 +510,11 @@ def run(
     lan_ifname: str,
     stats_interval: float = 10.0,
     log: Log = log_line,
+    state_dir: Path | None = None,
 ) -> None:
-    """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError."""
+    """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError.
+    `state_dir`: where the flows are saved as they change and restored from at start, so that
+    a restart (after a crash or kill) keeps the established connections."""
     if config.nat.netvm:
         raise ShellError("the configuration is in netvm mode: it serves clients, not a LAN NIC")
     if wan_ifname == lan_ifname:
@@ -528,6 +538,14 @@ def run(
         raise
     nat = Nat(config, wan_mac, lan_mac)
     shell = Shell(nat, {Side.WAN: wan_sock, Side.LAN: lan_sock}, log, stats_interval, openings)
+    if state_dir is not None:
+        shell.flows_file = FlowStateFile(state_dir, log)
+        try:
+            log(shell.flows_file.open(nat.table, time.monotonic()))
+        except OSError as error:
+            for sock in opened:
+                sock.close()
+            raise ShellError(f"cannot keep flows in {state_dir}: {error.strerror}") from None
 
     def stop(signum: int, frame: FrameType | None) -> None:
         shell.stopping = True
@@ -546,6 +564,8 @@ def run(
         log("stopped")
         for sock in opened:
             sock.close()
+        if shell.flows_file is not None:
+            shell.flows_file.close()
         sys.stdout.flush()
 
 

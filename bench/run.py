@@ -142,6 +142,10 @@ def start_fresh(topo: Topology, kind: str, config: Path) -> HostAppliance | Kern
     router: HostAppliance | KernelNat
     if kind == "natvm":
         router = HostAppliance(topo, config)
+        # As in the image (/run/natvm): the flows saved as they change, so their cost is
+        # measured; a new directory each start, as a new VM's is empty.
+        state = tempfile.mkdtemp(prefix="state-", dir=config.parent)
+        router.command += ["--state-dir", state]
     else:
         flush_conntrack(topo)
         router = KernelNat(topo)

@@ -1,8 +1,14 @@
 """The pure parts of PID 1 (appliance/init.py): NIC order and the sysctls."""
 
+import os
+import signal
+import threading
+import time
 from pathlib import Path
 
-from appliance import init, linux
+import pytest
+
+from appliance import init, linux, shell
 
 
 def test_nics_are_ordered_by_bus_address_not_by_name() -> None:
@@ -65,3 +71,67 @@ def test_only_bytecode_of_imported_modules_in_the_image_is_released(tmp_path: Pa
     gone.write_bytes(b"12345")
     assert init.release_files([str(gone), str(tmp_path / "missing.pyc")]) == 5
     assert kept.exists() and not gone.exists()
+
+
+def test_a_childs_end_is_named_by_its_status_or_signal() -> None:
+    assert init.exit_cause(0x0100) == "exited with status 1"
+    assert init.exit_cause(signal.SIGKILL) == "killed by SIGKILL"
+    assert init.exit_cause(signal.SIGSEGV | 0x80) == "killed by SIGSEGV"  # with a core dump
+
+
+def test_restarts_back_off_and_a_long_life_restarts_at_once() -> None:
+    delays = [0.0]
+    for _ in range(8):
+        delays.append(init.restart_delay(delays[-1], lived=1.0))
+    assert delays[1:4] == [init.RESTART_DELAY_FIRST, 1.0, 2.0]
+    assert max(delays) == init.RESTART_DELAY_MAX
+    assert init.restart_delay(init.RESTART_DELAY_MAX, lived=init.STABLE_SECONDS) == 0.0
+
+
+def test_a_killed_child_is_restarted_and_the_cause_logged(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """A real forked child, killed by a real SIGKILL, then one that stops cleanly."""
+    runs = tmp_path / "runs"
+
+    def program() -> None:
+        with runs.open("a") as log:
+            log.write(f"{os.getpid()} {Path('/proc/self/oom_score_adj').read_text()}")
+        if len(runs.read_text().splitlines()) == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    init.supervise(program)
+    lines = runs.read_text().splitlines()
+    assert len(lines) == 2 and lines[0].split()[0] != lines[1].split()[0]
+    assert all(line.split()[1] == "1000" for line in lines), "the OOM killer's first choice"
+    assert "natvm: appliance killed by SIGKILL; restart 1 in 0.5 s" in capfd.readouterr().out
+
+
+def test_a_child_that_cannot_run_is_not_restarted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    def program() -> None:
+        raise shell.ShellError("no network interface named 'eth9'")
+
+    with pytest.raises(init.InitError):
+        init.supervise(program)
+    assert "natvm: fatal: no network interface named 'eth9'" in capfd.readouterr().out
+
+
+def test_sigterm_to_the_supervisor_stops_the_child_cleanly(tmp_path: Path) -> None:
+    ready = tmp_path / "ready"
+
+    def program() -> None:
+        stopped = []
+        signal.signal(signal.SIGTERM, lambda signum, frame: stopped.append(signum))
+        ready.write_text("")
+        while not stopped:
+            time.sleep(0.01)
+
+    def terminate_when_ready() -> None:
+        while not ready.exists():
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    init.supervise(program)  # returns: the child exited 0 after the SIGTERM passed on

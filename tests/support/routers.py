@@ -88,6 +88,12 @@ class _ConsoleProcess:
             self.returncode = stop_process(self._process)
         return self.returncode
 
+    def kill(self) -> None:
+        """SIGKILL and wait: the process gets no chance to tidy up, as when the kernel kills it."""
+        if self._process is not None and self.returncode is None:
+            self._process.kill()
+            self.returncode = self._process.wait()
+
 
 class HostAppliance(_ConsoleProcess):
     """``python -m appliance`` in the router namespace, its stdout and stderr kept line by line."""

@@ -1,0 +1,145 @@
+"""The translation table's sessions as bytes, so that a restarted appliance keeps its flows.
+
+Theory of operation: the state is one file of fixed-size records after a header line. A record
+says "this session exists, in this TCP state" (`SAVED`) or "this session is gone" (`REMOVED`),
+keyed by (protocol, internal address and port, remote address and port). The table's `Journal`
+hears of each new session, TCP state change and removal (appliance/flows.py), and `FlowJournal`
+turns each into one record appended to a buffer that the shell writes out after every round of
+its loop: a few records per connection, none for the packets in between. Reading replays the
+records in order, the last word on each key winning, and `restore` puts the survivors back into
+a fresh table. A snapshot is the same format holding only `SAVED` records of the live sessions:
+compaction writes one and starts appending to it, so the file stays within a small multiple of
+the table's size at a constant cost per record, amortised.
+
+What is kept: each session's external port, filtering (its remote endpoint) and TCP state.
+What is not: timers (a restored session's starts afresh), resting ports, fragments in
+reassembly, neighbours (relearned by ARP). The header names the boot (the kernel's boot_id):
+a file from an earlier boot is ignored, as its times and peers are another machine's story.
+"""
+
+import struct
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from appliance.flows import FlowTable, Session, TcpState
+
+MAGIC = b"natvm-flows 1 "
+SAVED, REMOVED = 1, 2
+# kind, protocol, TCP state, internal address, internal port, external port, remote address and
+# port: 18 bytes a record.
+RECORD = struct.Struct("<BBB4sHH4sH")
+
+
+def header(boot_id: str) -> bytes:
+    """The file's first line, naming the boot it belongs to."""
+    return MAGIC + boot_id.encode("ascii", "replace") + b"\n"
+
+
+@dataclass(frozen=True)
+class SavedSession:
+    proto: int
+    int_addr: bytes
+    int_port: int
+    ext_port: int
+    remote_addr: bytes
+    remote_port: int
+    state: int
+
+
+def _key(proto: int, int_addr: bytes, int_port: int, remote: bytes, port: int) -> bytes:
+    return (
+        bytes((proto,)) + int_addr + int_port.to_bytes(2, "big") + remote + port.to_bytes(2, "big")
+    )
+
+
+def encode(kind: int, session: Session) -> bytes:
+    mapping = session.mapping
+    return RECORD.pack(
+        kind,
+        mapping.proto,
+        session.state,
+        mapping.int_addr,
+        mapping.int_port,
+        mapping.ext_port,
+        session.remote_addr,
+        session.remote_port,
+    )
+
+
+def snapshot(sessions: Iterable[Session]) -> bytes:
+    """`SAVED` records of `sessions` (the body of a file, after its header)."""
+    return b"".join(encode(SAVED, session) for session in sessions)
+
+
+def replay(data: bytes, boot_id: str) -> list[SavedSession]:
+    """The sessions a file (header and records) leaves in existence: none when it belongs to
+    another boot or is not such a file. A torn last record (the writer killed mid-write) and
+    records of an unknown kind are skipped."""
+    first = header(boot_id)
+    if not data.startswith(first):
+        return []
+    live: dict[bytes, SavedSession] = {}
+    body = memoryview(data)[len(first) :]
+    whole = len(body) - len(body) % RECORD.size
+    for kind, proto, state, int_addr, int_port, ext_port, remote, port in RECORD.iter_unpack(
+        body[:whole]
+    ):
+        key = _key(proto, int_addr, int_port, remote, port)
+        if kind == SAVED:
+            live[key] = SavedSession(proto, int_addr, int_port, ext_port, remote, port, state)
+        elif kind == REMOVED:
+            live.pop(key, None)
+    return list(live.values())
+
+
+def restore(table: FlowTable, sessions: Iterable[SavedSession], now: float) -> int:
+    """Put `sessions` back into `table` (see `FlowTable.restore`); returns how many fit."""
+    states = {state.value: state for state in TcpState}
+    restored = 0
+    for saved in sessions:
+        state = states.get(saved.state)
+        if state is not None and table.restore(
+            saved.proto,
+            saved.int_addr,
+            saved.int_port,
+            saved.ext_port,
+            saved.remote_addr,
+            saved.remote_port,
+            state,
+            now,
+        ):
+            restored += 1
+    return restored
+
+
+class FlowJournal:
+    """The table's `Journal`: each event one record in `pending`, for the shell to write out.
+    `records` counts what the file holds once `pending` is written, to tell when to compact."""
+
+    def __init__(self, records: int = 0) -> None:
+        self.pending = bytearray()
+        self.records = records
+
+    def saved(self, session: Session) -> None:
+        self.pending += encode(SAVED, session)
+        self.records += 1
+
+    def removed(self, session: Session) -> None:
+        self.pending += encode(REMOVED, session)
+        self.records += 1
+
+    def take(self) -> bytes:
+        """The records not yet written, now the caller's to write."""
+        out = bytes(self.pending)
+        self.pending.clear()
+        return out
+
+
+# Compaction when the file holds more than twice the live sessions' records (and some slack, so
+# a small table does not compact all the time): the file stays within 2x + slack records, and
+# each compaction's cost (one record per live session) is paid for by as many appended ones.
+COMPACT_SLACK = 4096
+
+
+def compaction_due(records: int, live: int) -> bool:
+    return records > 2 * live + COMPACT_SLACK

@@ -1,0 +1,97 @@
+"""The file that keeps the translation table's sessions across a restart of the appliance.
+
+The format and the replay are appliance/flowstate.py's; this is the I/O around them. At start the
+file is read and replayed into the fresh table, then replaced (write aside, rename over: a kill at
+any moment leaves either the old or the new file whole) by a snapshot of what was restored, and
+from then on records are appended with one write per round of the shell's loop that made any.
+A SIGKILL loses at most the round in progress. Kept in a tmpfs (the image's rootfs; /run on a
+host), it costs no disk I/O: its pages are memory, bounded by compaction (flowstate).
+
+A write that fails (the filesystem full) stops the saving with one line; forwarding goes on.
+"""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+from appliance import flowstate
+from appliance.flows import FlowTable
+
+FILE_NAME = "flows"
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+
+
+def boot_id() -> str:
+    try:
+        return BOOT_ID.read_text().strip()
+    except OSError:  # no /proc: a file then cannot be told from another boot's
+        return "unknown"
+
+
+class FlowStateFile:
+    """The state file of one appliance, in `directory` (created if missing)."""
+
+    def __init__(self, directory: Path, log: Callable[[str], None]) -> None:
+        self.path = directory / FILE_NAME
+        self.log = log
+        self.boot = boot_id()
+        self.journal = flowstate.FlowJournal()
+        self._fd = -1
+        self._table: FlowTable | None = None
+
+    def open(self, table: FlowTable, now: float) -> str:
+        """Restore what the file holds into `table`, start saving `table`'s changes, and return
+        a line saying what was restored. Raises OSError when the directory is unusable."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            data = b""
+        saved = flowstate.replay(data, self.boot)
+        restored = flowstate.restore(table, saved, now)
+        self._rewrite(table)
+        table.journal, self._table = self.journal, table
+        return f"flows: restored {restored} of {len(saved)} saved in {self.path}"
+
+    def flush(self) -> None:
+        """Write out the records made since the last call (a no-op when none were)."""
+        if self.journal.pending and self._fd >= 0:
+            data = self.journal.take()
+            try:
+                os.write(self._fd, data)
+            except OSError as error:
+                self._give_up(error)
+
+    def maintain(self, table: FlowTable) -> None:
+        """Compact the file when it has grown well past the table (see flowstate)."""
+        if self._fd >= 0 and flowstate.compaction_due(self.journal.records, len(table)):
+            try:
+                self._rewrite(table)
+            except OSError as error:
+                self._give_up(error)
+
+    def close(self) -> None:
+        self.flush()
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def _rewrite(self, table: FlowTable) -> None:
+        sessions = table.all_sessions()
+        aside = self.path.with_name(FILE_NAME + ".new")
+        aside.write_bytes(flowstate.header(self.boot) + flowstate.snapshot(sessions))
+        os.replace(aside, self.path)
+        if self._fd >= 0:
+            os.close(self._fd)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        self.journal.pending.clear()  # the snapshot holds what they said
+        self.journal.records = len(sessions)
+
+    def _give_up(self, error: OSError) -> None:
+        self.log(f"error: saving flows to {self.path}: {error.strerror}; no longer saved")
+        if self._table is not None:
+            self._table.journal = None
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        self.journal.pending.clear()
