@@ -318,6 +318,7 @@ class Shell(Generic[P]):
         self.stats = ChangedLineLog(log)
         self.stopping = False
         self.tx_errors = 0
+        self.flows_file: FlowStateFile | None = None  # where the table's changes are saved
         self._poller = select.poll()
         self._receivers: dict[int, Receiver[P]] = {}
         self._readers: dict[int, Callable[[], None]] = {}
@@ -363,7 +364,6 @@ class Shell(Generic[P]):
     def remove_reader(self, fd: int) -> None:
         if self._readers.pop(fd, None) is not None:
             self._poller.unregister(fd)
-        self.flows_file: FlowStateFile | None = None  # where the table's changes are saved
 
     def serve(self) -> None:
         poller, by_fd, readers = self._poller, self._receivers, self._readers
