@@ -29,7 +29,9 @@ READY_LINE = "CLIENT READY"
 DNS = "10.139.1.1"  # Qubes' first virtual DNS server, which the net VM translates
 NETBACK_MAC = "fe:ff:ff:ff:ff:ff"  # xen-netback's vif MAC, the gateway's MAC for every client
 NIC_WAIT_TENTHS = 300
-MEMORY_MIB = 48
+# xl loads the kernel into the domain's memory before it boots: at 48 MiB that fails ("segment
+# kernel too large (0x2e00 > 0x3000 - 0x1000 pages)"), the kernel's segment being 46 MiB.
+MEMORY_MIB = 72
 INIT = f"""#!/bin/busybox sh
 # The Xen tier's client VM (see image/xenclient.py): a Qubes-style /32 on eth0, then the
 # console's lines are its commands.
