@@ -19,7 +19,7 @@ Outputs: client/vmlinuz, client/initramfs (byte-identical from build to build, a
 from dataclasses import dataclass
 from pathlib import Path
 
-from image import cpio, initramfs, kmod
+from image import cpio, initramfs, kmod, qemu
 from image.dom0.xlcfg import quote
 
 BUSYBOX = "bin/busybox"
@@ -30,8 +30,9 @@ DNS = "10.139.1.1"  # Qubes' first virtual DNS server, which the net VM translat
 NETBACK_MAC = "fe:ff:ff:ff:ff:ff"  # xen-netback's vif MAC, the gateway's MAC for every client
 NIC_WAIT_TENTHS = 300
 # xl loads the kernel into the domain's memory before it boots: at 48 MiB that fails ("segment
-# kernel too large (0x2e00 > 0x3000 - 0x1000 pages)"), the kernel's segment being 46 MiB.
-MEMORY_MIB = 72
+# kernel too large (0x2e00 > 0x3000 - 0x1000 pages)"), the kernel's segment being 46 MiB; at
+# 72 MiB without lockdown the kernel panics while booting ("System is deadlocked on memory").
+MEMORY_MIB = 96
 INIT = f"""#!/bin/busybox sh
 # The Xen tier's client VM (see image/xenclient.py): a Qubes-style /32 on eth0, then the
 # console's lines are its commands.
@@ -110,7 +111,7 @@ class ClientVm:
 
     def xl_config(self, kernel: str, ramdisk: str) -> str:
         """An xl configuration (PVH, console hvc0) booting `kernel` and `ramdisk` (dom0 paths)."""
-        words = ("console=hvc0", "panic=-1", "quiet")
+        words = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)
         cmdline = (*words, f"client_ip={self.address}", f"client_gw={self.gateway}")
         lines = [
             f"name = {quote(self.name)}",
