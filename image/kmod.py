@@ -14,7 +14,9 @@ from image.errors import ImageError
 # As a Qubes-style net VM (a Xen driver domain), xen-netback makes the client VMs' vifs, and
 # /dev/xen/evtchn and /dev/xen/gntdev are what a stdlib program reaches Xen's event channels and
 # grant tables through (vchan, for QubesDB). Loaded always, not only in the net VM mode: outside
-# Xen they refuse to load (ENODEV, as xen-netfront does), and under Xen they cost about 1 MiB.
+# Xen they refuse to load (ENODEV, as xen-netfront does), and under Xen, at READY in a 128 MiB
+# PVH guest, they cost 0.1 MiB of slab (MemAvailable 52 of 92 MiB with them or without; their
+# .ko files leave the rootfs once loaded, as every module's). One list, no second switch.
 WANTED = (
     "virtio_pci",
     "virtio_net",

@@ -44,6 +44,7 @@ mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtm
 for ko in $(cat /{MODULE_LIST}); do insmod "$ko" || fail "insmod $ko"; done
 [ -n "$client_ip" ] && [ -n "$client_gw" ] || fail "client_ip= and client_gw= are not set"
 # What Qubes' setup-ip does when a vif appears; a command of its own, for a vif attached again.
+# (busybox's `ip neigh` only shows and flushes: its `arp -s` pins the gateway's MAC.)
 setup_eth0() {{
   tenths=0
   until [ -e /sys/class/net/eth0 ]; do
@@ -52,8 +53,9 @@ setup_eth0() {{
     sleep 0.1
   done
   ip link set eth0 up && ip addr add "$client_ip/32" dev eth0 \\
-    && ip neigh replace "$client_gw" lladdr {NETBACK_MAC} dev eth0 nud permanent \\
-    && ip route add default via "$client_gw" dev eth0 onlink
+    && ip route add "$client_gw/32" dev eth0 \\
+    && ip route add default via "$client_gw" dev eth0 onlink \\
+    && arp -i eth0 -s "$client_gw" {NETBACK_MAC}
 }}
 ip link set lo up
 setup_eth0 || fail "eth0"

@@ -27,10 +27,11 @@ from tests.support.xenclients import CONNECTED, XL, Booted, Clients
 from tests.xen.conftest import report
 
 NETVM = "natvm"  # xen.cfg's name
-# The net VM mode's kernel words: the mode itself and its upstream DNS server (dnsmasq, on the
-# WAN side), which 10.139.1.1 is translated to.
-NETVM_WORDS = ("natvm.netvm=1", f"natvm.dns={SERVER_A}")
 GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' netvm gateway)
+# The net VM mode's kernel words: the mode itself, the downstream subnet its clients' addresses
+# are in with its own address (their gateway), and its upstream DNS server (dnsmasq, on the WAN
+# side), which 10.139.1.1 is translated to.
+NETVM_WORDS = ("natvm.netvm=1", f"natvm.lan.ip={GATEWAY}/24", f"natvm.dns={SERVER_A}")
 A = ClientVm("netvm-client-a", "10.137.0.2", GATEWAY, NETVM)
 B = ClientVm("netvm-client-b", "10.137.0.3", GATEWAY, NETVM)
 SPOOFED = "10.137.0.99"
