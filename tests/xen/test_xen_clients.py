@@ -4,7 +4,8 @@ Two client domains (image/xenclient.py) boot with `vif=['backend=natvm,ip=10.137
 the session's natvm as shipped (two-NIC mode, which leaves their vifs alone). Their backends
 appear in natvm's xenstore directory, probed by the xen-netback natvm's image loads, and wait in
 InitWait for `hotplug-status`, which natvm's net VM mode is to write: written here from the dom0,
-the backend connects. `xl network-detach` and `network-attach` work on a driver domain's vif.
+the backend connects. (`xl network-detach` is checked in test_xen_netvm.py only: libxl then waits
+for the driver domain to remove the backend's directory, which natvm as shipped never does.)
 """
 
 from collections.abc import Iterator
@@ -21,9 +22,6 @@ NETVM = "natvm"
 GATEWAY = "10.137.0.1"
 A = ClientVm("client-a", "10.137.0.2", GATEWAY, NETVM)
 B = ClientVm("client-b", "10.137.0.3", GATEWAY, NETVM)
-GONE_WITHIN_5_S = (
-    "n=0; while [ -e {path} ] && [ $n -lt 50 ]; do sleep 0.1; n=$((n + 1)); done; [ ! -e {path} ]"
-)
 
 
 @pytest.fixture(scope="module")
@@ -94,19 +92,3 @@ def test_the_backend_connects_once_hotplug_status_is_connected(
     clients.control.run("/usr/bin/xenstore-write", f"{path}/hotplug-status", "connected")
     took = clients.wait_state(path, CONNECTED, timeout=30)
     report(request, f"Xen tier: hotplug-status to backend state 4 in {took:.1f} s")
-
-
-def test_a_vif_detached_goes_and_attached_again_waits_again(
-    clients: Clients, booted: list[Booted], request: pytest.FixtureRequest
-) -> None:
-    path = clients.backend(NETVM, A.name)
-    clients.xl("network-detach", A.name, "0")
-    assert clients.entries(path) == {}
-    gone = clients.run(A, GONE_WITHIN_5_S.format(path="/sys/class/net/eth0"))
-    assert gone.status == 0, "the client's eth0 stayed after the detach"
-    clients.xl("network-attach", A.name, *A.vif().split(","))
-    took = clients.wait_state(path, INIT_WAIT, timeout=30)
-    report(request, f"Xen tier: network-attach to backend state 2 in {took:.1f} s")
-    again = clients.run(A, "setup_eth0 && ip -4 addr show dev eth0")
-    assert again.status == 0, again.text
-    assert f"inet {A.address}/32" in again.text

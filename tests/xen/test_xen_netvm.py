@@ -60,13 +60,23 @@ class NetVm:
         return stats_counter([text for text in lines if text.startswith("stats ")], name)
 
 
+def _recreate_natvm(clients: Clients, cfg: str) -> None:
+    """Destroy natvm and create it from `cfg` (in /guest). A natvm that failed is rebooting,
+    and xl restarts it under the same name: destroy until the name is gone."""
+    deadline = time.monotonic() + 60
+    while clients.xl("domid", NETVM, check=False).strip().isdigit():
+        assert time.monotonic() < deadline, "natvm could not be destroyed"
+        clients.xl("destroy", NETVM, check=False)
+        time.sleep(2)
+    clients.control.run(XL, "create", cfg, cwd="/guest")
+
+
 def _as_netvm(clients: Clients, nested: xenboot.NestedXen) -> str:
     """natvm created again as the net VM; what went wrong, or ""."""
     cfg = clients.control.run("/usr/bin/python3.11", "-c", "print(open('/guest/xen.cfg').read())")
     clients.control.write("/guest/netvm.cfg", xlcfg.as_driver_domain(cfg, NETVM_WORDS))
-    clients.xl("destroy", NETVM)
     mark = len(nested.console.lines)
-    clients.control.run(XL, "create", "netvm.cfg", cwd="/guest")
+    _recreate_natvm(clients, "netvm.cfg")
     ready = xenboot.is_ready(NETVM)
 
     def settled(line: xenboot.Line) -> bool:  # READY, or a fatal error: no need to wait longer
@@ -111,9 +121,8 @@ def netvm(
     yield NetVm(clients, booted, problem, since)
     for vm in (A, B):
         clients.destroy(vm.name)
-    clients.xl("destroy", NETVM)
     mark = len(nested.console.lines)
-    clients.control.run(XL, "create", "xen.cfg", cwd="/guest")
+    _recreate_natvm(clients, "xen.cfg")
     nested.console.wait_for(
         xenboot.is_ready(NETVM), "natvm's xen.cfg again", READY_TIMEOUT, NETVM, mark
     )
