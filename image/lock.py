@@ -66,6 +66,9 @@ XEN_HOST_PACKAGES = (
     "libuuid1",
     "libgcc-s1",  # libgcc_s.so.1: glibc dlopens it when xl's threads exit, no DT_NEEDED names it
 )
+# Only in the Xen tier's client VMs (image/xenclient.py), with the product's kernel: a shell and
+# the network tools (ip, ping, wget, nslookup) in one static binary. Test equipment too.
+CLIENT_PACKAGES = ("busybox-static",)
 # The hypervisor and the toolstack talk through interfaces private to one Xen release: their
 # versions must match.
 XEN_MATCHING = ("xen-hypervisor-4.17-amd64", "xen-utils-4.17")
@@ -115,7 +118,7 @@ def dom0_kernel_name(kernel: Pin) -> str:
 def _xen_host_only(pins: list[Pin]) -> set[str]:
     """Names of the pins that only the test dom0 takes."""
     shared = {*PACKAGES, *REFERENCE_PACKAGES}
-    only = {name for name in XEN_HOST_PACKAGES if name not in shared}
+    only = {name for name in (*XEN_HOST_PACKAGES, *CLIENT_PACKAGES) if name not in shared}
     kernels = [pin for pin in pins if pin.name.startswith("linux-image-")]
     return only | ({dom0_kernel_name(kernels[0])} if kernels else set())
 
@@ -153,6 +156,12 @@ def xen_host_pins(pins: list[Pin]) -> list[Pin]:
     return chosen
 
 
+def xen_client_pins(pins: list[Pin]) -> list[Pin]:
+    """The pins of the Xen tier's client VMs: the product's kernel and busybox."""
+    _require(pins, set(CLIENT_PACKAGES))
+    return [kernel_pin(pins), *(pin for pin in pins if pin.name in CLIENT_PACKAGES)]
+
+
 def kernel_pin(pins: list[Pin]) -> Pin:
     """The product's kernel: the first linux-image pin (`refresh` writes the dom0's after it)."""
     for pin in pins:
@@ -180,8 +189,9 @@ def _pin(name: str) -> Pin:
 
 
 def refresh(path: Path = LOCK_FILE) -> list[Pin]:
-    """Pin the candidate versions of the kernel, `PACKAGES`, `REFERENCE_PACKAGES` and
-    `XEN_HOST_PACKAGES`, and the dom0 kernel at the kernel's version; write the lock, return it."""
+    """Pin the candidate versions of the kernel, `PACKAGES`, `REFERENCE_PACKAGES`,
+    `XEN_HOST_PACKAGES` and `CLIENT_PACKAGES`, and the dom0 kernel at the kernel's version;
+    write the lock, return it."""
     require("apt-cache", "apt")
     depends = _show(KERNEL_META)["Depends"]
     kernel = re.match(r"(linux-image-[\w.-]+)", depends)
@@ -189,7 +199,7 @@ def refresh(path: Path = LOCK_FILE) -> list[Pin]:
         raise ImageError(f"cannot find the kernel package in {KERNEL_META}'s Depends: {depends}")
     product_kernel = _pin(kernel.group(1))
     dom0_kernel = _show(dom0_kernel_name(product_kernel), product_kernel.version)
-    names = dict.fromkeys((*PACKAGES, *REFERENCE_PACKAGES, *XEN_HOST_PACKAGES))
+    names = dict.fromkeys((*PACKAGES, *REFERENCE_PACKAGES, *XEN_HOST_PACKAGES, *CLIENT_PACKAGES))
     pins = [
         product_kernel,
         *(_pin(name) for name in names),

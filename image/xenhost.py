@@ -11,6 +11,9 @@ so two builds are byte-identical):
   initramfs  the dom0 root: the product's python3.11 running image/dom0/ as /init, xl, xenstored,
              xenconsoled, xenconsole, xen-init-dom0, xenstore-read/-write and their libraries,
              the kernel modules a dom0 backend needs, xl.conf and the vif hotplug script
+  client/vmlinuz, client/initramfs
+             the client VMs of the net VM tests (image/xenclient.py): the product's kernel and
+             a busybox initramfs
   SHA256SUMS, manifest.json
 The guest (natvm's build/: xen.cfg and the files it names) is not in it: image/xenboot.py appends
 it at boot as a second archive, so one dom0 boots any build of natvm.
@@ -25,7 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from image import build, cpio, debs, initramfs, kconfig, kmod, lock, runtime
+from image import build, cpio, debs, initramfs, kconfig, kmod, lock, runtime, xenclient
 from image.elf import Elf
 from image.errors import ImageError
 from image.lock import Pin
@@ -42,6 +45,7 @@ PROGRAMS = (
     f"{XEN_BIN}/xen-init-dom0",
     "usr/bin/xenstore-read",
     "usr/bin/xenstore-write",
+    "usr/bin/xenstore-ls",  # for the tests: a driver domain's backend entries, read from dom0
 )
 DLOPENED = ("libgcc_s.so.1",)  # glibc loads it when a thread of xl exits: no DT_NEEDED names it
 # Event channels, grant tables and privcmd for the toolstack, xenfs for xenstored, netback for
@@ -96,7 +100,7 @@ XL_CONF = f"""vif.default.script="{VIF_SCRIPT}"
 autoballoon="off"
 lockfile="/run/xl.lock"
 """
-OUTPUTS = ("xen", "vmlinuz", "initramfs")
+OUTPUTS = ("xen", "vmlinuz", "initramfs", "client/vmlinuz", "client/initramfs")
 
 
 @dataclass
@@ -106,6 +110,7 @@ class XenHost:
     out: Path = OUTPUT
     source: Path = SOURCE
     pins: list[Pin] = field(default_factory=list)
+    client_pins: list[Pin] = field(default_factory=list)
     root: Path = Path()
     kernel_release: str = ""
     hypervisor: str = ""  # the pinned hypervisor package's version
@@ -214,6 +219,14 @@ def root(h: XenHost) -> None:
     h.sizes["initramfs uncompressed"] = len(archive)
 
 
+def client(h: XenHost) -> None:
+    h.client_pins = lock.xen_client_pins(lock.load())
+    root = debs.extract(h.client_pins)
+    (h.out / "client").mkdir(exist_ok=True)
+    (h.out / "client" / "vmlinuz").write_bytes(xenclient.vmlinuz(root))
+    (h.out / "client" / "initramfs").write_bytes(xenclient.archive(root))
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -224,7 +237,10 @@ def manifest(h: XenHost) -> None:
         "name": "natvm test dom0 (Xen tier; test equipment, not the product)",
         "hypervisor": h.hypervisor,
         "kernel": h.kernel_release,
-        "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in h.pins],
+        "packages": [
+            {"name": p.name, "version": p.version, "sha256": p.sha256}
+            for p in (*h.pins, *h.client_pins)
+        ],
         "files": {
             name: {"sha256": s, "size": (h.out / name).stat().st_size} for name, s in sums.items()
         },
@@ -234,7 +250,14 @@ def manifest(h: XenHost) -> None:
     (h.out / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for n, s in sums.items()))
 
 
-STEPS: tuple[Callable[[XenHost], None], ...] = (packages, hypervisor, kernel, root, manifest)
+STEPS: tuple[Callable[[XenHost], None], ...] = (
+    packages,
+    hypervisor,
+    kernel,
+    root,
+    client,
+    manifest,
+)
 
 
 def run(h: XenHost, progress: Callable[[str, float], None]) -> None:

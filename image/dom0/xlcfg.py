@@ -2,6 +2,9 @@
 variant of it, and the `xl create` arguments that boot it from the folder it is in.
 
 Rules: the file users get is the file tested, so nothing here rewrites what it does not have to.
+`as_driver_domain` derives the net VM's configuration of the Qubes-style tests: the uplink vif
+only (clients' vifs come from their own configurations, `backend=<name>`), `driver_domain=1`,
+and the words of the net VM mode on the command line.
 Values are read as xl reads them: a setting is `key = value` on one line, a string is in double
 quotes with backslash escapes, a list is `[ "...", ... ]`. A vif spec is `key=value` pairs
 separated by commas. `with_cmdline_words` appends to `cmdline`: xl ignores `extra=` whenever
@@ -66,14 +69,19 @@ def vif_bridges(text: str) -> list[str]:
     return bridges
 
 
-def with_cmdline_words(text: str, words: tuple[str, ...]) -> str:
-    """`text` with `words` appended to its `cmdline` setting, every other line unchanged."""
-    line = _SETTING.pattern.replace(r"(\w+)", "(cmdline)", 1)
+def _replaced(text: str, key: str, value: str) -> str:
+    """`text` with setting `key`'s line set to `value` (raw), every other line unchanged."""
+    line = _SETTING.pattern.replace(r"(\w+)", f"({key})", 1)
     match = re.search(line, text, flags=re.MULTILINE)
     if match is None:
-        raise ConfigError("no 'cmdline' setting in the xl configuration")
+        raise ConfigError(f"no {key!r} setting in the xl configuration")
+    return text[: match.start()] + f"{key} = {value}" + text[match.end() :]
+
+
+def with_cmdline_words(text: str, words: tuple[str, ...]) -> str:
+    """`text` with `words` appended to its `cmdline` setting, every other line unchanged."""
     value = " ".join((string(text, "cmdline"), *words))
-    return text[: match.start()] + f"cmdline = {quote(value)}" + text[match.end() :]
+    return _replaced(text, "cmdline", quote(value))
 
 
 def create_args(cfg: PurePosixPath, text: str) -> list[str]:
@@ -86,3 +94,14 @@ def create_args(cfg: PurePosixPath, text: str) -> list[str]:
         if not (named := PurePosixPath(string(text, key))).is_absolute()
     ]
     return ["create", str(cfg), *overrides]
+
+
+def as_driver_domain(text: str, words: tuple[str, ...]) -> str:
+    """`text` as a net VM's: its first (uplink) vif only, `driver_domain=1`, `words` appended to
+    its command line."""
+    raw = settings(text).get("vif", "")
+    first = _STRING.search(raw)
+    if first is None:
+        raise ConfigError("the xl configuration has no vif for the uplink")
+    uplink = _replaced(with_cmdline_words(text, words), "vif", f"[ {first.group(0)} ]")
+    return uplink + "driver_domain = 1\n"

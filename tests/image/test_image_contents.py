@@ -15,6 +15,7 @@ def test_modules_come_after_their_dependencies(package_root: Path) -> None:
     order = kmod.load_order(kmod.modules_dir(package_root))
     names = [ko.name[:-3].replace("-", "_") for ko in order]
     assert {"virtio_net", "virtio_pci", "virtio_rng", "xen_netfront"} <= set(names)
+    assert {"xen_netback", "xen_evtchn", "xen_gntdev"} <= set(names)  # the net VM's
     for position, ko in enumerate(order):
         depends = Elf(ko.read_bytes()).modinfo().get("depends", "")
         assert all(names.index(dep) < position for dep in depends.split(",") if dep)

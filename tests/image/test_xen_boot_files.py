@@ -8,7 +8,7 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from image import cpio, deploy, xenboot
+from image import cpio, deploy, xenboot, xenclient
 from image.dom0 import control, init, links, xlcfg
 from image.errors import ImageError
 from tests.image.test_qemu_command import properties, values
@@ -60,6 +60,25 @@ def test_the_derived_cfg_only_adds_words_to_cmdline() -> None:
         (a, b) for a, b in zip(CFG.splitlines(), derived.splitlines(), strict=True) if a != b
     ]
     assert [a.split()[0] for a, _ in changed] == ["cmdline"]
+
+
+def test_the_net_vm_cfg_keeps_the_uplink_vif_and_is_a_driver_domain() -> None:
+    netvm = xlcfg.as_driver_domain(CFG, ("natvm.x=1",))
+    assert xlcfg.vif_bridges(netvm) == ["natvm-wan"]
+    assert xlcfg.vifs(netvm)[0]["mac"] == deploy.XEN_MACS[0]
+    assert xlcfg.settings(netvm)["driver_domain"] == "1"
+    assert xlcfg.string(netvm, "cmdline").endswith(" natvm.x=1")
+    assert xlcfg.string(netvm, "kernel") == xlcfg.string(CFG, "kernel")
+
+
+def test_a_client_cfg_has_one_vif_on_the_net_vm_and_its_address_for_its_init() -> None:
+    vm = xenclient.ClientVm("client-a", "10.137.0.2", "10.137.0.1", "natvm")
+    cfg = vm.xl_config("/b/vmlinuz", "/guest/client-initramfs")
+    assert xlcfg.vifs(cfg) == [{"backend": "natvm", "ip": "10.137.0.2"}]
+    words = xlcfg.string(cfg, "cmdline").split()
+    assert {"client_ip=10.137.0.2", "client_gw=10.137.0.1", "console=hvc0"} <= set(words)
+    assert xlcfg.string(cfg, "type") == "pvh"
+    assert xlcfg.string(cfg, "ramdisk") == "/guest/client-initramfs"
 
 
 def test_the_guest_archive_puts_each_file_where_xl_looks(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from image import build, cpio, lock, runtime, xenhost
+from image import build, cpio, lock, runtime, xenclient, xenhost
 from image.elf import Elf
 from image.errors import ImageError
 from tests.image.test_image_contents import extract
@@ -103,9 +103,10 @@ def test_nothing_of_the_dom0_enters_the_product(built: build.Build) -> None:
     archive = gzip.decompress((built.out / "initramfs").read_bytes())
     paths = [entry.path for entry in cpio.read(archive)]
     # the dom0's xenstore is its daemon, library and tools; natvm's own client of the protocol
-    # (appliance/xenstore.py) is product code
+    # (appliance/xenstore.py) is product code, as xen-netback is (a net VM's vifs); busybox is the
+    # client VMs'
     xenstore = ("xenstored", "libxenstore", "bin/xenstore-")
-    dom0_files = ("xen-4.17", "libxen", *xenstore, "xen-netback", "opt/dom0", "etc/xen")
+    dom0_files = ("xen-4.17", "libxen", *xenstore, "busybox", "opt/dom0", "etc/xen")
     assert [p for p in paths if any(part in p for part in dom0_files)] == []
 
 
@@ -124,3 +125,21 @@ def test_a_hypervisor_of_another_release_than_the_toolstack_is_refused() -> None
     ]
     with pytest.raises(ImageError, match="hypervisor and toolstack differ"):
         lock.xen_host_pins(pins)
+
+
+def test_the_client_initramfs_is_busybox_its_init_and_netfront(xen_host: xenhost.XenHost) -> None:
+    archive = gzip.decompress((xen_host.out / "client" / "initramfs").read_bytes())
+    found = {entry.path: entry for entry in cpio.read(archive)}
+    assert found["init"].data.startswith(b"#!/bin/busybox sh\n") and found["init"].mode & 0o111
+    busybox = Elf(found[xenclient.BUSYBOX].data)
+    assert busybox.interpreter() is None and busybox.needed() == []  # static: nothing else needed
+    listed = found[xenclient.MODULE_LIST].data.decode().split()
+    assert listed[-1].endswith("/xen-netfront.ko")
+    assert all(path.lstrip("/") in found for path in listed)
+    product_kernel = lock.kernel_pin(lock.load())
+    assert [p.name for p in xen_host.client_pins] == [product_kernel.name, "busybox-static"]
+
+
+def test_the_client_init_is_valid_shell() -> None:
+    proc = subprocess.run(["sh", "-n"], input=xenclient.INIT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr

@@ -1,0 +1,155 @@
+"""Client VMs of a net VM under the Xen tier's dom0, driven through its control channel.
+
+A client (image/xenclient.py) boots the product's kernel with busybox and runs each line
+written to its console as a shell command. `Clients.run` writes the command to the domain's
+console pty (the dom0 file xenconsoled names in xenstore, `console/tty`), followed by an echo of
+a marker with the command's exit status, and reads the client's console lines (which the dom0
+streams, prefixed with the domain's name) up to that marker. Backends are read with xenstore-read
+and xenstore-ls in the dom0, as a toolstack sees them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from image import xenboot, xenclient
+from image.dom0 import xlcfg
+from image.dom0.init import GUEST_CFG
+
+XL = "/usr/lib/xen-4.17/bin/xl"
+XENSTORE_READ = "/usr/bin/xenstore-read"
+XENSTORE_LS = "/usr/bin/xenstore-ls"
+CLIENT_RAMDISK = "/guest/client-initramfs"
+BOOT_TIMEOUT = 180.0
+# xenbus states (xen/include/public/io/xenbus.h)
+INIT_WAIT, CONNECTED = 2, 4
+
+
+@dataclass(frozen=True)
+class Result:
+    """A command's exit status and the console lines it printed."""
+
+    status: int
+    lines: list[str]
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self.lines)
+
+
+@dataclass(frozen=True)
+class Booted:
+    """A client domain as created: its VM, its domain id, and how long it took."""
+
+    vm: xenclient.ClientVm
+    domid: int
+    created: float  # seconds of `xl create`
+    ready: float  # seconds from `xl create` to its READY line
+
+
+class Clients:
+    """Create, command, inspect and destroy client domains in the dom0 of `nested`."""
+
+    def __init__(self, nested: xenboot.NestedXen, client_dir: Path) -> None:
+        assert nested.control is not None
+        self.nested = nested
+        self.control = nested.control
+        self.console = nested.console
+        self._tokens = itertools.count(1)
+        self.control.write(CLIENT_RAMDISK, (client_dir / "initramfs").read_bytes())
+        # The product's kernel, as the dom0 already has it for natvm.
+        probe = f"print(open('{GUEST_CFG}').read())"
+        shipped = self.control.run("/usr/bin/python3.11", "-c", probe)
+        self.kernel = xlcfg.string(shipped, "kernel")
+
+    def xl(self, *args: str, check: bool = True) -> str:
+        return self.control.run(XL, *args, check=check)
+
+    def domid(self, name: str) -> int:
+        return int(self.xl("domid", name).strip())
+
+    def create(self, vm: xenclient.ClientVm) -> float:
+        """`xl create` a client; the seconds it took (the domain boots on after it returns)."""
+        cfg = f"/guest/{vm.name}.cfg"
+        self.control.write(cfg, vm.xl_config(self.kernel, CLIENT_RAMDISK))
+        started = time.monotonic()
+        self.xl("create", cfg)
+        return time.monotonic() - started
+
+    def wait_ready(self, vm: xenclient.ClientVm, start: int) -> float:
+        """Wait for the client's READY line (from console line `start` on); when it came."""
+
+        def ready(line: xenboot.Line) -> bool:
+            return line.source == vm.name and line.text.startswith(xenclient.READY_LINE)
+
+        what = f"{vm.name} never got ready"
+        return self.console.wait_for(ready, what, BOOT_TIMEOUT, vm.name, start).at
+
+    def boot(self, *vms: xenclient.ClientVm) -> list[Booted]:
+        """Create each client and wait for it to be ready, one after the other: a client's
+        kernel booting takes the CPU from the net VM, and libxl gives a new vif's backend 10 s
+        to reach InitWait (nested under a loaded TCG, netback in natvm missed it once)."""
+        booted = []
+        for vm in vms:
+            mark = len(self.console.lines)
+            began = time.monotonic() - self.console.started
+            seconds = self.create(vm)
+            ready = self.wait_ready(vm, mark) - began
+            booted.append(Booted(vm, self.domid(vm.name), seconds, ready))
+        return booted
+
+    def destroy(self, name: str) -> None:
+        self.xl("destroy", name, check=False)
+
+    def run(self, vm: xenclient.ClientVm, command: str, timeout: float = 60.0) -> Result:
+        """Run a shell command in the client; its status and output. The command itself must
+        end within `timeout` (use busybox's `timeout` for what may hang)."""
+        token = next(self._tokens)
+        marker = re.compile(rf"^@@{token}=(\d+)$")
+        tty = self.read(f"/local/domain/{self.domid(vm.name)}/console/tty")
+        mark = len(self.console.lines)
+        self.control.write(tty, f"{command}; echo @@{token}=$?\n")
+        done = self.console.wait_for(
+            lambda line: line.source == vm.name and bool(marker.match(line.text)),
+            f"{vm.name} did not finish `{command}`",
+            timeout,
+            vm.name,
+            mark,
+        )
+        end = self.console.lines.index(done, mark)
+        lines = [line.text for line in self.console.lines[mark:end] if line.source == vm.name]
+        status = marker.match(done.text)
+        assert status is not None
+        return Result(int(status.group(1)), lines)
+
+    def read(self, path: str) -> str:
+        return self.control.run(XENSTORE_READ, path).strip()
+
+    def entries(self, path: str) -> dict[str, str]:
+        """The keys directly under `path` and their values (xenstore-ls, one level)."""
+        listing = self.control.run(XENSTORE_LS, path, check=False)
+        found = {}
+        for line in listing.splitlines():
+            if not line.startswith(" "):
+                key, _, value = line.partition(" = ")
+                found[key.strip()] = value.strip().strip('"')
+        return found
+
+    def backend(self, netvm: str, client: str, devid: int = 0) -> str:
+        """The xenstore directory of the client's vif backend in the net VM."""
+        return f"/local/domain/{self.domid(netvm)}/backend/vif/{self.domid(client)}/{devid}"
+
+    def wait_state(self, path: str, state: int, timeout: float = 60.0) -> float:
+        """Wait until xenstore `path`/state is `state`; the seconds it took."""
+        started = time.monotonic()
+        while True:
+            value = self.control.run(XENSTORE_READ, f"{path}/state", check=False).strip()
+            if value == str(state):
+                return time.monotonic() - started
+            if time.monotonic() - started > timeout:
+                raise TimeoutError(f"{path}/state is {value!r} after {timeout:.0f} s, not {state}")
+            time.sleep(0.5)
