@@ -14,7 +14,7 @@ import itertools
 import re
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from image import xenboot, xenclient
 from image.dom0 import xlcfg
@@ -64,7 +64,8 @@ class Clients:
         # The product's kernel, as the dom0 already has it for natvm.
         probe = f"print(open('{GUEST_CFG}').read())"
         shipped = self.control.run("/usr/bin/python3.11", "-c", probe)
-        self.kernel = xlcfg.string(shipped, "kernel")
+        # xen.cfg names it relative to its own folder (an absolute name stays as it is)
+        self.kernel = str(PurePosixPath(GUEST_CFG).parent / xlcfg.string(shipped, "kernel"))
 
     def xl(self, *args: str, check: bool = True) -> str:
         return self.control.run(XL, *args, check=check)
