@@ -203,6 +203,15 @@ class NetVmTopology(Topology):
         return [self.router, self.wan.ns, *(client.ns for client in self.clients)]
 
 
+def _create_namespaces(names: Iterable[str], created: list[str]) -> None:
+    """Create each namespace with the test sysctls, listing in `created` those made (for the
+    caller to remove if what follows fails)."""
+    for name in names:
+        netns.create(name)
+        created.append(name)
+        _set_sysctls(name)
+
+
 def build_netvm(prefix: str, clients: int) -> NetVmTopology:
     """Create the router, WAN and `clients` client namespaces and their links; on any failure,
     remove what was made and re-raise."""
@@ -212,10 +221,7 @@ def build_netvm(prefix: str, clients: int) -> NetVmTopology:
     vifs = [f"vif{n}.0" for n in range(1, clients + 1)]
     created: list[str] = []
     try:
-        for name in names.values():
-            netns.create(name)
-            created.append(name)
-            _set_sysctls(name)
+        _create_namespaces(names.values(), created)
         router = names["router"]
         with IPRoute(netns=router, flags=0) as ipr:
             _add_link(ipr, "wan0", kind="veth", peer={"ifname": "eth0", "net_ns_fd": names["wan"]})
@@ -284,10 +290,7 @@ def build(
     names = {role: prefix + role for role in roles}
     created: list[str] = []
     try:
-        for name in names.values():
-            netns.create(name)
-            created.append(name)
-            _set_sysctls(name)
+        _create_namespaces(names.values(), created)
         appliance_wan, appliance_lan = _wire_router(prefix, names, attach, offloads, bridges)
         lan_a = _configure_lan_host(names["lan-a"], CLIENT_A, offloads)
         lan_b = _configure_lan_host(names["lan-b"], CLIENT_B, offloads)
