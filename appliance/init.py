@@ -39,12 +39,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import linux, shell
+from appliance import driverdomain, linux, shell
 from appliance.config import ConfigError
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
 NIC_WAIT_SECONDS = 30.0
+NIC_ROLES = ("WAN", "LAN")  # in bus order
 REBOOT_DELAY_SECONDS = 3.0
 STATE_DIR = Path("/run/natvm")  # on the rootfs, a tmpfs: memory, gone with the VM
 EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexits' EX_CONFIG)
@@ -163,7 +164,7 @@ def wait_for_nics(count: int, sysfs: Path = Path("/sys/class/net")) -> list[str]
             names = ", ".join(sorted(devices)) or "none"
             raise InitError(
                 f"found {len(devices)} NIC(s) ({names}) after "
-                f"{NIC_WAIT_SECONDS:.0f} s, need {count} (WAN, LAN)"
+                f"{NIC_WAIT_SECONDS:.0f} s, need {count} ({', '.join(NIC_ROLES[:count])})"
             )
         time.sleep(0.05)
 
@@ -267,6 +268,19 @@ def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> 
     shell.run(config, wan, lan, state_dir=STATE_DIR)
 
 
+def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
+    """natvm as a Qubes-style net VM: the uplink up as the WAN NIC is in `run_appliance`, and
+    the clients' vifs, which xen-netback creates as the toolstack adds them, served as they
+    come and go (appliance/driverdomain.py). Interfaces created later inherit the `default`
+    sysctls written here."""
+    linux.write_sysctls(nic_sysctls((wan,)))
+    linux.bring_up(wan)
+    log(f"WAN {wan} {config.wan.address}  netvm gateway {config.lan.address}  ({uptime():.2f} s)")
+    meminfo = Path("/proc/meminfo").read_text()
+    log(f"memory: {memory_summary(meminfo)}")
+    shell.run_netvm(config, wan, watch=lambda served: driverdomain.serve_vifs(served, log))
+
+
 def exit_cause(status: int) -> str:
     """How a child ended, from its wait status: "exited with status 1", "killed by SIGKILL"."""
     if os.WIFSIGNALED(status):
@@ -360,6 +374,10 @@ def boot(program: Program) -> None:
     done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
     freed = release_files(done_with)
     log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
+    if config.nat.netvm:  # one NIC, the uplink: the clients' vifs come later
+        (uplink,) = wait_for_nics(1)
+        supervise(lambda: run_net_vm(config, uplink))
+        return
     wan, lan = wait_for_nics(2)
     supervise(lambda: program(config, wan, lan))
 

@@ -435,7 +435,8 @@ def _changes(old: Client, new: Client) -> str:
 
 
 class Event(Protocol):
-    path: str
+    @property
+    def path(self) -> str: ...  # read-only: the store's events are frozen
 
 
 class Store(Protocol):

@@ -26,6 +26,8 @@ from image.dom0 import xlcfg
 NAME = "natvm"
 XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
 XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)  # LEAN: see qemu.py
+# A Qubes net VM serves client vifs (netvm mode), and has no LAN for the baked port forward.
+NETVM_WORDS = ("natvm.netvm=1", "natvm.forward=none")
 QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"
 DEFAULT_BRIDGES = ("natvm-wan", "natvm-lan")  # for a NIC without BridgeName
 BUILD_DIR = "@BUILD_DIR@"  # in libvirt.xml: the absolute path of its folder
@@ -209,7 +211,7 @@ def qubes_commands(vm: Deployment, name: str = NAME) -> list[list[str]]:
     """The dom0 commands that create the net VM (after the kernel folder is installed)."""
     properties = {
         "kernel": NAME,
-        "kernelopts": " ".join(XEN_CMDLINE),
+        "kernelopts": " ".join((*XEN_CMDLINE, *NETVM_WORDS)),
         "memory": str(vm.memory_mib),
         "maxmem": str(vm.memory_mib),
         "vcpus": str(vm.cpus),

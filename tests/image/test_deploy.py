@@ -8,6 +8,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+from appliance import config
 from image import build, deploy, qemu
 from image.dom0 import init, xlcfg
 
@@ -146,6 +147,8 @@ def test_qubes_script_creates_a_pvh_net_vm() -> None:
     assert properties["provides_network"] == "True" and properties["netvm"] == "sys-net"
     assert properties["memory"] == properties["maxmem"] == "128"
     assert "console=hvc0" in properties["kernelopts"].split()
+    # A Qubes net VM serves its clients' vifs, and the baked LAN forward has no LAN there.
+    assert {"natvm.netvm=1", "natvm.forward=none"} <= set(properties["kernelopts"].split())
     assert ["qvm-features", "natvm", "qubes-firewall", "1"] in commands
     assert "/var/lib/qubes/vm-kernels/natvm" in script
 
@@ -167,3 +170,16 @@ def test_every_hypervisor_boots_with_the_memory_saving_options() -> None:
     }
     for where, cmdline in cmdlines.items():
         assert set(qemu.LEAN) <= set(cmdline.split()), where
+
+
+def test_the_qubes_kernel_options_make_a_valid_net_vm_of_the_shipped_configuration() -> None:
+    """The words Qubes boots natvm with are applied to the baked ops-config.json at boot, with
+    a downstream subnet of Qubes' client addresses: together they must not make it a
+    configuration error (a net VM that reboots forever: the baked forward leads into the
+    two-NIC image's LAN)."""
+    baked = config.load_config(Path(__file__).resolve().parents[2] / "ops-config.json")
+    qubes = (*deploy.XEN_CMDLINE, *deploy.NETVM_WORDS, "natvm.lan.ip=10.137.0.1/24")
+    words = config.parse_kernel_cmdline(" ".join(qubes))
+    served = config.apply_overrides(baked, words)
+    assert served.nat.netvm
+    assert served.nat.port_forwards == ()

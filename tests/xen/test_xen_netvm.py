@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from image import xenboot, xenhost
+from image import deploy, xenboot, xenhost
 from image.dom0 import xlcfg
 from image.xenclient import ClientVm
 from tests.support.routers import stats_counter
@@ -28,17 +28,16 @@ from tests.xen.conftest import report
 
 NETVM = "natvm"  # xen.cfg's name
 GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' netvm gateway)
-# The net VM mode's kernel words: the mode itself, the downstream subnet its clients' addresses
-# are in with its own address (their gateway), and its upstream DNS server (dnsmasq, on the WAN
-# side), which 10.139.1.1 is translated to.
-NETVM_WORDS = ("natvm.netvm=1", f"natvm.lan.ip={GATEWAY}/24", f"natvm.dns={SERVER_A}")
+# The net VM's kernel words: those the Qubes install gives it (the mode, no port forward), then
+# the downstream subnet its clients' addresses are in with its own address (their gateway), and
+# its upstream DNS server (dnsmasq, on the WAN side), which 10.139.1.1 is translated to.
+NETVM_WORDS = (*deploy.NETVM_WORDS, f"natvm.lan.ip={GATEWAY}/24", f"natvm.dns={SERVER_A}")
 A = ClientVm("netvm-client-a", "10.137.0.2", GATEWAY, NETVM)
 B = ClientVm("netvm-client-b", "10.137.0.3", GATEWAY, NETVM)
 SPOOFED = "10.137.0.99"
 READY_TIMEOUT = 300.0  # as the session boot's: natvm's boot takes 25-150 s here
 CONNECT_TIMEOUT = 60.0
-NEEDS_NETVM = pytest.mark.xfail(strict=True, reason="needs the appliance's netvm mode")
-pytestmark = [pytest.mark.xen, NEEDS_NETVM]
+pytestmark = pytest.mark.xen
 
 
 @dataclass

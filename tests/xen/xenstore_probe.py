@@ -155,9 +155,23 @@ def states_until(shell: Shell, path: str, wanted: str | None, seconds: float) ->
     return seen
 
 
+def guest_domid(guest: str, timeout: float = 120.0) -> int:
+    """The domain id of `guest`, waiting while it has none: a guest that xl is restarting
+    (on_reboot) is briefly without a domain."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = subprocess.run([XL, "domid", guest], capture_output=True, text=True)
+        if found.returncode == 0:
+            return int(found.stdout)
+        if time.monotonic() > deadline:
+            listed = subprocess.run([XL, "list"], capture_output=True, text=True).stdout
+            raise SystemExit(f"no domain {guest} after {timeout:.0f} s; xl list:\n{listed}")
+        time.sleep(1.0)
+
+
 def vif_cycle(guest: str, bridge: str, ip: str) -> dict[str, object]:
     result: dict[str, object] = {}
-    domid = int(subprocess.run([XL, "domid", guest], capture_output=True, check=True).stdout)
+    domid = guest_domid(guest)
     with Xenstore.open(XENBUS_DEVICE) as store:
         home = store.get_domain_path(store.own_domid())
         # the dom0's libxl removes its own closed backends, after its hotplug script
