@@ -62,7 +62,9 @@ setup_eth0 || fail "eth0"
 echo "nameserver {DNS}" > /etc/resolv.conf
 stty -echo
 echo "{READY_LINE} $client_ip via $client_gw"
-while read -r line; do eval "$line"; done
+# Each line in a subshell: a non-interactive shell exits on a syntax error in eval, which here
+# would end PID 1 (a kernel panic) instead of the one command.
+while read -r line; do (eval "$line"); done
 fail "the console closed"
 """
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import re
+import shlex
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -113,7 +114,8 @@ class Clients:
         marker = re.compile(rf"^@@{token}=(\d+)$")
         tty = self.read(f"/local/domain/{self.domid(vm.name)}/console/tty")
         mark = len(self.console.lines)
-        self.control.write(tty, f"{command}; echo @@{token}=$?\n")
+        # Quoted for an eval of its own: a command that ends in `&` is whole before the `;`.
+        self.control.write(tty, f"eval {shlex.quote(command)}; echo @@{token}=$?\n")
         done = self.console.wait_for(
             lambda line: line.source == vm.name and bool(marker.match(line.text)),
             f"{vm.name} did not finish `{command}`",

@@ -299,9 +299,12 @@ def test_a_closed_connection_is_a_connection_error(
         store.read("/x")
 
 
-def tree_server(tree: dict[str, str], conflicts: int = 0) -> Answer:
+def tree_server(
+    tree: dict[str, str], conflicts: int = 0, protected: frozenset[str] = frozenset()
+) -> Answer:
     """A tiny xenstored over `tree` (path -> value, parents present), with transactions that
-    apply on commit and fail with EAGAIN `conflicts` times."""
+    apply on commit and fail with EAGAIN `conflicts` times; removing a `protected` node is
+    refused (EACCES), as xenstored refuses a node whose permissions are another domain's."""
     pending: dict[int, list[str]] = {}
     left = [conflicts]
 
@@ -335,6 +338,8 @@ def tree_server(tree: dict[str, str], conflicts: int = 0) -> Answer:
             )
             return wire(kind, req_id, tx_id, b"".join(c.encode() + b"\0" for c in children))
         assert kind == XS_RM
+        if path in protected:
+            return wire(XS_ERROR, req_id, tx_id, b"EACCES\0")
         pending[tx_id].append(path)
         return wire(kind, req_id, tx_id, b"OK\0")
 
@@ -378,6 +383,19 @@ def test_remove_keeps_a_parent_that_still_has_a_device(
     with client(ours) as store:
         store.remove(f"{BACKEND}/5/0", keep=BACKEND)
     assert sorted(tree) == sorted(nodes(f"{BACKEND}/5/1/state"))
+
+
+def test_remove_leaves_a_parent_it_may_not_remove(
+    pair: tuple[socket.socket, socket.socket],
+) -> None:
+    """A driver domain may remove a client's device directory, but backend/vif/<domid> is the
+    toolstack's (dom0's libxl made it): that one the toolstack removes."""
+    ours, theirs = pair
+    tree = nodes(f"{BACKEND}/5/0/state")
+    Server(theirs, tree_server(tree, protected=frozenset({f"{BACKEND}/5"})))
+    with client(ours) as store:
+        store.remove(f"{BACKEND}/5/0", keep=BACKEND)
+    assert sorted(tree) == sorted(nodes(f"{BACKEND}/5"))
 
 
 def test_remove_of_what_is_already_gone_is_done(
