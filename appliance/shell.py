@@ -232,12 +232,13 @@ def socket_buffer_size(memory_total: int) -> int:
     return max(MIN_SOCKET_BUFFER, min(MAX_SOCKET_BUFFER, memory_total // 128))
 
 
-def memory_total(meminfo: str = "/proc/meminfo") -> int:
-    """MemTotal in bytes (0 if unreadable: the smallest buffers then)."""
+def memory_total(meminfo: str = "/proc/meminfo", field: str = "MemTotal") -> int:
+    """MemTotal (or another `field` of /proc/meminfo) in bytes; 0 if unreadable (the smallest
+    buffers then)."""
     try:
         with open(meminfo) as lines:
             for line in lines:
-                if line.startswith("MemTotal:"):
+                if line.startswith(f"{field}:"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
@@ -603,7 +604,12 @@ class NetVmShell(Shell[str]):
             raise ShellError(str(error)) from None
         self.add_port(ifname, sock, openings)
         self._send(waiting)
-        self.log(f"attached {ifname} client {ip} mac={mac.hex(':')} port_mac={port_mac.hex(':')}")
+        # What each client costs in a small VM shows in the available memory after its attach.
+        available = memory_total(field="MemAvailable") >> 20
+        self.log(
+            f"attached {ifname} client {ip} mac={mac.hex(':')} port_mac={port_mac.hex(':')}"
+            f" mem_available={available} MiB"
+        )
 
     def detach(self, ifname: str, why: str = "") -> Client | None:
         """Stop serving the client on `ifname`, drop its flows and close its sockets; returns

@@ -133,11 +133,12 @@ class Clients:
         return self.control.run(XENSTORE_READ, path).strip()
 
     def entries(self, path: str) -> dict[str, str]:
-        """The keys directly under `path` and their values (xenstore-ls, one level)."""
+        """The keys directly under `path` and their values (xenstore-ls, one level); none if
+        there is no such directory (xenstore-ls then says so, in a line with no " = ")."""
         listing = self.control.run(XENSTORE_LS, path, check=False)
         found = {}
         for line in listing.splitlines():
-            if not line.startswith(" "):
+            if not line.startswith(" ") and " = " in line:
                 key, _, value = line.partition(" = ")
                 found[key.strip()] = value.strip().strip('"')
         return found

@@ -79,4 +79,6 @@ def test_socket_buffers_follow_memory_within_bounds(tmp_path: Path) -> None:
     meminfo = tmp_path / "meminfo"
     meminfo.write_text("MemTotal:       94812 kB\nMemFree:        59292 kB\n")
     assert memory_total(str(meminfo)) == 94812 * 1024
+    assert memory_total(str(meminfo), "MemFree") == 59292 * 1024
+    assert memory_total(str(meminfo), "MemAvailable") == 0  # absent
     assert memory_total(str(tmp_path / "missing")) == 0

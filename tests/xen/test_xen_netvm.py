@@ -11,6 +11,7 @@ client's download goes on intact. At the end, natvm is created from xen.cfg agai
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -88,6 +89,20 @@ def _as_netvm(clients: Clients, nested: xenboot.NestedXen) -> str:
     return "" if ready(seen) else f"natvm as a net VM: {seen.text}"
 
 
+def memory_steps(lines: list[str]) -> str:
+    """ "52 MiB at READY, 51 MiB with 1 client, ..." from natvm's console: its memory line at
+    start and the available memory each attach logs."""
+    steps = []
+    for text in lines:
+        at_start = re.match(r"natvm: memory: (\d+)/\d+ MiB available", text)
+        attached = re.search(r"^attached .* mem_available=(\d+) MiB", text)
+        if at_start:
+            steps = [f"{at_start.group(1)} MiB at start"]
+        elif attached:
+            steps.append(f"{attached.group(1)} MiB with {len(steps)} client(s)")
+    return ", ".join(steps)
+
+
 def _connected(clients: Clients, booted: list[Booted]) -> str:
     """ "" once every client's backend is connected (natvm wrote hotplug-status), else why not."""
     for client in booted:
@@ -117,6 +132,8 @@ def netvm(
             request,
             f"Xen tier net VM: clients up and connected in {time.monotonic() - started:.1f} s",
         )
+        lines = [line.text for line in nested.console.lines[since:] if line.source == NETVM]
+        report(request, f"Xen tier net VM: natvm's available memory {memory_steps(lines)}")
     yield NetVm(clients, booted, problem, since)
     for vm in (A, B):
         clients.destroy(vm.name)
