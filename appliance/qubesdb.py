@@ -246,8 +246,7 @@ class NetworkKeys:
         the configured subnet of prefix `lan_prefix`, whose address becomes the gateway."""
         words: dict[str, list[str]] = {}
         if self.ip is not None and self.netmask is not None:
-            prefix = bin(int(self.netmask)).count("1")
-            words["natvm.wan.ip"] = [f"{self.ip}/{prefix}"]
+            words["natvm.wan.ip"] = [f"{self.ip}/{_prefix(self.netmask)}"]
         if self.gateway is not None:
             words["natvm.wan.gw"] = [str(self.gateway)]
         if self.dns:
@@ -285,15 +284,24 @@ def network_keys(entries: Mapping[str, str]) -> NetworkKeys:
     def servers(*keys: str) -> tuple[IPv4Address, ...]:
         return tuple(server for server in map(address, keys) if server is not None)
 
+    netmask = address("/qubes-netmask")
+    if netmask is not None and _prefix(netmask) is None:
+        raise ValueError(f"/qubes-netmask: {netmask} is not a netmask")
     return NetworkKeys(
         address("/qubes-ip"),
-        address("/qubes-netmask"),
+        netmask,
         address("/qubes-gateway"),
         servers("/qubes-primary-dns", "/qubes-secondary-dns"),
         address("/qubes-netvm-gateway"),
         address("/qubes-netvm-netmask"),
         servers("/qubes-netvm-primary-dns", "/qubes-netvm-secondary-dns"),
     )
+
+
+def _prefix(netmask: IPv4Address) -> int | None:
+    """The prefix length of a netmask; None if its ones are not contiguous."""
+    inverted = ~int(netmask) & 0xFFFFFFFF
+    return 32 - inverted.bit_length() if inverted & (inverted + 1) == 0 else None
 
 
 FIREWALL = "/qubes-firewall/"

@@ -147,6 +147,10 @@ def test_network_keys_and_the_words_they_become() -> None:
     }
     with pytest.raises(ValueError, match="/qubes-gateway: 'ten' is not an IPv4 address"):
         network_keys({"/qubes-gateway": "ten"})
+    with pytest.raises(ValueError, match=r"/qubes-netmask: 255\.0\.255\.0 is not a netmask"):
+        network_keys({"/qubes-netmask": "255.0.255.0"})
+    slash_24 = {"/qubes-ip": "192.0.2.5", "/qubes-netmask": "255.255.255.0"}
+    assert network_keys(slash_24).overrides(24)["natvm.wan.ip"] == ["192.0.2.5/24"]
 
 
 def test_rules_come_at_the_end_of_the_dump() -> None:
