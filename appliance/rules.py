@@ -148,7 +148,7 @@ def _choice(value: str, choices: Iterable[str], name: str, key: str) -> str:
 
 
 def _number(text: str, low: int, high: int, name: str, key: str) -> int:
-    if not text.isdigit() or not low <= int(text) <= high:
+    if not (text.isascii() and text.isdigit()) or not low <= int(text) <= high:
         raise RuleError(key, f"{name} {text!r} is not a number from {low} to {high}")
     return int(text)
 

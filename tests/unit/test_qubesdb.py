@@ -10,6 +10,8 @@ are built with struct at those offsets, never with the module's own encoder.
 from ipaddress import IPv4Address
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from appliance.qubesdb import (
     Event,
@@ -212,3 +214,31 @@ def test_ipv6_clients_rules_are_ignored() -> None:
         {"/qubes-firewall/fd09:24ef::a89:3": "", "/qubes-firewall/fd09:24ef::a89:3/policy": "drop"}
     )
     assert FirewallKeys().updates(events[0], client.entries) == []
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.binary(max_size=200), max_size=8))
+def test_any_bytes_from_dom0_are_events_or_one_protocol_error(chunks: list[bytes]) -> None:
+    client = QubesDbClient()
+    client.start()
+    try:
+        for chunk in chunks:
+            client.receive(chunk)
+    except ProtocolError:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.dictionaries(
+        st.sampled_from(["policy", "0000", "0001", "0002", "x"]),
+        st.text(alphabet="actionproudpsfdmhs=-0123456789. \u00b2", max_size=60),
+    )
+)
+def test_any_rule_entries_parse_or_fail_with_the_key_named(entries: dict[str, str]) -> None:
+    client, events = synced_client(
+        {f"/qubes-firewall/10.137.0.7/{k}": v for k, v in entries.items()}
+    )
+    for update in FirewallKeys().updates(events[0], client.entries):
+        assert update.rules is not None
+        assert update.log == "" or update.log.startswith("qubesdb: /qubes-firewall/10.137.0.7/")

@@ -43,6 +43,7 @@ def test_the_words_qubes_admin_writes_parse() -> None:
         ("action=drop proto=tcp dstports=90-80", "runs backwards"),
         ("action=drop proto=icmp dstports=80-80", "dstports with proto=icmp"),
         ("action=drop icmptype=300", "icmptype '300'"),
+        ("action=drop icmptype=\u00b2", "icmptype '\u00b2' is not a number"),  # isdigit() is true
         ("action=accept specialtarget=vpn", "specialtarget 'vpn'"),
         ("action=drop dst4=192.0.2.300/24", "dst4 '192.0.2.300/24' is not an IPv4 network"),
         ("action=drop dsthost=bad/name", "is not a host name"),
