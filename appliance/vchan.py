@@ -290,6 +290,7 @@ class VchanClient:
         bind = bytearray(struct.pack("<II", server_domid, remote_port))
         try:
             port = fcntl.ioctl(evtchn, IOCTL_EVTCHN_BIND_INTERDOMAIN, bind, True)
+            os.write(evtchn, _U32.pack(port))  # unmask it, as init_evt_cli does
             client = cls(evtchn, gntdev, port)
             client._map(server_domid, ring_ref)
         except (OSError, VchanError):
