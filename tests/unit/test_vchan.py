@@ -12,6 +12,7 @@ import struct
 import pytest
 
 from appliance import vchan
+from appliance.qubesdb import Event, QubesDbClient, Synced
 from appliance.vchan import Rings, VchanError, client_layout
 
 
@@ -145,3 +146,34 @@ def test_map_request_is_struct_ioctl_gntdev_map_grant_ref() -> None:
 
 def test_vchan_path_is_qubes_libvchans() -> None:
     assert vchan.vchan_path(0, 5, 111) == "/local/domain/0/data/vchan/5/111"
+
+
+def test_a_qubesdb_dump_larger_than_the_ring_crosses_it_in_turns() -> None:
+    """The two pure cores together: dom0's side (written here as io.c's do_send does: data at
+    prod & (size - 1), wrapping, then prod moved) fills the 2048-byte right ring as the client
+    frees it; the client's reads, fed to QubesDB's state machine, rebuild the database."""
+    page = shared_page(10, 11)
+    rings = in_page_rings(page)
+    entries = {f"/qubes-firewall/10.137.0.{n}/0000": "action=accept " * 8 for n in range(60)}
+    stream = b"".join(
+        struct.pack("<B64s3xI", 11, key.encode(), len(value)) + value.encode()
+        for key, value in entries.items()
+    ) + struct.pack("<B64s3xI", 11, b"", 0)
+    assert len(stream) > 4 * 2048
+    client = QubesDbClient()
+    client.start()
+    events: list[Event] = []
+    sent = 0
+    while sent < len(stream):
+        cons, prod = struct.unpack_from("<II", page, 8)
+        room = 2048 - (prod - cons)
+        chunk = stream[sent : sent + room]
+        for i, byte in enumerate(chunk):
+            page[2048 + ((prod + i) & 2047)] = byte
+        struct.pack_into("<I", page, 12, prod + len(chunk))
+        sent += len(chunk)
+        data, _ = rings.recv(700)  # less than the server wrote: the ring wraps between turns
+        events += client.receive(data)
+    while rings.data_ready():
+        events += client.receive(rings.recv(700)[0])
+    assert events == [Synced()] and client.entries == entries
