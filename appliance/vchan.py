@@ -37,7 +37,7 @@ store is a delay, not a hang.
 xenstore (/local/domain/<server>/data/vchan/<our domid>/<port>/, as Qubes' libvchan names it,
 qubes-core-vchan-xen vchan/init.c), maps the page and the rings with /dev/xen/gntdev and binds
 the event channel with /dev/xen/evtchn (ioctls of Linux's include/uapi/xen/gntdev.h and
-evtchn.h). It cannot run without Xen and is not unit-tested; the Xen tier exercises it.
+evtchn.h). It cannot run without Xen: it is not tested yet (a Xen-tier test is to come).
 """
 
 import contextlib
