@@ -1,12 +1,14 @@
 """`python -m appliance`: run the NAT as an ordinary root process between its interfaces."""
 
 import argparse
+import json
 import sys
 from ipaddress import IPv4Address
 from pathlib import Path
 
 from appliance.config import ConfigError, load_config
-from appliance.shell import ClientSpec, ShellError, run, run_netvm
+from appliance.rules import RuleError, RuleSet, parse_rule_set
+from appliance.shell import ClientSpec, NetVmShell, ShellError, run, run_netvm
 
 
 def client_spec(text: str) -> ClientSpec:
@@ -20,6 +22,35 @@ def client_spec(text: str) -> ClientSpec:
     if not ifname or len(mac_bytes) != 6:
         raise argparse.ArgumentTypeError(f"{text!r} is not IF=IP,MAC")
     return ClientSpec(ifname, address, mac_bytes)
+
+
+def firewall_spec(text: str) -> tuple[IPv4Address, Path]:
+    """`IP=FILE` for --firewall; argparse turns the ValueError into one usage line."""
+    ip, _, path = text.partition("=")
+    try:
+        address = IPv4Address(ip)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not IP=FILE") from None
+    if not path:
+        raise argparse.ArgumentTypeError(f"{text!r} is not IP=FILE")
+    return address, Path(path)
+
+
+def load_rules(path: Path) -> RuleSet:
+    """A client's rules from a JSON object holding what QubesDB holds under
+    /qubes-firewall/<ip>/: {"policy": "drop", "0000": "action=accept proto=tcp ...", ...}."""
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError) as error:
+        raise ShellError(f"--firewall {path}: {error}") from None
+    if not isinstance(entries, dict) or not all(
+        isinstance(value, str) for value in entries.values()
+    ):
+        raise ShellError(f"--firewall {path}: not a JSON object of strings")
+    try:
+        return parse_rule_set(entries, f"{path}:")
+    except RuleError as error:
+        raise ShellError(f"--firewall {error}") from None
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -38,6 +69,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         default=[],
         metavar="IF=IP,MAC",
         help="netvm mode: serve the client with address IP and MAC on interface IF; repeatable",
+    )
+    parser.add_argument(
+        "--firewall",
+        type=firewall_spec,
+        action="append",
+        default=[],
+        metavar="IP=FILE",
+        help="netvm mode: the rules for new flows from client address IP, a JSON object of "
+        "the keys QubesDB holds under /qubes-firewall/IP/ (policy, 0000, ...); repeatable",
     )
     parser.add_argument(
         "--stats-interval",
@@ -61,10 +101,24 @@ def main(argv: list[str] | None = None) -> int:
         if config.nat.netvm:
             if args.lan is not None:
                 raise ShellError("--lan: netvm mode has no LAN NIC; name clients with --client")
-            run_netvm(config, args.wan, args.client, stats_interval=args.stats_interval)
+            rules = {ip: load_rules(path) for ip, path in args.firewall}
+
+            def put_rules_in_force(shell: NetVmShell) -> None:
+                for ip, rule_set in rules.items():
+                    shell.netvm.set_rules(ip, rule_set)
+
+            run_netvm(
+                config,
+                args.wan,
+                args.client,
+                stats_interval=args.stats_interval,
+                watch=put_rules_in_force,
+            )
         else:
-            if args.lan is None or args.client:
-                raise ShellError("--lan is required and --client is for netvm mode only")
+            if args.lan is None or args.client or args.firewall:
+                raise ShellError(
+                    "--lan is required and --client and --firewall are for netvm mode only"
+                )
             run(
                 config,
                 args.wan,

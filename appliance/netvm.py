@@ -23,9 +23,23 @@ and qubes-antispoof.nft; qubes-mirage-firewall client_eth.ml and firewall.ml):
                  new connection towards a client interface unless a custom rule accepted it
                  first (qubes-core-agent-linux network/qubes-ipv4.nft, `oifgroup 2 counter
                  drop`). qubes-mirage-firewall instead applies the sender's QubesDB rules to it
-                 (rules.ml, `from_client`), which may accept; natvm has no rules yet. A port
-                 forward on the WAN address that leads to a client is an explicit rule, so
-                 clients reach it through the WAN address (hairpinning) like anyone.
+                 (rules.ml, `from_client`), which may accept; natvm keeps Qubes' own net VMs'
+                 drop ahead of the rules. A port forward on the WAN address that leads to a
+                 client is an explicit rule, so clients reach it through the WAN address
+                 (hairpinning) like anyone.
+  rules          a client address may have a rule set (appliance/rules.py, from QubesDB's
+                 /qubes-firewall/<ip>/; `set_rules`, kept by address so that rules may come
+                 before or after the client's port). A packet that starts a flow (its NAT
+                 session does not exist yet) is decided by it; a drop is counted ("firewall",
+                 in total and per client) and answered with ICMP destination unreachable,
+                 administratively prohibited (3/13) from the gateway address, as Qubes' `reject
+                 with icmp type admin-prohibited`. Packets of flows that exist, ICMP errors (the
+                 NAT relates them to their flow), later fragments (their first one was decided)
+                 and packets to the gateway address itself are not (Qubes: `ct state
+                 established,related accept` first; its input chain is not the forward chain).
+                 DNS to a virtual address is decided with the upstream server as destination,
+                 what Qubes' forward chain sees after its DNAT; specialtarget=dns means the
+                 upstream servers. A client address without a rule set is not restricted.
   DNS            UDP and TCP to port 53 of 10.139.1.1 and 10.139.1.2 (Qubes' virtual DNS servers)
                  go to the first and the second configured upstream server (the first for both
                  if only one is given): the destination is rewritten (DNAT) before the NAT, and
@@ -51,15 +65,23 @@ from appliance.packet import (
     ARP_REPLY,
     ARP_REQUEST,
     BROADCAST_MAC,
+    CODE_ADMIN_PROHIBITED,
     ETH_HEADER_LEN,
+    ICMP,
+    ICMP_DEST_UNREACHABLE,
+    ICMP_ECHO_REQUEST,
+    ICMP_ERROR_TYPES,
+    IP_OFFSET_MASK,
     TCP,
     UDP,
     Drop,
     build_arp_frame,
+    build_icmp_error,
     parse_arp,
     parse_ipv4,
 )
 from appliance.rewrite import rewrite_endpoint
+from appliance.rules import Action, Firewall, RuleSet
 
 # Where Qubes clients send DNS (qubes-core-admin: the `dns` property of a net VM's clients).
 DNS_ADDRESSES = (IPv4Address("10.139.1.1"), IPv4Address("10.139.1.2"))
@@ -117,6 +139,7 @@ class NetVm:
             if servers
         }
         self._upstreams = frozenset(self.dns_upstream.values())
+        self.firewalls: dict[bytes, Firewall] = {}  # by client address; see `set_rules`
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -164,13 +187,33 @@ class NetVm:
         self.table.drop_host(client.ip, now)
         return client
 
+    # -- rules ---------------------------------------------------------------------------
+
+    def set_rules(self, ip: IPv4Address, rules: RuleSet | None) -> None:
+        """Put `rules` in force for new flows from client address `ip` (None: no rules, the
+        client is not restricted). Flows that exist go on; the counts and the addresses of
+        host names still named are kept."""
+        firewall = self.firewalls.get(ip.packed)
+        if rules is None:
+            self.firewalls.pop(ip.packed, None)
+        elif firewall is None:
+            self.firewalls[ip.packed] = Firewall(rules)
+        else:
+            firewall.replace(rules)
+
+    def resolve_host(self, name: str, addresses: Sequence[IPv4Address]) -> None:
+        """The addresses of a dsthost name, for every rule set that names it."""
+        for firewall in self.firewalls.values():
+            if name in firewall.rules.hosts:
+                firewall.resolve(name, addresses)
+
     # -- entry points ----------------------------------------------------------------------
 
     def handle(self, port: Port, frame: bytes, now: float, l4_verified: bool = False) -> PortOutput:
         """`Nat.handle` for a frame received on `port` (`WAN` or a client's)."""
         if port == WAN:
             return self._to_ports(self.nat.handle(WAN, frame, now, l4_verified))
-        inner = self._from_client(port, frame, False)
+        inner = self._from_client(port, frame, False, now)
         if not isinstance(inner, bytes):
             return inner
         return self._to_ports(self.nat.handle(LAN, inner, now, l4_verified))
@@ -180,7 +223,7 @@ class NetVm:
     ) -> PortOffloadOutput:
         """`Nat.handle_offload` for a frame received on `port` (`WAN` or a client's)."""
         if port != WAN:
-            inner = self._from_client(port, frame, True)
+            inner = self._from_client(port, frame, True, now)
             if not isinstance(inner, bytes):
                 return [(answer_port, answer, None) for answer_port, answer in inner]
             frame = inner
@@ -211,11 +254,13 @@ class NetVm:
 
     # -- from a client ---------------------------------------------------------------------
 
-    def _from_client(self, port: Port, frame: bytes, partial: bool) -> bytes | PortOutput:
+    def _from_client(
+        self, port: Port, frame: bytes, partial: bool, now: float
+    ) -> bytes | PortOutput:
         """The frame from `port` for the NAT; or, if it ends here (counted in, as the NAT
-        counts what it takes), what to send for it: an ARP answer, or nothing."""
+        counts what it takes), what to send for it: an ARP answer, an ICMP error, or nothing."""
         try:
-            return self._inward(port, frame, partial)
+            return self._inward(port, frame, partial, now)
         except _Answered as answered:
             out = [(port, answered.frame)]
         except Drop as drop:
@@ -224,9 +269,9 @@ class NetVm:
         self.counters.frames_in[LAN] += 1
         return out
 
-    def _inward(self, port: Port, frame: bytes, partial: bool) -> bytes:
+    def _inward(self, port: Port, frame: bytes, partial: bool, now: float) -> bytes:
         """The frame from `port` for the NAT, readdressed to its inner MAC; raises Drop, or
-        _Answered with the answer to an ARP request."""
+        _Answered with the answer to an ARP request or to a packet the rules drop."""
         client = self.clients.get(port)
         if client is None:
             raise Drop("no-client")
@@ -242,11 +287,52 @@ class NetVm:
         if frame[26:30] != client.ip:
             raise Drop("spoofed-source")
         dst = frame[30:34]
+        firewall = self.firewalls.get(client.ip)
         if dst in self.dns_upstream or dst in _DNS_PACKED:
+            if firewall is not None:
+                self._filter(client, firewall, frame, self.dns_upstream.get(dst, dst), now)
             return self._dns_out(client, frame, partial)
-        if dst != self.gateway and self.client_net.is_host(dst):
+        if dst == self.gateway:
+            return b"".join((INNER_MAC, memoryview(frame)[6:]))
+        if self.client_net.is_host(dst):
             raise Drop("client-to-client")
+        if firewall is not None:
+            self._filter(client, firewall, frame, dst, now)
         return b"".join((INNER_MAC, memoryview(frame)[6:]))
+
+    def _filter(
+        self, client: Client, firewall: Firewall, frame: bytes, dst: bytes, now: float
+    ) -> None:
+        """Returns if the client's rules let the IPv4 packet in `frame` (to `dst`, after any
+        DNAT) pass; else raises _Answered with ICMP 3/13 for it, or Drop("firewall")."""
+        if int.from_bytes(frame[20:22], "big") & IP_OFFSET_MASK:
+            return  # a later fragment: its first one was decided
+        proto, start = frame[23], ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
+        if len(frame) < start + 8:
+            return  # too short for its ports or ICMP header: the NAT drops it
+        sport = port = icmp_type = 0
+        if proto == ICMP:
+            icmp_type = frame[start]
+            if icmp_type in ICMP_ERROR_TYPES:
+                return  # related: the NAT passes it only for a flow it has
+            if icmp_type == ICMP_ECHO_REQUEST:
+                sport = word(frame, start + 4)  # the echo id, the NAT's "port"
+        elif proto in (TCP, UDP):
+            sport, port = word(frame, start), word(frame, start + 2)
+        mapping = self.table.lookup_out(proto, client.ip, sport)
+        if mapping is not None and mapping.session(dst, port) is not None:
+            return  # established
+        if firewall.decide(proto, dst, port, icmp_type, self._upstreams) is Action.ACCEPT:
+            return
+        if not self.nat.icmp_errors.take(now):
+            raise Drop("firewall")
+        self._drop(client.port, "firewall")
+        error = build_icmp_error(
+            ICMP_DEST_UNREACHABLE, CODE_ADMIN_PROHIBITED, self.gateway, bytearray(frame[14:])
+        )
+        self.counters.icmp_errors_sent += 1
+        self.counters.frames_out[LAN] += 1
+        raise _Answered(self._from_port(client, memoryview(error.buf)))
 
     def _proxy_arp(self, client: Client, frame: bytes) -> bytes:
         arp = parse_arp(frame[ETH_HEADER_LEN:])

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from appliance.cli import client_spec, main
+from appliance.cli import client_spec, firewall_spec, load_rules, main
+from appliance.rules import Action
+from appliance.shell import ShellError
 from tests.unit.nat_harness import ROOT
 
 
@@ -41,11 +43,11 @@ def test_a_malformed_client_is_refused_by_name(text: str) -> None:
     ("netvm", "downstream", "message"),
     [
         (True, ["--lan", "lan0"], "--lan: netvm mode has no LAN NIC; name clients with --client"),
-        (False, [], "--lan is required and --client is for netvm mode only"),
+        (False, [], "--lan is required and --client and --firewall are for netvm mode only"),
         (
             False,
             ["--lan", "lan0", "--client", "vif1.0=10.77.0.5,00:16:3e:5e:6c:05"],
-            "--lan is required and --client is for netvm mode only",
+            "--lan is required and --client and --firewall are for netvm mode only",
         ),
     ],
 )
@@ -59,3 +61,31 @@ def test_the_downstream_must_fit_the_mode(
     argv = ["--config", config_file(tmp_path, netvm), "--wan", "wan0", *downstream]
     assert main(argv) == 1
     assert capsys.readouterr().err == f"natvm: error: {message}\n"
+
+
+def test_firewall_rules_are_an_address_and_a_file_of_qubesdbs_keys(tmp_path: Path) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(json.dumps({"policy": "accept", "0000": "action=drop proto=tcp dstports=80"}))
+    ip, given = firewall_spec(f"10.137.0.11={path}")
+    assert str(ip) == "10.137.0.11" and given == path
+    rules = load_rules(path)
+    assert rules.policy is Action.ACCEPT and rules.rules[0].ports == (80, 80)
+    with pytest.raises(argparse.ArgumentTypeError, match="is not IP=FILE"):
+        firewall_spec(str(path))
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"policy": "drop", "0000": "action=drop proto=gre"}',
+         "{path}:0000: proto 'gre' is not one of tcp, udp, icmp"),
+        ('["action=drop"]', "{path}: not a JSON object of strings"),
+        ('{"policy": "drop"', "{path}: Expecting ',' delimiter: line 1 column 18 (char 17)"),
+    ],
+)  # fmt: skip
+def test_bad_firewall_rules_are_one_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "rules.json"
+    path.write_text(content)
+    with pytest.raises(ShellError) as error:
+        load_rules(path)
+    assert str(error.value) == "--firewall " + message.format(path=path)

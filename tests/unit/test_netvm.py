@@ -6,7 +6,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
-from scapy.layers.inet import ICMP, IP, TCP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
 
@@ -17,6 +17,7 @@ from appliance.frames import LAN, WAN
 from appliance.netvm import ClientError, NetVm
 from appliance.packet import TCP as TCP_PROTO
 from appliance.packet import UDP as UDP_PROTO
+from appliance.rules import Action, RuleSet, parse_rule_set
 from tests.unit.nat_harness import (
     GATEWAY_MAC,
     SERVER,
@@ -393,3 +394,131 @@ def test_a_forward_to_a_client_not_attached_sends_nothing_to_any_port(
         A, IPv4Address(ip), mac_bytes(mac), mac_bytes(PORT_MAC), clients.now
     )
     assert [(port, Ether(frame)[TCP].dport) for port, frame in out] == [(A, 80)]
+
+
+# -- firewall rules ---------------------------------------------------------------------------
+
+
+def rules(policy: str, *words: str) -> RuleSet:
+    """A rule set as QubesDB gives it: `policy` and rules 0000, 0001, ... in order."""
+    entries = {f"{number:04d}": text for number, text in enumerate(words)}
+    return parse_rule_set({**entries, "policy": policy})
+
+
+def syn(port: str, dport: int, sport: int = 40000, dst: str = SERVER) -> Packet:
+    return IP(src=ip_of(port), dst=dst) / TCP(sport=sport, dport=dport, flags="S", seq=1)
+
+
+def assert_admin_prohibited(answer: Ether, port: str, about: Packet) -> None:
+    """ICMP 3/13 from the gateway to the client, on its port, quoting what it sent."""
+    assert answer.dst == CLIENTS[port][1] and answer.src == PORT_MAC
+    assert (answer[IP].src, answer[IP].dst) == (GW, ip_of(port))
+    assert (answer[ICMP].type, answer[ICMP].code) == (3, 13)
+    assert answer[IPerror].dst == about[IP].dst and answer[IPerror].src == ip_of(port)
+    if TCP in about:
+        assert answer[TCPerror].dport == about[TCP].dport
+
+
+def test_a_dropped_flow_is_answered_admin_prohibited_and_counted(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("accept", "action=drop proto=tcp dstports=80-80")
+    )
+    blocked = syn(A, 80)
+    assert_admin_prohibited(clients.one(A, blocked, A), A, blocked)
+    assert clients.one(A, syn(A, 8080), WAN)[TCP].dport == 8080
+    assert clients.dropped("firewall") == 1 and clients.dropped("firewall", A) == 1
+    assert clients.netvm.firewalls[IPv4Address(ip_of(A)).packed].counts == {
+        Action.ACCEPT: 1,
+        Action.DROP: 1,
+    }
+    assert clients.netvm.counters.icmp_errors_sent == 1
+    assert clients.one(B, syn(B, 80), WAN)[TCP].dport == 80  # B has no rules
+
+
+def test_rules_decide_new_flows_only_and_change_at_run_time(clients: Clients) -> None:
+    a = IPv4Address(ip_of(A))
+    out = clients.one(A, syn(A, 80, sport=41000), WAN)
+    clients.netvm.set_rules(a, rules("drop"))
+    # the flow that exists goes on both ways, as under Qubes' `ct state established accept`
+    answer = IP(src=SERVER, dst=WAN_IP) / TCP(sport=80, dport=out[TCP].sport, flags="SA", ack=2)
+    assert clients.one(WAN, answer, A)[TCP].flags == "SA"
+    ack = IP(src=ip_of(A), dst=SERVER) / TCP(sport=41000, dport=80, flags="A", seq=2)
+    assert clients.one(A, ack, WAN)[TCP].flags == "A"
+    # a new flow from the same port to another destination port is new: it is decided
+    assert clients.one(A, syn(A, 81, sport=41000), A)[ICMP].code == 13
+    assert clients.one(A, syn(A, 80, sport=41001), A)[ICMP].code == 13
+    clients.netvm.set_rules(a, rules("accept"))  # what the QubesDB watcher calls: no restart
+    assert clients.one(A, syn(A, 80, sport=41002), WAN)[TCP].dport == 80
+    assert clients.netvm.firewalls[a.packed].counts[Action.DROP] == 2  # kept across the change
+    clients.netvm.set_rules(a, None)
+    assert a.packed not in clients.netvm.firewalls
+
+
+def test_rules_given_before_the_client_attaches_apply_to_it(
+    netvm_config: ApplianceConfig,
+) -> None:
+    clients = Clients(netvm_config, attach=())
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop"))
+    clients.attach(A)
+    assert clients.one(A, syn(A, 443), A)[ICMP].code == 13
+    clients.netvm.detach_client(A, clients.now)
+    clients.attach(A)  # the rules belong to the address, as in QubesDB
+    assert clients.one(A, syn(A, 443), A)[ICMP].code == 13
+
+
+def test_specialtarget_dns_lets_dns_through_the_virtual_addresses_only(clients: Clients) -> None:
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop", "action=accept specialtarget=dns"))
+    for virtual, upstream in (("10.139.1.1", DNS1), ("10.139.1.2", DNS2)):
+        query = IP(src=ip_of(A), dst=virtual) / UDP(sport=33333, dport=53) / b"q"
+        assert clients.one(A, query, WAN)[IP].dst == upstream
+    tcp_query = IP(src=ip_of(A), dst="10.139.1.1") / TCP(sport=33334, dport=53, flags="S")
+    assert clients.one(A, tcp_query, WAN)[IP].dst == DNS1
+    direct = IP(src=ip_of(A), dst=DNS1) / UDP(sport=33335, dport=53) / b"q"
+    assert clients.one(A, direct, WAN)[IP].dst == DNS1  # an upstream server is a DNS server
+    elsewhere = IP(src=ip_of(A), dst=SERVER) / UDP(sport=33336, dport=53) / b"q"
+    assert_admin_prohibited(clients.one(A, elsewhere, A), A, elsewhere)
+
+
+def test_icmp_rules_and_what_the_rules_never_see(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("drop", "action=accept proto=icmp icmptype=8")
+    )
+    assert clients.one(A, IP(src=ip_of(A), dst=SERVER) / ICMP(id=7, seq=1), WAN)[ICMP].type == 8
+    # the gateway's own address is not forwarded traffic: no rules (Qubes' input chain)
+    clients.nothing(A, IP(src=ip_of(A), dst=GW) / TCP(dport=22, flags="S"))
+    assert clients.dropped("to-appliance") == 1  # the NAT's own drop, not the rules'
+    assert clients.one(A, IP(src=ip_of(A), dst=GW) / ICMP(id=8), A)[ICMP].type == 0
+    assert clients.dropped("firewall", A) == 0
+
+
+def test_an_icmp_error_from_a_client_is_related_not_new(clients: Clients) -> None:
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop"))
+    inbound_syn = IP(src=SERVER, dst=WAN_IP) / TCP(sport=4000, dport=8080, flags="S")
+    inside = clients.one(WAN, inbound_syn, A)
+    error = IP(src=ip_of(A), dst=SERVER) / ICMP(type=3, code=3) / bytes(inside[IP])[:28]
+    assert clients.one(A, error, WAN)[ICMP].type == 3
+    assert clients.dropped("firewall", A) == 0
+
+
+def test_later_fragments_follow_their_first(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("accept", "action=drop proto=udp dstports=7-7")
+    )
+    whole = IP(src=ip_of(A), dst=SERVER, id=99) / UDP(sport=5000, dport=7) / (b"z" * 40)
+    first, second = bytes(whole)[: 20 + 24], bytes(whole)[20 + 24 :]
+    head = IP(bytes(whole)[:20])
+    head.flags, head.frag, head.len, head.chksum = "MF", 0, None, None
+    tail = IP(bytes(whole)[:20])
+    tail.flags, tail.frag, tail.len, tail.chksum = 0, 3, None, None
+    clients.nothing(A, tail / second)  # waits for its first fragment: not decided
+    assert clients.dropped("firewall", A) == 0
+    assert clients.one(A, head / first[20:], A)[ICMP].code == 13
+
+
+def test_a_dsthost_rule_uses_the_addresses_given_for_its_name(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=server.example")
+    )
+    assert clients.one(A, syn(A, 443), A)[ICMP].code == 13  # not resolved yet: nothing matches
+    clients.netvm.resolve_host("server.example", [IPv4Address(SERVER)])
+    assert clients.one(A, syn(A, 443, sport=40001), WAN)[IP].dst == SERVER
