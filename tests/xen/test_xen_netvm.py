@@ -20,6 +20,7 @@ import pytest
 
 from image import deploy, xenboot, xenhost
 from image.dom0 import xlcfg
+from image.errors import ImageError
 from image.xenclient import ClientVm
 from tests.support.routers import stats_counter
 from tests.support.services import Services
@@ -144,6 +145,19 @@ def netvm(
     )
 
 
+def attach_again(clients: Clients, vm: ClientVm, request: pytest.FixtureRequest) -> None:
+    """`xl network-attach` the client's vif, once more if libxl gave up waiting for natvm's
+    netback to probe it: libxl waits a fixed 10 s for the backend's InitWait, which nested TCG
+    on a loaded machine can exceed (seen once in five runs here). Said in the report."""
+    try:
+        clients.xl("network-attach", vm.name, *vm.vif().split(","))
+    except ImageError as error:
+        if "unable to add device" not in error.message:
+            raise
+        report(request, f"Xen tier net VM: network-attach failed once, again: {error.message}")
+        clients.xl("network-attach", vm.name, *vm.vif().split(","))
+
+
 def test_each_clients_vif_is_connected(netvm: NetVm) -> None:
     clients = netvm.require()
     for client in netvm.booted:
@@ -218,12 +232,14 @@ def test_detaching_a_leaves_bs_download_intact_and_attaching_brings_a_back(
     clients.xl("network-detach", A.name, "0")
     assert clients.entries(path) == {}
     started = time.monotonic()
-    clients.xl("network-attach", A.name, *A.vif().split(","))
+    attach_again(clients, A, request)
     clients.wait_state(path, CONNECTED, CONNECT_TIMEOUT)
     up = clients.run(A, f"setup_eth0 && ping -c 1 -W 10 {SERVER_A}")
     assert up.status == 0, up.text
     report(
         request, f"Xen tier net VM: network-attach to first ping {time.monotonic() - started:.1f} s"
     )
+    alive = clients.xl("domid", B.name, check=False).strip()
+    assert alive.isdigit(), f"{B.name} is gone: it crashed (its console and Xen's say how)"
     done = clients.run(B, "while [ ! -s /tmp/bulk.sum ]; do sleep 1; done; cat /tmp/bulk.sum", 300)
     assert done.lines[-1].split()[0] == services.bulk_sha256
