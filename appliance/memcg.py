@@ -36,22 +36,32 @@ def nat_memory_limit(meminfo: str) -> int:
     return max(MIN_LIMIT, available - total // KERNEL_RESERVE_DIVISOR)
 
 
-def create_nat_cgroup(meminfo: str, log: Callable[[str], None], root: Path = CGROUP_FS) -> Path:
+def create_nat_cgroup(
+    meminfo: str, log: Callable[[str], None], root: Path = CGROUP_FS
+) -> Path | None:
     """Create the NAT's cgroup under `root` (a mounted cgroup2) with its memory limit; returns
-    its directory. Raises OSError when the kernel has no memory controller."""
-    (root / "cgroup.subtree_control").write_text("+memory")
+    its directory, or None (said in one line) when the kernel offers no memory controller
+    (`cgroup_disable=memory` on its command line): the NAT then runs without a limit of its
+    own, with the global OOM killer as the guard, rather than the VM rebooting for good."""
     cgroup = root / NAT_CGROUP
-    cgroup.mkdir(exist_ok=True)
     limit = nat_memory_limit(meminfo)
-    (cgroup / "memory.max").write_text(str(limit))
+    try:
+        (root / "cgroup.subtree_control").write_text("+memory")
+        cgroup.mkdir(exist_ok=True)
+        (cgroup / "memory.max").write_text(str(limit))
+    except OSError as error:
+        log(f"memory: no memory cgroup for the NAT ({error.strerror}); it runs without a limit")
+        return None
     log(f"memory: the NAT's cgroup {cgroup} is limited to {limit / 2**20:.1f} MiB")
     return cgroup
 
 
-def enter(cgroup: Path, log: Callable[[str], None]) -> None:
-    """Move the calling process into `cgroup`; when the cgroup's OOM killer has killed in it
-    before, say how often and what it used at its peak (why a restarted child's predecessor
-    died)."""
+def enter(cgroup: Path | None, log: Callable[[str], None]) -> None:
+    """Move the calling process into `cgroup` (if there is one); when the cgroup's OOM killer
+    has killed in it before, say how often and what it used at its peak (why a restarted
+    child's predecessor died)."""
+    if cgroup is None:
+        return
     (cgroup / "cgroup.procs").write_text("0")  # "0": the writing process
     events = dict(
         line.split() for line in (cgroup / "memory.events").read_text().splitlines() if line
