@@ -151,7 +151,7 @@ def test_a_flood_of_flows_gets_the_nat_killed_and_it_comes_back_with_its_flows(
         )
         assert any("1 OOM kill(s) in the NAT's cgroup" in line for line in console)
         restored = [line for line in console if line.startswith("flows: restored")]
-        match = re.match(r"flows: restored (\d+) of (\d+) saved .* room for (\d+) ", restored[-1])
+        match = re.match(r"flows: restored (\d+) of (\d+) saved .*\(room for (\d+) ", restored[-1])
         assert match, restored
         count, saved, room = map(int, match.groups())
         assert 2 <= count <= room < saved, restored[-1]  # iperf3's two connections at least
