@@ -35,10 +35,11 @@ def restore_limit(
     """How many sessions to restore at most: as many as half the memory left under this
     process's cgroup v2 limit holds; None without a limit (or cgroup v2)."""
     try:
-        path = own_cgroup.read_text().split("0::/", 1)[1].split("\n", 1)[0]
+        lines = own_cgroup.read_text().splitlines()
+        path = next(line[len("0::/") :] for line in lines if line.startswith("0::/"))
         limit = (cgroup_fs / path / "memory.max").read_text().strip()
         used = int((cgroup_fs / path / "memory.current").read_text())
-    except (OSError, IndexError, ValueError):
+    except (OSError, StopIteration, ValueError):
         return None
     if not limit.isdigit():  # "max"
         return None

@@ -205,5 +205,5 @@ def test_the_restore_limit_is_half_the_memory_left_under_the_cgroups(tmp_path: P
     assert restore_limit(own, tmp_path, session_bytes=400) == (8 << 20) // 2 // 400
     (tmp_path / "natvm/memory.max").write_text("max\n")
     assert restore_limit(own, tmp_path) is None
-    own.write_text("12:memory:/old-style\n")  # cgroup v1, or none: no limit known
+    own.write_text("12:memory:/old-style\n")  # cgroup v1 only: no limit known
     assert restore_limit(own, tmp_path) is None
