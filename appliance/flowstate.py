@@ -5,11 +5,12 @@ says "this session exists, in this TCP state" (`SAVED`) or "this session is gone
 keyed by (protocol, internal address and port, remote address and port). The table's `Journal`
 hears of each new session, TCP state change and removal (appliance/flows.py), and `FlowJournal`
 turns each into one record appended to a buffer that the shell writes out after every round of
-its loop: a few records per connection, none for the packets in between. Reading replays the
-records in order, the last word on each key winning, and `restore` puts the survivors back into
-a fresh table. A snapshot is the same format holding only `SAVED` records of the live sessions:
-compaction writes one and starts appending to it, so the file stays within a small multiple of
-the table's size at a constant cost per record, amortised.
+its loop: a few records per connection, none for the packets in between. Reading takes the last
+word on each key (the file read backwards), and `restore` puts the survivors back into a fresh
+table, established TCP connections first, as many as it is given room for. A snapshot is the
+same format holding only `SAVED` records of the live sessions: compaction writes one and starts
+appending to it, so the file stays within a small multiple of the table's size at a constant
+cost per record, amortised.
 
 What is kept: each session's external port, filtering (its remote endpoint) and TCP state.
 What is not: timers (a restored session's starts afresh), resting ports, fragments in
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from appliance.flows import FlowTable, Session, TcpState
+from appliance.packet import TCP
 
 MAGIC = b"natvm-flows 1 "
 SAVED, REMOVED = 1, 2
@@ -46,12 +48,6 @@ class SavedSession:
     state: int
 
 
-def _key(proto: int, int_addr: bytes, int_port: int, remote: bytes, port: int) -> bytes:
-    return (
-        bytes((proto,)) + int_addr + int_port.to_bytes(2, "big") + remote + port.to_bytes(2, "big")
-    )
-
-
 def encode(kind: int, session: Session) -> bytes:
     mapping = session.mapping
     return RECORD.pack(
@@ -71,32 +67,55 @@ def snapshot(sessions: Iterable[Session]) -> bytes:
     return b"".join(encode(SAVED, session) for session in sessions)
 
 
-def replay(data: bytes, boot_id: str) -> list[SavedSession]:
-    """The sessions a file (header and records) leaves in existence: none when it belongs to
-    another boot or is not such a file. A torn last record (the writer killed mid-write) and
-    records of an unknown kind are skipped."""
+def decode(record: bytes) -> SavedSession:
+    """The session a `SAVED` record describes."""
+    _, proto, state, int_addr, int_port, ext_port, remote, port = RECORD.unpack(record)
+    return SavedSession(proto, int_addr, int_port, ext_port, remote, port, state)
+
+
+def replay(data: bytes, boot_id: str) -> list[bytes]:
+    """The `SAVED` records of the sessions a file (header and records) leaves in existence,
+    newest first: none when it belongs to another boot or is not such a file. A torn last
+    record (the writer killed mid-write) and records of an unknown kind are skipped.
+
+    Read backwards, the first record of a key is its last word: besides the records kept (59
+    bytes a session, measured) only the keys seen are held, and only while reading. A restart
+    after the memory limit killed the appliance must not need much more than what it restores
+    (decoding every session first took 282 bytes a session, most of a table's 360)."""
     first = header(boot_id)
     if not data.startswith(first):
         return []
-    live: dict[bytes, SavedSession] = {}
     body = memoryview(data)[len(first) :]
     whole = len(body) - len(body) % RECORD.size
-    for kind, proto, state, int_addr, int_port, ext_port, remote, port in RECORD.iter_unpack(
-        body[:whole]
-    ):
-        key = _key(proto, int_addr, int_port, remote, port)
-        if kind == SAVED:
-            live[key] = SavedSession(proto, int_addr, int_port, ext_port, remote, port, state)
-        elif kind == REMOVED:
-            live.pop(key, None)
-    return list(live.values())
+    seen: set[bytes] = set()
+    live = []
+    for end in range(whole, 0, -RECORD.size):
+        record = body[end - RECORD.size : end]
+        if record[0] not in (SAVED, REMOVED):
+            continue
+        key = bytes(record[1:2]) + bytes(record[3:9]) + bytes(record[11:17])
+        if key not in seen:
+            seen.add(key)
+            if record[0] == SAVED:
+                live.append(bytes(record))
+    return live
 
 
-def restore(table: FlowTable, sessions: Iterable[SavedSession], now: float) -> int:
-    """Put `sessions` back into `table` (see `FlowTable.restore`); returns how many fit."""
+def _not_established(record: bytes) -> bool:
+    return not (record[1] == TCP and record[2] == TcpState.ESTABLISHED)
+
+
+def restore(table: FlowTable, records: list[bytes], now: float, limit: int | None = None) -> int:
+    """Put the sessions of `records` (from `replay`) back into `table` (see
+    `FlowTable.restore`), at most `limit` of them: established TCP connections first, which
+    break without it (the others open again with their next outbound packet), then the rest
+    in the order given. Returns how many were restored."""
     states = {state.value: state for state in TcpState}
     restored = 0
-    for saved in sessions:
+    for record in sorted(records, key=_not_established):  # stable: the order given within each
+        if limit is not None and restored >= limit:
+            break
+        saved = decode(record)
         state = states.get(saved.state)
         if state is not None and table.restore(
             saved.proto,

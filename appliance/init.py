@@ -28,6 +28,7 @@ needs by importing this module.
 """
 
 import ctypes
+import functools
 import gc
 import os
 import re
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import driverdomain, linux, shell
+from appliance import driverdomain, linux, memcg, shell
 from appliance.config import ConfigError
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
@@ -52,7 +53,12 @@ EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexit
 RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 0.5, 30.0  # seconds
 STABLE_SECONDS = 30.0  # a child that lived this long is restarted at once
 
-_MOUNTS = (("proc", "/proc", "proc"), ("sysfs", "/sys", "sysfs"), ("devtmpfs", "/dev", "devtmpfs"))
+_MOUNTS = (
+    ("proc", "/proc", "proc"),
+    ("sysfs", "/sys", "sysfs"),
+    ("devtmpfs", "/dev", "devtmpfs"),
+    ("cgroup2", "/sys/fs/cgroup", "cgroup2"),  # the NAT's memory limit (appliance/memcg.py)
+)
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _SYS_FINIT_MODULE = 313  # x86_64
 _RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
@@ -374,12 +380,20 @@ def boot(program: Program) -> None:
     done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
     freed = release_files(done_with)
     log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
+    start: Callable[[], None]
     if config.nat.netvm:  # one NIC, the uplink: the clients' vifs come later
         (uplink,) = wait_for_nics(1)
-        supervise(lambda: run_net_vm(config, uplink))
-        return
-    wan, lan = wait_for_nics(2)
-    supervise(lambda: program(config, wan, lan))
+        start = functools.partial(run_net_vm, config, uplink)
+    else:
+        wan, lan = wait_for_nics(2)
+        start = functools.partial(program, config, wan, lan)
+    nat_cgroup = memcg.create_nat_cgroup(Path("/proc/meminfo").read_text(), log)
+
+    def nat() -> None:
+        memcg.enter(nat_cgroup, log)
+        start()
+
+    supervise(nat)
 
 
 def _restart(action: int, libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:

@@ -8,6 +8,12 @@ A SIGKILL loses at most the round in progress. Kept in a tmpfs (the image's root
 host), it costs no disk I/O: its pages are memory, bounded by compaction (flowstate).
 
 A write that fails (the filesystem full) stops the saving with one line; forwarding goes on.
+
+In a memory cgroup with a limit (the image's NAT child, appliance/memcg.py), at most as many
+sessions are restored as half the memory left under the limit holds, at `SESSION_BYTES` each:
+when the limit is what killed the last appliance, its whole table does not fit again, and
+restoring it all would get each new one killed in turn. Established TCP connections go first
+(flowstate.restore).
 """
 
 import os
@@ -19,6 +25,25 @@ from appliance.flows import FlowTable
 
 FILE_NAME = "flows"
 BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+OWN_CGROUP, CGROUP_FS = Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")
+SESSION_BYTES = 400  # a session in the table: 360 bytes measured with tracemalloc, and slack
+
+
+def restore_limit(
+    own_cgroup: Path = OWN_CGROUP, cgroup_fs: Path = CGROUP_FS, session_bytes: int = SESSION_BYTES
+) -> int | None:
+    """How many sessions to restore at most: as many as half the memory left under this
+    process's cgroup v2 limit holds; None without a limit (or cgroup v2)."""
+    try:
+        lines = own_cgroup.read_text().splitlines()
+        path = next(line[len("0::/") :] for line in lines if line.startswith("0::/"))
+        limit = (cgroup_fs / path / "memory.max").read_text().strip()
+        used = int((cgroup_fs / path / "memory.current").read_text())
+    except (OSError, StopIteration, ValueError):
+        return None
+    if not limit.isdigit():  # "max"
+        return None
+    return max(0, int(limit) - used) // 2 // session_bytes
 
 
 def boot_id() -> str:
@@ -48,10 +73,15 @@ class FlowStateFile:
         except FileNotFoundError:
             data = b""
         saved = flowstate.replay(data, self.boot)
-        restored = flowstate.restore(table, saved, now)
+        del data
+        limit = restore_limit()
+        restored = flowstate.restore(table, saved, now, limit)
         self._rewrite(table)
         table.journal, self._table = self.journal, table
-        return f"flows: restored {restored} of {len(saved)} saved in {self.path}"
+        line = f"flows: restored {restored} of {len(saved)} saved in {self.path}"
+        if limit is not None:
+            line += f" (room for {limit} in half the memory left under the cgroup's limit)"
+        return line
 
     def flush(self) -> None:
         """Write out the records made since the last call (a no-op when none were)."""

@@ -16,6 +16,7 @@ BOOT = {
     "CONFIG_BINFMT_SCRIPT": ("y", "/init is a #! script"),
     "CONFIG_DEVTMPFS": ("y", "/dev"),
     "CONFIG_PACKET": ("y", "AF_PACKET sockets"),
+    "CONFIG_MEMCG": ("y", "the NAT's memory cgroup (appliance/memcg.py)"),
     "CONFIG_SERIAL_8250_CONSOLE": ("y", "the ttyS0 console"),
     "CONFIG_VIRTIO_PCI": ("m", "virtio devices on PCI"),
     "CONFIG_VIRTIO_NET": ("m", "virtio-net NICs"),

@@ -15,7 +15,7 @@ from appliance.config import ApplianceConfig
 from appliance.engine import Side
 from appliance.flows import TcpState
 from appliance.packet import TCP as TCP_PROTO
-from appliance.statefile import FlowStateFile
+from appliance.statefile import FlowStateFile, restore_limit
 from tests.unit.nat_harness import HOST, HOST2, SERVER, WAN_IP, Harness
 
 LAN, WAN = Side.LAN, Side.WAN
@@ -130,8 +130,9 @@ def test_a_snapshot_says_what_the_journal_says(demo_config: ApplianceConfig) -> 
     snapshot = flowstate.snapshot(before.nat.table.all_sessions())
     from_snapshot = flowstate.replay(flowstate.header(BOOT) + snapshot, BOOT)
     assert len(from_journal) == 11  # the reset one stays, closed, for its transitory timeout
-    assert [saved.state for saved in from_journal].count(TcpState.CLOSED) == 1
-    assert sorted(map(repr, from_journal)) == sorted(map(repr, from_snapshot))
+    states = [flowstate.decode(record).state for record in from_journal]
+    assert states.count(TcpState.CLOSED) == 1
+    assert sorted(from_journal) == sorted(from_snapshot)
 
 
 def test_a_packet_of_an_existing_flow_writes_nothing(demo_config: ApplianceConfig) -> None:
@@ -162,3 +163,47 @@ def test_the_file_is_compacted_within_bounds(demo_config: ApplianceConfig, tmp_p
     again = Harness(demo_config, now=5000.0)
     line = FlowStateFile(tmp_path, print).open(again.nat.table, again.now)
     assert line.startswith("flows: restored 1 of 1"), line
+
+
+def test_replay_gives_the_last_word_on_each_session_newest_first(
+    demo_config: ApplianceConfig,
+) -> None:
+    before, journal = journalled(demo_config)
+    for port in (40000, 40001, 40002):
+        before.one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=port, dport=53), WAN)
+    before.advance(before.now + demo_config.nat.timeouts.udp + 1)  # all three go
+    before.one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=40001, dport=53), WAN)  # one is back
+    before.one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=40005, dport=53), WAN)
+    live = flowstate.replay(flowstate.header(BOOT) + journal.take(), BOOT)
+    assert [flowstate.decode(record).int_port for record in live] == [40005, 40001]
+
+
+def test_a_limited_restore_takes_established_connections_first(
+    demo_config: ApplianceConfig,
+) -> None:
+    """After the memory limit killed the appliance, only part of its table comes back: the
+    connections that would break without it, before flows that open again by themselves."""
+    before, journal = journalled(demo_config)
+    ext = established_download(before, HOST, 40000)
+    for port in range(20000, 20050):  # a flood of new flows after it
+        before.one(LAN, IP(src=HOST2, dst=SERVER) / UDP(sport=port, dport=9), WAN)
+    live = flowstate.replay(flowstate.header(BOOT) + journal.take(), BOOT)
+    after = Harness(demo_config, now=2000.0)
+    assert flowstate.restore(after.nat.table, live, after.now, limit=5) == 5
+    assert len(after.nat.table) == 5
+    after.one(WAN, server_segment(ext), LAN)  # the download goes on
+    fresh = Harness(demo_config, now=2000.0)
+    assert flowstate.restore(fresh.nat.table, live, fresh.now) == 51  # no limit: all of them
+
+
+def test_the_restore_limit_is_half_the_memory_left_under_the_cgroups(tmp_path: Path) -> None:
+    own = tmp_path / "cgroup"
+    (tmp_path / "natvm").mkdir()
+    own.write_text("0::/natvm\n")
+    (tmp_path / "natvm/memory.max").write_text("10485760\n")
+    (tmp_path / "natvm/memory.current").write_text("2097152\n")
+    assert restore_limit(own, tmp_path, session_bytes=400) == (8 << 20) // 2 // 400
+    (tmp_path / "natvm/memory.max").write_text("max\n")
+    assert restore_limit(own, tmp_path) is None
+    own.write_text("12:memory:/old-style\n")  # cgroup v1 only: no limit known
+    assert restore_limit(own, tmp_path) is None
