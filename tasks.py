@@ -1,5 +1,6 @@
 """natvm's tasks: thin wrappers over image/ and pytest (`invoke --list`)."""
 
+import os
 import shlex
 import shutil
 import sys
@@ -216,6 +217,34 @@ def bench(
         do_build(CONFIG, debug=False)
         do_build(CONFIG, debug=False, reference=True)
     bench_run.bench(options)
+
+
+@task(
+    help={
+        "minutes": "how long to load the appliance (at least 2: the first minute is the warm-up)",
+        "interval": "seconds between samples (default 5)",
+    }
+)
+def soak(c: Context, minutes: int = 10, interval: int = 5) -> None:
+    """Mixed real traffic through natvm in namespaces for N minutes, sampled (root).
+
+    Fails if RSS grows more than 5 % after the first minute or a counter that clean traffic
+    never moves does (soak/judge.py)."""
+    from soak import run as soak_run  # here, not above: pyroute2 and scapy slow every task
+
+    if minutes < 2 or interval <= 0 or interval > 60:
+        raise Exit("natvm: error: --minutes must be at least 2 and --interval 0-60 s", 1)
+    missing = [tool for tool in soak_run.TOOLS if shutil.which(tool) is None]
+    if os.geteuid() != 0 or missing:
+        raise Exit(f"natvm: error: the soak needs root and {', '.join(soak_run.TOOLS)}", 1)
+    print(f"soak: {minutes:g} min of mixed traffic through natvm, a sample every {interval:g} s")
+    with soak_run.soak_topology() as (topo, services):
+        report = soak_run.soak_through(topo, services, minutes, interval, print)
+    for line in soak_run.summary(report, soak_run.WARMUP):
+        print(line)
+    if report.failures:
+        raise Exit("soak: FAILED: " + "; ".join(report.failures), 1)
+    print("soak: passed")
 
 
 @task(

@@ -50,13 +50,19 @@ class Nat(Protocol):
     def stop(self) -> int | None: ...
 
 
-def stats_counter(lines: list[str], name: str) -> int:
-    """Counter `name` of the last stats line the appliance printed (0 before the first)."""
+def stats_counters(lines: list[str]) -> dict[str, int]:
+    """Every counter of the last stats line the appliance printed (empty before the first)."""
     for match in map(STATS.match, reversed(lines)):
         if match:
-            fields = dict(word.partition("=")[::2] for word in match.group(1).split())
-            return int(fields.get(name, 0))
-    return 0
+            fields = (word.partition("=")[::2] for word in match.group(1).split())
+            # A serial console may garble a line: a word that is no count is left out.
+            return {name: int(value) for name, value in fields if value.isdigit()}
+    return {}
+
+
+def stats_counter(lines: list[str], name: str) -> int:
+    """Counter `name` of the last stats line the appliance printed (0 before the first)."""
+    return stats_counters(lines).get(name, 0)
 
 
 class _ConsoleProcess:
@@ -81,6 +87,10 @@ class _ConsoleProcess:
     def counter(self, name: str) -> int:
         """Counter `name` of its last stats line (0 before the first)."""
         return stats_counter(self._lines, name)
+
+    def counters(self) -> dict[str, int]:
+        """Every counter of its last stats line (empty before the first)."""
+        return stats_counters(self._lines)
 
     def stop(self) -> int | None:
         """SIGTERM and wait; returns the exit status (``None`` if it never started)."""
