@@ -11,8 +11,9 @@ configuration stays the only source and nothing else changes.
 
 What is applied: per-client rule sets (`FirewallKeys`), through `NetVm.set_rules`, each
 logged in one line. The vchan's fd is the event channel, a reader on the shell's poll loop;
-the ring is also looked at once a second (`add_ticker`), since Python has no memory barrier
-and a wakeup may be lost to a reordered store (appliance/vchan.py).
+the ring is also looked at once a second (`add_ticker`), and the server notified again if it
+left what we sent unread, since Python has no memory barrier and a wakeup may be lost to a
+reordered store (appliance/vchan.py).
 
 Failures: a link that breaks the protocol or the ring is closed with one line; the rules in
 force stay as they are (a restart of natvm reads the database afresh).
@@ -41,6 +42,7 @@ class Link(Protocol):
 
     def fileno(self) -> int: ...
     def consume_events(self) -> None: ...
+    def kick(self) -> None: ...
     def recv(self, limit: int = 65536) -> bytes: ...
     def send(self, data: bytes) -> int: ...
     @property
@@ -62,6 +64,16 @@ class QubesDbLink:
     def readable(self) -> None:
         if self.link is not None:
             self.link.consume_events()
+        self.service()
+
+    def tick(self) -> None:
+        """The once-a-second look: wake the server if it left what we sent unread, then look
+        at the ring as if the fd had been readable."""
+        if self.link is not None:
+            try:
+                self.link.kick()
+            except VchanError as error:
+                self.close(f"{error}")
         self.service()
 
     def service(self) -> None:
@@ -149,5 +161,5 @@ def serve_qubesdb(shell: Served, store: Xenstore, log: Callable[[str], None]) ->
             shell.remove_reader(fd)
 
     shell.add_reader(fd, readable)
-    shell.add_ticker(link.service)
+    shell.add_ticker(link.tick)
     link.service()

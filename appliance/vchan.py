@@ -183,6 +183,10 @@ class Rings:
         _U32.pack_into(self.page, LEFT_PROD, (prod + count) & 0xFFFFFFFF)
         return count, bool(self.page[CLI_NOTIFY] & NOTIFY_WRITE)
 
+    def unread_sent(self) -> int:
+        """Bytes we wrote that the server has not read yet."""
+        return len(self.write_ring) - self.buffer_space()
+
     def want_notify(self, bits: int) -> None:
         """Ask the server to notify us when it writes (NOTIFY_WRITE) or reads (NOTIFY_READ);
         it clears a bit each time it does, so this is asked again before every wait."""
@@ -358,6 +362,13 @@ class VchanClient:
         if notify:
             self.notify()
         return count
+
+    def kick(self) -> None:
+        """Notify the server again if it has not read what we wrote: a wakeup lost to a
+        reordered store (no memory barrier here), or to a server that looked at its ring
+        before our first write reached it, costs a delay of one kick, not a hang."""
+        if self._rings().unread_sent():
+            self.notify()
 
     @property
     def is_open(self) -> bool:

@@ -36,12 +36,17 @@ class MemoryVchan:
         view = memoryview(self.page)
         self.rings = Rings(view, view[1024:2048], view[2048:4096])
         self.closed = False
+        self.kicks = 0
 
     def fileno(self) -> int:
         return -1
 
     def consume_events(self) -> None:
         pass
+
+    def kick(self) -> None:
+        if self.rings.unread_sent():
+            self.kicks += 1
 
     def recv(self, limit: int = 65536) -> bytes:
         return self.rings.recv(limit)[0]
@@ -126,3 +131,12 @@ def test_dom0_closing_its_end_closes_the_link() -> None:
     vchan.page[21] = 0  # srv_live
     link.service()
     assert logged == ["qubesdb: link closed (dom0 closed it); the rules in force stay"]
+
+
+def test_a_tick_kicks_dom0_while_it_leaves_our_request_unread() -> None:
+    vchan, _, link, _ = linked()
+    link.tick()
+    assert vchan.kicks == 1  # the MULTIREAD is still in the ring
+    vchan.dom0_recv()
+    link.tick()
+    assert vchan.kicks == 1
