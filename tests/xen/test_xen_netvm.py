@@ -72,6 +72,13 @@ def test_each_clients_vif_is_connected(netvm: NetVm) -> None:
         assert backend["hotplug-status"] == "connected"
 
 
+def test_without_qubesdb_the_configuration_is_the_only_source(netvm: NetVm) -> None:
+    clients = netvm.require()
+    lines = [line.text for line in clients.console.lines[netvm.since :] if line.source == NETVM]
+    offered = "natvm: qubesdb: dom0 offers no QubesDB vchan; the configuration is the only source"
+    assert offered in lines
+
+
 def test_each_client_pings_and_fetches_a_page_through_the_nat(
     netvm: NetVm, services: Services
 ) -> None:
