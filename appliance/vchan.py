@@ -37,7 +37,9 @@ store is a delay, not a hang.
 xenstore (/local/domain/<server>/data/vchan/<our domid>/<port>/, as Qubes' libvchan names it,
 qubes-core-vchan-xen vchan/init.c), maps the page and the rings with /dev/xen/gntdev and binds
 the event channel with /dev/xen/evtchn (ioctls of Linux's include/uapi/xen/gntdev.h and
-evtchn.h). It cannot run without Xen: it is not tested yet (a Xen-tier test is to come).
+evtchn.h). It runs on Xen only: the Xen tier (tests/xen/test_xen_qubesdb.py) connects it to
+libxenvchan's server in dom0, whose rings lie in the shared page; rings in granted pages of
+their own (what Qubes' qubesdb-daemon asks for) are tested against byte layouts only.
 """
 
 import contextlib
