@@ -40,8 +40,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from appliance import config as config_module
-from appliance import driverdomain, linux, memcg, shell
+from appliance import driverdomain, linux, memcg, qubesdblink, shell
 from appliance.config import ConfigError
+from appliance.xenstore import Xenstore
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
@@ -277,14 +278,25 @@ def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> 
 def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     """natvm as a Qubes-style net VM: the uplink up as the WAN NIC is in `run_appliance`, and
     the clients' vifs, which xen-netback creates as the toolstack adds them, served as they
-    come and go (appliance/driverdomain.py). Interfaces created later inherit the `default`
-    sysctls written here."""
+    come and go (appliance/driverdomain.py). When dom0 offers QubesDB, the clients' firewall
+    rules come from it as they change (appliance/qubesdblink.py). Interfaces created later
+    inherit the `default` sysctls written here."""
     linux.write_sysctls(nic_sysctls((wan,)))
     linux.bring_up(wan)
     log(f"WAN {wan} {config.wan.address}  netvm gateway {config.lan.address}  ({uptime():.2f} s)")
     meminfo = Path("/proc/meminfo").read_text()
     log(f"memory: {memory_summary(meminfo)}")
-    shell.run_netvm(config, wan, watch=lambda served: driverdomain.serve_vifs(served, log))
+    shell.run_netvm(config, wan, watch=serve_clients)
+
+
+def serve_clients(served: shell.NetVmShell) -> None:
+    """The sources of the net VM's clients and their rules, on the shell's loop."""
+    driverdomain.serve_vifs(served, log)
+    store = Xenstore.open()  # requests at start only: closed once the link is set up
+    try:
+        qubesdblink.serve_qubesdb(served, store, log)
+    finally:
+        store.close()
 
 
 def exit_cause(status: int) -> str:

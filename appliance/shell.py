@@ -323,6 +323,7 @@ class Shell(Generic[P]):
         self._poller = select.poll()
         self._receivers: dict[int, Receiver[P]] = {}
         self._readers: dict[int, Callable[[], None]] = {}
+        self._tickers: list[Callable[[], None]] = []
         for side, sock in self.sockets.items():
             self._receive(Receiver(side, sock, False))
         for side, sock in self.opening_sockets.items():
@@ -366,6 +367,10 @@ class Shell(Generic[P]):
         if self._readers.pop(fd, None) is not None:
             self._poller.unregister(fd)
 
+    def add_ticker(self, tick: Callable[[], None]) -> None:
+        """Call `tick` from the loop once a second (for a reader whose wakeups may be lost)."""
+        self._tickers.append(tick)
+
     def serve(self) -> None:
         poller, by_fd, readers = self._poller, self._receivers, self._readers
         wake_read, wake_write = os.pipe()
@@ -379,6 +384,8 @@ class Shell(Generic[P]):
                 now = time.monotonic()
                 if now >= next_tick:
                     self._send(self.nat.tick(now))
+                    for tick in self._tickers:
+                        tick()
                     if self.flows_file is not None:
                         self.flows_file.maintain(self.nat.table)
                     next_tick = now + 1.0

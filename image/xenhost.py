@@ -9,7 +9,8 @@ so two builds are byte-identical):
   xen        the hypervisor, gunzipped: QEMU's multiboot loader takes no compressed kernel
   vmlinuz    the dom0 kernel
   initramfs  the dom0 root: the product's python3.11 running image/dom0/ as /init, xl, xenstored,
-             xenconsoled, xenconsole, xen-init-dom0, xenstore-read/-write and their libraries,
+             xenconsoled, xenconsole, xen-init-dom0, xenstore-read/-write, vchan-socket-proxy
+             and their libraries,
              the kernel modules a dom0 backend needs, xl.conf and the vif hotplug script
   client/vmlinuz, client/initramfs
              the client VMs of the net VM tests (image/xenclient.py): the product's kernel and
@@ -46,6 +47,8 @@ PROGRAMS = (
     "usr/bin/xenstore-read",
     "usr/bin/xenstore-write",
     "usr/bin/xenstore-ls",  # for the tests: a driver domain's backend entries, read from dom0
+    # for the tests' QubesDB (tests/xen/qubesdb_server.py): a vchan server (libxenvchan)
+    f"{XEN_BIN}/vchan-socket-proxy",
 )
 DLOPENED = ("libgcc_s.so.1",)  # glibc loads it when a thread of xl exits: no DT_NEEDED names it
 # Event channels, grant tables and privcmd for the toolstack, xenfs for xenstored, netback for

@@ -6,7 +6,6 @@ still fetches one on port 8080; a client without rules fetches both."""
 from __future__ import annotations
 
 import json
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +15,10 @@ from scapy.layers.inet import ICMP, IP
 
 from tests.netns.test_ns_netvm import netvm_config
 from tests.support import REPO
+from tests.support import services as services_module
 from tests.support.fixtures import services_fixture
 from tests.support.routers import HostAppliance
-from tests.support.services import Services, wait_listening
+from tests.support.services import Services
 from tests.support.topology import (
     CLIENT_GATEWAY,
     SERVER_A,
@@ -32,7 +32,7 @@ from tests.support.topology import (
 pytestmark = pytest.mark.netns
 
 RULES = {"policy": "accept", "0000": "action=drop proto=tcp dstports=80-80"}
-OTHER_PORT = 8080
+OTHER_PORT = services_module.OTHER_HTTP_PORT
 COUNTER_WAIT = 5.0
 
 
@@ -47,18 +47,8 @@ services = services_fixture("module")
 
 @pytest.fixture(scope="module")
 def second_web_server(topology: NetVmTopology, services: Services) -> Iterator[None]:
-    """The WAN side's web server on port 8080 as well (same pages as on port 80)."""
-    directory = services.dnsmasq_log.parent / "www-8080"
-    directory.mkdir(exist_ok=True)
-    (directory / "index.html").write_bytes(services.wan_index)
-    server = topology.spawn(
-        topology.wan.ns, sys.executable, "-m", "http.server", str(OTHER_PORT),
-        "--bind", "0.0.0.0", "--directory", str(directory),
-    )  # fmt: skip
-    wait_listening(topology, topology.wan.ns, "t", OTHER_PORT)
-    yield
-    server.terminate()
-    server.wait(timeout=10)
+    with services_module.second_web_server(topology, services):
+        yield
 
 
 @pytest.fixture(scope="module")

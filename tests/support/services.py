@@ -3,6 +3,8 @@
 - WAN namespace: an HTTP server (a small page and a multi-megabyte file) on all server addresses,
   dnsmasq on 198.51.100.10:53 answering ``natvm.test``, and an iperf3 server on 198.51.100.10.
 - lan-a: an HTTP server on port 80, the target of the TCP port forward and of hairpinning.
+- On request (`second_web_server`): the WAN side's page on port 8080 too, for firewall rules
+  that tell ports apart.
 
 They are ``Topology.spawn``-ed, so ``Topology.destroy`` ends them even if a test fails.
 """
@@ -23,6 +25,7 @@ from tests.support.topology import SERVER_A, SERVER_B, Topology
 
 BULK_SIZE = 4 << 20
 IPERF_PORT = 5201
+OTHER_HTTP_PORT = 8080
 DNS_NAME = "natvm.test"
 
 
@@ -97,3 +100,22 @@ def wait_listening(topology: Topology, ns: str, proto: str, port: int, timeout: 
         if time.monotonic() > deadline:
             raise TimeoutError(f"nothing listens on {proto} port {port} in {ns}")
         time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def second_web_server(topology: Topology, services: Services) -> Iterator[int]:
+    """The WAN side's web server on port 8080 as well (the same page as on port 80); yields
+    the port."""
+    directory = services.dnsmasq_log.parent / f"www-{OTHER_HTTP_PORT}"
+    directory.mkdir(exist_ok=True)
+    (directory / "index.html").write_bytes(services.wan_index)
+    server = topology.spawn(
+        topology.wan.ns, sys.executable, "-m", "http.server", str(OTHER_HTTP_PORT),
+        "--bind", "0.0.0.0", "--directory", str(directory),
+    )  # fmt: skip
+    try:
+        wait_listening(topology, topology.wan.ns, "t", OTHER_HTTP_PORT)
+        yield OTHER_HTTP_PORT
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -92,9 +92,12 @@ def test_send_wraps_and_stops_when_the_ring_is_full() -> None:
     assert page[1024 + 1020 : 1024 + 1024] == b"1234"
     assert page[1024 : 1024 + 4] == b"5678"
     assert struct.unpack_from("<I", page, 4)[0] == 1028  # left.prod
+    assert rings.unread_sent() == 8
     written, _ = rings.send(bytes(2000))
     assert written == 1016 and rings.buffer_space() == 0
     assert rings.send(b"x") == (0, False)
+    struct.pack_into("<I", page, 0, 2044)  # left.cons: the server read all but 0 bytes
+    assert rings.unread_sent() == 0
 
 
 def test_the_server_is_notified_only_when_it_asked() -> None:

@@ -11,107 +11,32 @@ client's download goes on intact. At the end, natvm is created from xen.cfg agai
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import pytest
 
-from image import deploy, xenboot, xenhost
-from image.dom0 import xlcfg
+from image import xenboot, xenhost
 from image.errors import ImageError
 from image.xenclient import ClientVm
-from tests.support.routers import stats_counter
 from tests.support.services import Services
 from tests.support.topology import APPLIANCE_WAN, SERVER_A
-from tests.support.xenclients import CONNECTED, XL, Booted, Clients
+from tests.support.xenclients import CONNECTED, Booted, Clients
+from tests.support.xennetvm import (
+    CONNECT_TIMEOUT,
+    NETVM,
+    A,
+    B,
+    NetVm,
+    as_netvm,
+    back_to_xen_cfg,
+    connected,
+    memory_steps,
+)
 from tests.xen.conftest import report
 
-NETVM = "natvm"  # xen.cfg's name
-GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' netvm gateway)
-# The net VM's kernel words: those the Qubes install gives it (the mode, no port forward), then
-# the downstream subnet its clients' addresses are in with its own address (their gateway), and
-# its upstream DNS server (dnsmasq, on the WAN side), which 10.139.1.1 is translated to.
-NETVM_WORDS = (*deploy.NETVM_WORDS, f"natvm.lan.ip={GATEWAY}/24", f"natvm.dns={SERVER_A}")
-A = ClientVm("netvm-client-a", "10.137.0.2", GATEWAY, NETVM)
-B = ClientVm("netvm-client-b", "10.137.0.3", GATEWAY, NETVM)
 SPOOFED = "10.137.0.99"
-READY_TIMEOUT = 300.0  # as the session boot's: natvm's boot takes 25-150 s here
-CONNECT_TIMEOUT = 60.0
 pytestmark = pytest.mark.xen
-
-
-@dataclass
-class NetVm:
-    """natvm as a net VM with its clients, or why it is not one: the tests fail with that
-    reason at once instead of each waiting out its own timeout."""
-
-    clients: Clients
-    booted: list[Booted]
-    problem: str
-    since: int  # the console line where natvm was created as a net VM
-
-    def require(self) -> Clients:
-        assert not self.problem, self.problem
-        return self.clients
-
-    def counter(self, name: str) -> int:
-        lines = [line.text for line in self.clients.console.lines[self.since :]]
-        return stats_counter([text for text in lines if text.startswith("stats ")], name)
-
-
-def _recreate_natvm(clients: Clients, cfg: str) -> None:
-    """Destroy natvm and create it from `cfg` (in /guest). A natvm that failed is rebooting,
-    and xl restarts it under the same name: destroy until the name is gone."""
-    deadline = time.monotonic() + 60
-    while clients.xl("domid", NETVM, check=False).strip().isdigit():
-        assert time.monotonic() < deadline, "natvm could not be destroyed"
-        clients.xl("destroy", NETVM, check=False)
-        time.sleep(2)
-    clients.control.run(XL, "create", cfg, cwd="/guest")
-
-
-def _as_netvm(clients: Clients, nested: xenboot.NestedXen) -> str:
-    """natvm created again as the net VM; what went wrong, or ""."""
-    cfg = clients.control.run("/usr/bin/python3.11", "-c", "print(open('/guest/xen.cfg').read())")
-    clients.control.write("/guest/netvm.cfg", xlcfg.as_driver_domain(cfg, NETVM_WORDS))
-    mark = len(nested.console.lines)
-    _recreate_natvm(clients, "netvm.cfg")
-    ready = xenboot.is_ready(NETVM)
-
-    def settled(line: xenboot.Line) -> bool:  # READY, or a fatal error: no need to wait longer
-        return ready(line) or (line.source == NETVM and "natvm: fatal:" in line.text)
-
-    try:
-        seen = nested.console.wait_for(settled, "natvm as a net VM", READY_TIMEOUT, NETVM, mark)
-    except xenboot.BootError as error:
-        return error.message.splitlines()[0]
-    return "" if ready(seen) else f"natvm as a net VM: {seen.text}"
-
-
-def memory_steps(lines: list[str]) -> str:
-    """ "52 MiB at READY, 51 MiB with 1 client, ..." from natvm's console: its memory line at
-    start and the available memory each attach logs."""
-    steps = []
-    for text in lines:
-        at_start = re.match(r"natvm: memory: (\d+)/\d+ MiB available", text)
-        attached = re.search(r"^attached .* mem_available=(\d+) MiB", text)
-        if at_start:
-            steps = [f"{at_start.group(1)} MiB at start"]
-        elif attached:
-            steps.append(f"{attached.group(1)} MiB with {len(steps)} client(s)")
-    return ", ".join(steps)
-
-
-def _connected(clients: Clients, booted: list[Booted]) -> str:
-    """ "" once every client's backend is connected (natvm wrote hotplug-status), else why not."""
-    for client in booted:
-        try:
-            clients.wait_state(clients.backend(NETVM, client.vm.name), CONNECTED, CONNECT_TIMEOUT)
-        except TimeoutError as error:
-            return f"{client.vm.name}'s vif never connected: {error}"
-    return ""
 
 
 @pytest.fixture(scope="module")
@@ -123,12 +48,12 @@ def netvm(
 ) -> Iterator[NetVm]:
     clients = Clients(nested, xen_host.out / "client")
     since = len(nested.console.lines)
-    problem = _as_netvm(clients, nested)
+    problem = as_netvm(clients, nested)
     booted: list[Booted] = []
     if not problem:
         started = time.monotonic()
         booted = clients.boot(A, B)
-        problem = _connected(clients, booted)
+        problem = connected(clients, booted)
         report(
             request,
             f"Xen tier net VM: clients up and connected in {time.monotonic() - started:.1f} s",
@@ -138,11 +63,7 @@ def netvm(
     yield NetVm(clients, booted, problem, since)
     for vm in (A, B):
         clients.destroy(vm.name)
-    mark = len(nested.console.lines)
-    _recreate_natvm(clients, "xen.cfg")
-    nested.console.wait_for(
-        xenboot.is_ready(NETVM), "natvm's xen.cfg again", READY_TIMEOUT, NETVM, mark
-    )
+    back_to_xen_cfg(clients, nested)
 
 
 def attach_again(clients: Clients, vm: ClientVm, request: pytest.FixtureRequest) -> None:
@@ -164,6 +85,13 @@ def test_each_clients_vif_is_connected(netvm: NetVm) -> None:
         backend = clients.entries(clients.backend(NETVM, client.vm.name))
         assert backend["state"] == str(CONNECTED)
         assert backend["hotplug-status"] == "connected"
+
+
+def test_without_qubesdb_the_configuration_is_the_only_source(netvm: NetVm) -> None:
+    clients = netvm.require()
+    lines = [line.text for line in clients.console.lines[netvm.since :] if line.source == NETVM]
+    offered = "natvm: qubesdb: dom0 offers no QubesDB vchan; the configuration is the only source"
+    assert offered in lines
 
 
 def test_each_client_pings_and_fetches_a_page_through_the_nat(

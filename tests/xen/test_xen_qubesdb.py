@@ -1,0 +1,160 @@
+"""natvm's firewall rules from QubesDB over a real vchan (issue: QubesDB and live rules).
+
+As Qubes does, natvm is created paused as the net VM (tests/support/xennetvm.py), its QubesDB
+is started in dom0 for its domain id (tests/xen/qubesdb_server.py: vchan-socket-proxy as the
+vchan server and a Python stand-in for qubesdb-daemon), then natvm runs. The database holds
+Qubes' rules for client A: accept, but TCP to port 80 dropped. From inside A, with the WAN
+side's web servers at the other end: port 80 is refused at once (natvm answers ICMP
+administratively prohibited, which Linux turns into EHOSTUNREACH), port 8080 is fetched; then
+the test changes the rule in QubesDB as qubes-core-admin does (the rule, then the empty write
+of /qubes-firewall/<ip>) and port 80 is fetched without a restart. Reported: the time from the
+write to natvm's acknowledgement, to its log line, and to the first page.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from image import xenboot, xenhost
+from tests.support.services import Services, second_web_server
+from tests.support.topology import SERVER_A, Topology
+from tests.support.xenclients import Booted, Clients
+from tests.support.xennetvm import NETVM, A, NetVm, as_netvm, back_to_xen_cfg, connected
+from tests.xen.conftest import report
+
+pytestmark = pytest.mark.xen
+PYTHON = "/usr/bin/python3.11"
+FOLDER = "/tmp/natvm-qubesdb"
+SERVER = f"{FOLDER}/qubesdb_server.py"
+DATABASE = f"{FOLDER}/db.json"
+FIREWALL = f"/qubes-firewall/{A.address}"
+# What qubes-core-admin writes for a net VM with one client whose firewall drops TCP port 80
+# (qubes/vm/qubesvm.py create_qdb_entries, qubes/firewall.py): the rule keys, then the empty
+# key that says the set is complete.
+ENTRIES = {
+    "/name": NETVM,
+    "/qubes-vm-type": "NetVM",
+    f"{FIREWALL}/policy": "accept",
+    f"{FIREWALL}/0000": "action=drop proto=tcp dstports=80-80",
+    FIREWALL: "",
+}
+MAKEDIRS = "import os, sys; os.makedirs(sys.argv[1], exist_ok=True)"
+STOP = "import os, signal, sys; os.killpg(int(sys.argv[1]), signal.SIGTERM)"
+EFFECT_TIMEOUT = 30.0
+
+
+def qubesdb(clients: Clients, *argv: str) -> dict[str, object]:
+    """Run the test QubesDB's script in the dom0; its JSON answer."""
+    output = clients.control.run(PYTHON, SERVER, *argv, timeout=60.0)
+    answer = json.loads(output.strip().splitlines()[-1])
+    assert isinstance(answer, dict), output
+    return answer
+
+
+@pytest.fixture(scope="module")
+def netvm(
+    nested: xenboot.NestedXen,
+    xen_host: xenhost.XenHost,
+    services: Services,
+    request: pytest.FixtureRequest,
+) -> Iterator[NetVm]:
+    clients = Clients(nested, xen_host.out / "client")
+    clients.control.run(PYTHON, "-c", MAKEDIRS, FOLDER)
+    clients.control.write(SERVER, Path(__file__).with_name("qubesdb_server.py").read_bytes())
+    clients.control.write(DATABASE, json.dumps(ENTRIES))
+    served: dict[str, object] = {}
+
+    def start_qubesdb(domid: int) -> None:
+        served.update(qubesdb(clients, "start", str(domid), DATABASE, FOLDER))
+        report(request, f"Xen tier QubesDB: {served}")
+
+    since = len(nested.console.lines)
+    problem = as_netvm(clients, nested, start_qubesdb)
+    booted: list[Booted] = []
+    if not problem:
+        booted = clients.boot(A)
+        problem = connected(clients, booted)
+    yield NetVm(clients, booted, problem, since)
+    clients.destroy(A.name)
+    if "pid" in served:
+        clients.control.run(PYTHON, "-c", STOP, str(served["pid"]), check=False)
+    print(clients.control.run(PYTHON, "-c", f"print(open('{FOLDER}/log').read())", check=False))
+    clients.control.run(PYTHON, "-c", f"import shutil; shutil.rmtree('{FOLDER}')", check=False)
+    back_to_xen_cfg(clients, nested)
+
+
+@pytest.fixture(scope="module")
+def port_8080(topology: Topology, services: Services) -> Iterator[int]:
+    with second_web_server(topology, services) as port:
+        yield port
+
+
+def fetch(clients: Clients, port: int) -> tuple[int, str, float]:
+    """busybox wget's status, its output and how long it took, from client A."""
+    started = time.monotonic()
+    url = f"http://{SERVER_A}:{port}/index.html"
+    result = clients.run(A, f"timeout 20 wget -q -O - {url} 2>&1")
+    return result.status, result.text, time.monotonic() - started
+
+
+def natvm_lines(netvm: NetVm, start: int = 0) -> list[str]:
+    return [line.text for line in netvm.clients.console.lines[start:] if line.source == NETVM]
+
+
+def test_natvm_reads_its_rules_from_qubesdb_over_the_vchan(netvm: NetVm) -> None:
+    netvm.require()
+    lines = natvm_lines(netvm, netvm.since)
+    connected_line = "natvm: qubesdb: connected to /local/domain/0/data/vchan/"
+    assert any(line.startswith(connected_line) for line in lines), lines
+    assert f"natvm: qubesdb: database read, {len(ENTRIES)} keys" in lines
+    assert f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept" in lines
+
+
+def test_port_80_is_refused_at_once_and_8080_fetched_then_a_live_change_opens_80(
+    netvm: NetVm, services: Services, port_8080: int, request: pytest.FixtureRequest
+) -> None:
+    clients = netvm.require()
+    before = netvm.counter("drop_firewall")
+    status, output, took = fetch(clients, 80)
+    # ICMP 3/13 from natvm: Linux makes it EHOSTUNREACH, at once, not the 20 s timeout
+    assert status != 0 and took < 10, (status, output, took)
+    assert "No route to host" in output, output
+    deadline = time.monotonic() + 30  # natvm prints its stats at most every 10 s
+    while netvm.counter("drop_firewall") <= before:
+        assert time.monotonic() < deadline, "natvm did not count the refused connection"
+        time.sleep(1)
+    status, output, _ = fetch(clients, port_8080)
+    assert status == 0 and services.wan_index.decode().strip() in output, output
+
+    mark = len(clients.console.lines)
+    rule = [f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80"]
+    change = {"write": [rule, [FIREWALL, ""]]}
+    written = time.monotonic()
+    acknowledged = qubesdb(clients, "send", FOLDER, json.dumps(change))
+    assert acknowledged["acknowledged"] is True, acknowledged
+    in_force = f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept"
+    line = clients.console.wait_for(
+        lambda line: line.source == NETVM and line.text == in_force,
+        "natvm's line for the new rules",
+        EFFECT_TIMEOUT,
+        NETVM,
+        mark,
+    )
+    logged = line.at + clients.console.started - written
+    while True:
+        status, output, _ = fetch(clients, 80)
+        if status == 0 or time.monotonic() - written > EFFECT_TIMEOUT:
+            break
+    fetched = time.monotonic() - written
+    assert status == 0 and services.wan_index.decode().strip() in output, output
+    report(
+        request,
+        f"Xen tier QubesDB: rule change pushed and acknowledged by natvm in"
+        f" {float(str(acknowledged['seconds'])):.2f} s (dom0's count); from the test's write:"
+        f" natvm's log line {logged:.1f} s, the page on port 80 {fetched:.1f} s",
+    )
