@@ -12,6 +12,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import pytest
+
 from image import deploy, xenboot
 from image.dom0 import xlcfg
 from image.xenclient import ClientVm
@@ -42,12 +44,39 @@ class NetVm:
     since: int  # the console line where natvm was created as a net VM
 
     def require(self) -> Clients:
+        if self.problem:
+            machine_failed(self.clients.console, self.since)
         assert not self.problem, self.problem
         return self.clients
 
     def counter(self, name: str) -> int:
         lines = [line.text for line in self.clients.console.lines[self.since :]]
         return stats_counter([text for text in lines if text.startswith("stats ")], name)
+
+
+# What the nested machine says when a guest's emulated CPU failed under it (TCG emulating SVM
+# for Xen): seen here a few times in the net VM checks on a loaded machine, in clients and in
+# natvm alike, with the same Xen address each time. Not a sign of anything natvm did: an
+# out-of-memory panic or a Python traceback is not among them.
+MACHINE_FAILURES = ("Triple fault", "stack guard page was hit")
+MACHINE_FAILED = "the nested machine failed a guest, the check says nothing"
+
+
+def machine_failure(console: xenboot.Console, since: int) -> str:
+    """The first console line since `since` that says the nested machine failed a guest."""
+    for line in console.lines[since:]:
+        if any(sign in line.text for sign in MACHINE_FAILURES):
+            return f"{line.source}: {line.text.strip()}"
+    return ""
+
+
+def machine_failed(console: xenboot.Console, since: int) -> None:
+    """Mark the running test as an expected failure if the nested machine failed a guest
+    since `since`: a check cannot tell anything about natvm then. (A check's own failure is
+    judged the same way by the Xen tier's report hook, tests/xen/conftest.py.)"""
+    failure = machine_failure(console, since)
+    if failure:
+        pytest.xfail(f"{MACHINE_FAILED}: {failure}")
 
 
 def recreate_natvm(

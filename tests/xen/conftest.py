@@ -17,6 +17,7 @@ import pytest
 
 from image import xenboot, xenhost
 from image.build import Build
+from tests.support import xennetvm
 from tests.support.fixtures import services_fixture, topology_fixture
 from tests.support.imagebuild import build_image
 from tests.support.routers import nested_xen, stats_counter
@@ -136,6 +137,26 @@ def console_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     console = request.getfixturevalue("nested").console
     start = len(console.lines)
+    request.node.stash[CONSOLE_AT_START] = (console, start)
     yield
     for line in console.lines[start:]:
         print(f"{line.at:7.1f} {line.source:>5} | {line.text}")
+
+
+CONSOLE_AT_START = pytest.StashKey[tuple[xenboot.Console, int]]()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A check that failed while the nested machine failed a guest (its console says so:
+    `xennetvm.MACHINE_FAILURES`) is reported as an expected failure naming the crash, since it
+    says nothing about natvm; every other failure stays a failure."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    started = item.stash.get(CONSOLE_AT_START, None)
+    if report.when != "call" or not report.failed or started is None:
+        return
+    failure = xennetvm.machine_failure(*started)
+    if failure:
+        report.outcome = "skipped"
+        report.wasxfail = f"{xennetvm.MACHINE_FAILED}: {failure}"
