@@ -204,7 +204,8 @@ class Console:
                     if self.ended.is_set()
                     else f"{timeout:.0f} s passed"
                 )
-                cause = self.first(lambda line: any(m in line.text for m in _FAILURE_MARKS))
+                # From `start` on: an older failure (a test's deliberate fatal word) is not why.
+                cause = self.first(lambda line: any(m in line.text for m in _FAILURE_MARKS), start)
                 said = f"; {cause.source} said: {cause.text}" if cause else ""
                 raise BootError(f"{what}: {ending}{said}\n{self.tails(guest)}")
             time.sleep(0.1)

@@ -19,7 +19,7 @@ from image.dom0 import xlcfg
 from image.xenclient import ClientVm
 from tests.support.routers import stats_counter
 from tests.support.topology import SERVER_A
-from tests.support.xenclients import CONNECTED, XL, Booted, Clients
+from tests.support.xenclients import CONNECTED, MACHINE_FAILURES, XL, Booted, Clients
 
 NETVM = "natvm"  # xen.cfg's name
 GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' netvm gateway)
@@ -29,7 +29,7 @@ GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' net
 NETVM_WORDS = (*deploy.NETVM_WORDS, f"natvm.lan.ip={GATEWAY}/24", f"natvm.dns={SERVER_A}")
 A = ClientVm("netvm-client-a", "10.137.0.2", GATEWAY, NETVM)
 B = ClientVm("netvm-client-b", "10.137.0.3", GATEWAY, NETVM)
-READY_TIMEOUT = 300.0  # as the session boot's: natvm's boot takes 25-150 s here
+READY_TIMEOUT = 300.0  # as the tier boot's: natvm's boot takes 25-150 s here
 CONNECT_TIMEOUT = 60.0
 
 
@@ -54,11 +54,6 @@ class NetVm:
         return stats_counter([text for text in lines if text.startswith("stats ")], name)
 
 
-# What the nested machine says when a guest's emulated CPU failed under it (TCG emulating SVM
-# for Xen): seen here a few times in the net VM checks on a loaded machine, in clients and in
-# natvm alike, with the same Xen address each time. Not a sign of anything natvm did: an
-# out-of-memory panic or a Python traceback is not among them.
-MACHINE_FAILURES = ("Triple fault", "stack guard page was hit")
 MACHINE_FAILED = "the nested machine failed a guest, the check says nothing"
 
 
@@ -119,15 +114,6 @@ def as_netvm(
     except xenboot.BootError as error:
         return error.message.splitlines()[0]
     return "" if ready(seen) else f"natvm as a net VM: {seen.text}"
-
-
-def back_to_xen_cfg(clients: Clients, nested: xenboot.NestedXen) -> None:
-    """natvm created from xen.cfg again, as the session's boot left it."""
-    mark = len(nested.console.lines)
-    recreate_natvm(clients, "xen.cfg")
-    nested.console.wait_for(
-        xenboot.is_ready(NETVM), "natvm's xen.cfg again", READY_TIMEOUT, NETVM, mark
-    )
 
 
 def memory_steps(lines: list[str]) -> str:

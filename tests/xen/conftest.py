@@ -3,9 +3,12 @@
 QEMU (TCG) boots Xen and the test dom0 of `invoke build --xen-host` (built once per session into
 a directory of the session's own, as the image is); the dom0 bridges QEMU's two NICs, taps in the
 router namespace exactly as the VM tier's, to natvm's vifs and runs `xl create` on the session
-build's xen.cfg as built. One nested boot serves every test; the whole serial console (Xen, the
-dom0 and natvm's hvc0 as `xl console` streams it) goes to a file, and each test's report carries
-the console lines that came during it.
+build's xen.cfg as built. Each test file gets a nested boot of its own: one machine for the
+whole tier ran for half an hour, and late in that run Xen reported guests' CPUs failing (triple
+faults) on nearly every domain it created, in the files that passed alone; a fresh machine per
+file costs a boot (about a minute) and keeps what one file leaves out of the next. The whole
+serial console (Xen, the dom0 and natvm's hvc0 as `xl console` streams it) goes to a file, and
+each test's report carries the console lines that came during it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from tests.support.fixtures import services_fixture, topology_fixture
 from tests.support.imagebuild import build_image
 from tests.support.routers import nested_xen, stats_counter
 from tests.support.topology import Attach, Topology
+from tests.support.xenclients import Booted
 
 BOOT_TIMEOUT = 300.0  # QEMU start to natvm's READY: about 50 s here
 GUEST = "natvm"
@@ -80,6 +84,17 @@ topology = topology_fixture("session", "xen-", Attach.TAP)
 services = services_fixture("session")
 
 
+def report_failed_boots(request: pytest.FixtureRequest, booted: list[Booted]) -> None:
+    """A line for each client the nested machine failed while it booted (created again)."""
+    for client in booted:
+        for failure in client.failed_boots:
+            report(
+                request,
+                f"Xen tier: {client.vm.name} created again, the nested machine failed"
+                f" its boot ({failure})",
+            )
+
+
 def memory_report(nested: xenboot.NestedXen) -> str:
     """What the nested machine uses: QEMU's resident memory on the host, each domain's
     allocation (xl list), and what the dom0 has left."""
@@ -97,7 +112,7 @@ def memory_report(nested: xenboot.NestedXen) -> str:
     )
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nested(
     topology: Topology,
     image: Build,
@@ -112,18 +127,19 @@ def nested(
             log.write(f"{line.at:7.1f} {line.source:>5} | {line.text}\n")
             log.flush()
 
-        report(request, f"Xen tier console: {work / 'console.log'}")
+        where = request.node.name  # the test file
+        report(request, f"Xen tier console ({where}): {work / 'console.log'}")
         with nested_xen(xen_host.out, topology, work, image.out / "xen.cfg", echo) as booted:
             try:
                 split = booted.wait_booted(BOOT_TIMEOUT)
             except xenboot.BootError as error:
                 pytest.fail(str(error), pytrace=False)
-            report(request, f"Xen tier boot split: {split}")
+            report(request, f"Xen tier boot split ({where}): {split}")
             report(request, f"Xen tier {memory_report(booted)}")
             yield booted
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def nat(nested: xenboot.NestedXen) -> XenNat:
     return XenNat(nested)
 

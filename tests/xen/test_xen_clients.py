@@ -15,7 +15,7 @@ import pytest
 from image import xenboot, xenhost
 from image.xenclient import NETBACK_MAC, ClientVm
 from tests.support.xenclients import CONNECTED, INIT_WAIT, Booted, Clients
-from tests.xen.conftest import memory_report, report
+from tests.xen.conftest import memory_report, report, report_failed_boots
 
 pytestmark = pytest.mark.xen
 NETVM = "natvm"
@@ -40,6 +40,7 @@ def booted(
 ) -> list[Booted]:
     before = memory_report(nested)
     up = clients.boot(A, B)
+    report_failed_boots(request, up)
     for client in up:
         report(
             request,

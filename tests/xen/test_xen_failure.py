@@ -18,7 +18,7 @@ pytestmark = pytest.mark.xen
 
 @pytest.fixture(scope="module")
 def wired() -> Iterator[Topology]:
-    """Namespaces of this module's own: the session's nested boot keeps the tier's taps."""
+    """Namespaces of this module's own: this nested boot is not the tier's, and not on its taps."""
     with topology(session_prefix() + "xenfail-", Attach.TAP) as built:
         yield built
 

@@ -29,11 +29,10 @@ from tests.support.xennetvm import (
     B,
     NetVm,
     as_netvm,
-    back_to_xen_cfg,
     connected,
     memory_steps,
 )
-from tests.xen.conftest import report
+from tests.xen.conftest import report, report_failed_boots
 
 SPOOFED = "10.137.0.99"
 pytestmark = pytest.mark.xen
@@ -53,6 +52,7 @@ def netvm(
     if not problem:
         started = time.monotonic()
         booted = clients.boot(A, B)
+        report_failed_boots(request, booted)
         problem = connected(clients, booted)
         report(
             request,
@@ -63,7 +63,6 @@ def netvm(
     yield NetVm(clients, booted, problem, since)
     for vm in (A, B):
         clients.destroy(vm.name)
-    back_to_xen_cfg(clients, nested)
 
 
 def attach_again(clients: Clients, vm: ClientVm, request: pytest.FixtureRequest) -> None:

@@ -24,8 +24,8 @@ from image import xenboot, xenhost
 from tests.support.services import Services, second_web_server
 from tests.support.topology import SERVER_A, Topology
 from tests.support.xenclients import Booted, Clients
-from tests.support.xennetvm import NETVM, A, NetVm, as_netvm, back_to_xen_cfg, connected
-from tests.xen.conftest import report
+from tests.support.xennetvm import NETVM, A, NetVm, as_netvm, connected
+from tests.xen.conftest import report, report_failed_boots
 
 pytestmark = pytest.mark.xen
 PYTHON = "/usr/bin/python3.11"
@@ -78,6 +78,7 @@ def netvm(
     booted: list[Booted] = []
     if not problem:
         booted = clients.boot(A)
+        report_failed_boots(request, booted)
         problem = connected(clients, booted)
     yield NetVm(clients, booted, problem, since)
     clients.destroy(A.name)
@@ -85,7 +86,6 @@ def netvm(
         clients.control.run(PYTHON, "-c", STOP, str(served["pid"]), check=False)
     print(clients.control.run(PYTHON, "-c", f"print(open('{FOLDER}/log').read())", check=False))
     clients.control.run(PYTHON, "-c", f"import shutil; shutil.rmtree('{FOLDER}')", check=False)
-    back_to_xen_cfg(clients, nested)
 
 
 @pytest.fixture(scope="module")
