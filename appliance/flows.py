@@ -135,11 +135,12 @@ class Mapping(Session):
     """An internal endpoint bound to an external port, and its sessions.
 
     Most mappings only ever have one session, so a mapping *is* its first session (it inherits
-    the session's fields; `mapping.mapping is mapping`), and further sessions, rare, sit in
-    `others`. That saves a dict, a key tuple and an object per mapping (the table's memory is
-    one of the appliance's figures). When the mapping's own session goes while others live, its
-    slot is vacant (`remote_addr` is `_VACANT`, which no 4-byte address equals) until the next
-    new session fills it.
+    the session's fields; `mapping.mapping is mapping`, a property rather than a stored
+    reference, which would make every mapping a cycle that only the cyclic garbage collector
+    frees), and further sessions, rare, sit in `others`. That saves a dict, a key tuple and an
+    object per mapping (the table's memory is one of the appliance's figures). When the
+    mapping's own session goes while others live, its slot is vacant (`remote_addr` is
+    `_VACANT`, which no 4-byte address equals) until the next new session fills it.
     """
 
     __slots__ = ("ext_port", "forwarded", "int_addr", "int_port", "others", "proto")
@@ -148,13 +149,21 @@ class Mapping(Session):
         self, proto: int, int_addr: bytes, int_port: int, ext_port: int, forwarded: bool
     ) -> None:
         super().__init__(_VACANT, 0)
-        self.mapping = self
         self.proto = proto
         self.int_addr = int_addr
         self.int_port = int_port
         self.ext_port = ext_port
         self.forwarded = forwarded
         self.others: dict[tuple[bytes, int], Session] | None = None
+
+    @property
+    def mapping(self) -> "Mapping":
+        return self
+
+    @mapping.setter
+    def mapping(self, value: "Mapping") -> None:
+        """Nothing to store: copy.deepcopy and pickle restore slots by name, `mapping` among
+        them, with the copy itself as the value."""
 
     def session(self, remote_addr: bytes, remote_port: int) -> Session | None:
         """The session with that remote endpoint, if there is one."""
