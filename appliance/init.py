@@ -42,7 +42,7 @@ from pathlib import Path
 from appliance import config as config_module
 from appliance import driverdomain, linux, memcg, qubesdblink, shell
 from appliance.config import ConfigError
-from appliance.xenstore import Xenstore
+from appliance.xenstore import XENBUS_DEVICE, Xenstore
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 MODULE_LIST = Path("/etc/natvm/modules")
@@ -53,6 +53,9 @@ STATE_DIR = Path("/run/natvm")  # on the rootfs, a tmpfs: memory, gone with the 
 EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexits' EX_CONFIG)
 RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 0.5, 30.0  # seconds
 STABLE_SECONDS = 30.0  # a child that lived this long is restarted at once
+# How long the net VM waits for QubesDB's database at start: dom0 answers in well under a
+# second; nested under TCG here, a few.
+QUBESDB_WAIT = 15.0
 
 _MOUNTS = (
     ("proc", "/proc", "proc"),
@@ -278,25 +281,33 @@ def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> 
 def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     """natvm as a Qubes-style net VM: the uplink up as the WAN NIC is in `run_appliance`, and
     the clients' vifs, which xen-netback creates as the toolstack adds them, served as they
-    come and go (appliance/driverdomain.py). When dom0 offers QubesDB, the clients' firewall
-    rules come from it as they change (appliance/qubesdblink.py). Interfaces created later
-    inherit the `default` sysctls written here."""
+    come and go (appliance/driverdomain.py). When dom0 offers QubesDB, natvm's own addresses
+    and the clients' firewall rules come from it (appliance/qubesdblink.py). Interfaces created
+    later inherit the `default` sysctls written here."""
+    link = None
+    if os.path.exists(XENBUS_DEVICE):  # else serve_vifs says what is missing
+        store = Xenstore.open()  # requests at start only: closed once the link is made
+        try:
+            link = qubesdblink.connect(store, log)
+        finally:
+            store.close()
+    if link is not None:
+        if not link.sync(QUBESDB_WAIT):
+            log(f"qubesdb: no database after {QUBESDB_WAIT:.0f} s; the configuration's addresses")
+        config = qubesdblink.uplink(config, link.client.entries, log)
     linux.write_sysctls(nic_sysctls((wan,)))
     linux.bring_up(wan)
     log(f"WAN {wan} {config.wan.address}  netvm gateway {config.lan.address}  ({uptime():.2f} s)")
     meminfo = Path("/proc/meminfo").read_text()
     log(f"memory: {memory_summary(meminfo)}")
-    shell.run_netvm(config, wan, watch=serve_clients)
+    shell.run_netvm(config, wan, watch=functools.partial(serve_clients, link))
 
 
-def serve_clients(served: shell.NetVmShell) -> None:
+def serve_clients(link: qubesdblink.QubesDbLink | None, served: shell.NetVmShell) -> None:
     """The sources of the net VM's clients and their rules, on the shell's loop."""
     driverdomain.serve_vifs(served, log)
-    store = Xenstore.open()  # requests at start only: closed once the link is set up
-    try:
-        qubesdblink.serve_qubesdb(served, store, log)
-    finally:
-        store.close()
+    if link is not None:
+        qubesdblink.serve_qubesdb(served, link)
 
 
 def exit_cause(status: int) -> str:

@@ -7,12 +7,16 @@ its messages with its own copy of struct qdb_hdr. The engine is a real NetVm: th
 force are read back from it.
 """
 
+import os
 import struct
-from ipaddress import IPv4Address
+from collections.abc import Iterator
+from ipaddress import IPv4Address, IPv4Interface
 
-from appliance.config import apply_overrides, load_config
+import pytest
+
+from appliance.config import ApplianceConfig, apply_overrides, load_config
 from appliance.netvm import NetVm
-from appliance.qubesdblink import QubesDbLink
+from appliance.qubesdblink import QubesDbLink, uplink
 from appliance.rules import Action
 from appliance.vchan import Rings
 from tests.support import REPO
@@ -37,9 +41,10 @@ class MemoryVchan:
         self.rings = Rings(view, view[1024:2048], view[2048:4096])
         self.closed = False
         self.kicks = 0
+        self.event_fd = -1  # the event channel's fd; -1: never readable
 
     def fileno(self) -> int:
-        return -1
+        return self.event_fd
 
     def consume_events(self) -> None:
         pass
@@ -77,11 +82,15 @@ class MemoryVchan:
         return data
 
 
-def linked() -> tuple[MemoryVchan, NetVm, QubesDbLink, list[str]]:
+def netvm_config() -> ApplianceConfig:
     words = {"natvm.netvm": ["1"], "natvm.forward": ["none"], "natvm.lan.ip": ["10.137.0.1/24"]}
-    config = apply_overrides(load_config(REPO / "ops-config.json"), words)
+    return apply_overrides(load_config(REPO / "ops-config.json"), words)
+
+
+def linked() -> tuple[MemoryVchan, NetVm, QubesDbLink, list[str]]:
+    config = netvm_config()
     vchan, netvm, logged = MemoryVchan(), NetVm(config, bytes(6)), list[str]()
-    link = QubesDbLink(vchan, netvm, logged.append)
+    link = QubesDbLink(vchan, logged.append, netvm)
     link.service()
     return vchan, netvm, link, logged
 
@@ -140,3 +149,91 @@ def test_a_tick_kicks_dom0_while_it_leaves_our_request_unread() -> None:
     vchan.dom0_recv()
     link.tick()
     assert vchan.kicks == 1
+
+
+DUMP = [(f"{BASE}/policy", "accept"), (f"{BASE}/0000", "action=drop proto=tcp dstports=80-80")]
+
+
+def dumped(vchan: MemoryVchan, *entries: tuple[str, str]) -> None:
+    """dom0's answer to the MULTIREAD: the entries, then the empty path that ends it."""
+    vchan.dom0_send(b"".join(message(RESP_MULTIREAD, k, v) for k, v in entries))
+    vchan.dom0_send(message(RESP_MULTIREAD, ""))
+
+
+@pytest.fixture
+def event_channel() -> Iterator[tuple[int, int]]:
+    """A pipe standing for the event channel: readable once its write end is written."""
+    read_end, write_end = os.pipe()
+    yield read_end, write_end
+    os.close(read_end)
+    os.close(write_end)
+
+
+def test_the_start_waits_for_the_dump_and_holds_the_rules_until_the_engine_is_there(
+    event_channel: tuple[int, int],
+) -> None:
+    vchan, logged = MemoryVchan(), list[str]()
+    vchan.event_fd, notify = event_channel
+    link = QubesDbLink(vchan, logged.append)
+    link.service()
+    dumped(vchan, *DUMP, (BASE, ""), ("/qubes-ip", "192.0.2.7"))
+    os.write(notify, b"!")
+    assert link.sync(timeout=5.0) and link.synced
+    assert link.client.entries["/qubes-ip"] == "192.0.2.7"
+    assert logged == ["qubesdb: database read, 4 keys"]  # no rules in force: no engine yet
+    netvm = NetVm(netvm_config(), bytes(6))
+    link.attach(netvm)
+    assert logged[-1] == f"qubesdb: rules of {CLIENT} in force: 1 rule(s), policy accept"
+    assert netvm.firewalls[CLIENT.packed].rules.rules[0].action is Action.DROP
+    assert link.held == {}
+
+
+def test_the_start_gives_up_waiting_for_a_silent_dom0(event_channel: tuple[int, int]) -> None:
+    vchan, logged = MemoryVchan(), list[str]()
+    vchan.event_fd, _ = event_channel
+    link = QubesDbLink(vchan, logged.append)
+    assert not link.sync(timeout=0.3)
+    assert logged == [] and link.link is vchan  # still open: the shell serves it later
+
+
+def test_natvm_takes_its_addresses_from_qubesdb_and_the_configuration_the_rest() -> None:
+    config, logged = netvm_config(), list[str]()
+    entries = {
+        "/qubes-ip": "192.0.2.7",
+        "/qubes-netmask": "255.255.255.0",
+        "/qubes-gateway": "192.0.2.1",
+        "/qubes-primary-dns": "198.51.100.10",
+        "/qubes-netvm-gateway": "10.137.0.1",
+    }
+    configured = uplink(config, entries, logged.append)
+    assert configured.wan.address == IPv4Interface("192.0.2.7/24")
+    assert str(configured.wan.gateway) == "192.0.2.1"
+    assert [str(server) for server in configured.nat.dns_servers] == ["198.51.100.10"]
+    assert configured.lan.address == IPv4Interface("10.137.0.1/24")
+    assert configured.nat == config.nat.__class__(
+        **{**config.nat.__dict__, "dns_servers": configured.nat.dns_servers}
+    )
+    assert logged == [
+        "qubesdb: uplink 192.0.2.7/24 gateway 192.0.2.1, dns 198.51.100.10,"
+        " clients' gateway 10.137.0.1"
+    ]
+    # sys-net's database has no uplink keys: the configuration stays, in silence
+    assert uplink(config, {"/name": "sys-net"}, logged.append) is config
+    assert len(logged) == 1
+
+
+@pytest.mark.parametrize(
+    ("entries", "why"),
+    [
+        ({"/qubes-ip": "192.0.2.x", "/qubes-netmask": "255.255.255.0"}, "/qubes-ip: '192.0.2.x'"),
+        ({"/qubes-gateway": "10.0.0.1"}, "10.0.0.1"),  # not in the WAN's subnet
+    ],
+)
+def test_an_address_qubesdb_gets_wrong_leaves_the_configurations_in_one_line(
+    entries: dict[str, str], why: str
+) -> None:
+    config, logged = netvm_config(), list[str]()
+    assert uplink(config, entries, logged.append) is config
+    assert len(logged) == 1 and why in logged[0], logged
+    assert logged[0].startswith("qubesdb: not used for the addresses (")
+    assert logged[0].endswith("); the configuration's stay")

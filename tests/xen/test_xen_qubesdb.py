@@ -1,8 +1,10 @@
-"""natvm's firewall rules from QubesDB over a real vchan (issue: QubesDB and live rules).
+"""natvm's addresses and firewall rules from QubesDB over a real vchan (issue: QubesDB and
+live rules).
 
 As Qubes does, natvm is created paused as the net VM (tests/support/xennetvm.py), its QubesDB
 is started in dom0 for its domain id (tests/xen/qubesdb_server.py: vchan-socket-proxy as the
 vchan server and a Python stand-in for qubesdb-daemon), then natvm runs. The database holds
+natvm's uplink (an address the configuration does not have, which natvm must use) and
 Qubes' rules for client A: accept, but TCP to port 80 dropped. From inside A, with the WAN
 side's web servers at the other end: port 80 is refused at once (natvm answers ICMP
 administratively prohibited, which Linux turns into EHOSTUNREACH), port 8080 is fetched; then
@@ -22,9 +24,10 @@ import pytest
 
 from image import xenboot, xenhost
 from tests.support.services import Services, second_web_server
+from tests.support.topology import GATEWAY as WAN_GATEWAY
 from tests.support.topology import SERVER_A, Topology
 from tests.support.xenclients import Booted, Clients
-from tests.support.xennetvm import NETVM, A, NetVm, as_netvm, connected
+from tests.support.xennetvm import GATEWAY, NETVM, A, NetVm, as_netvm, connected
 from tests.xen.conftest import report, report_failed_boots
 
 pytestmark = pytest.mark.xen
@@ -36,9 +39,17 @@ FIREWALL = f"/qubes-firewall/{A.address}"
 # What qubes-core-admin writes for a net VM with one client whose firewall drops TCP port 80
 # (qubes/vm/qubesvm.py create_qdb_entries, qubes/firewall.py): the rule keys, then the empty
 # key that says the set is complete.
+# natvm's own addresses as Qubes gives a net VM behind another one: an uplink address that is
+# not the configuration's (192.0.2.2), so what natvm uses shows where it came from.
+UPLINK = "192.0.2.7"
 ENTRIES = {
     "/name": NETVM,
     "/qubes-vm-type": "NetVM",
+    "/qubes-ip": UPLINK,
+    "/qubes-netmask": "255.255.255.0",
+    "/qubes-gateway": WAN_GATEWAY,
+    "/qubes-primary-dns": SERVER_A,
+    "/qubes-netvm-gateway": GATEWAY,
     f"{FIREWALL}/policy": "accept",
     f"{FIREWALL}/0000": "action=drop proto=tcp dstports=80-80",
     FIREWALL: "",
@@ -113,6 +124,20 @@ def test_natvm_reads_its_rules_from_qubesdb_over_the_vchan(netvm: NetVm) -> None
     assert any(line.startswith(connected_line) for line in lines), lines
     assert f"natvm: qubesdb: database read, {len(ENTRIES)} keys" in lines
     assert f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept" in lines
+
+
+def test_natvm_takes_its_uplink_address_from_qubesdb(netvm: NetVm) -> None:
+    """The address natvm's engine uses on the WAN is QubesDB's, not the configuration's (the
+    fetches below cross the NAT on it: the WAN side's router finds it by ARP)."""
+    netvm.require()
+    lines = natvm_lines(netvm, netvm.since)
+    taken = (
+        f"natvm: qubesdb: uplink {UPLINK}/24 gateway {WAN_GATEWAY}, dns {SERVER_A},"
+        f" clients' gateway {GATEWAY}"
+    )
+    assert taken in lines, lines
+    ready = [line for line in lines if line.startswith("READY ")]
+    assert ready and ready[-1].startswith(f"READY wan=eth0 {UPLINK}/24 "), ready
 
 
 def test_port_80_is_refused_at_once_and_8080_fetched_then_a_live_change_opens_80(
