@@ -10,7 +10,9 @@ side's web servers at the other end: port 80 is refused at once (natvm answers I
 administratively prohibited, which Linux turns into EHOSTUNREACH), port 8080 is fetched; then
 the test changes the rule in QubesDB as qubes-core-admin does (the rule, then the empty write
 of /qubes-firewall/<ip>) and port 80 is fetched without a restart. Reported: the time from the
-write to natvm's acknowledgement, to its log line, and to the first page.
+write to natvm's acknowledgement, to its log line, and to the first page. Then a rule set that
+does not parse (natvm names the key, and what A can fetch stays as it was), and Qubes' "DNS
+only" set (accept specialtarget=dns, policy drop: A's query is answered, its fetch refused).
 """
 
 from __future__ import annotations
@@ -183,3 +185,66 @@ def test_port_80_is_refused_at_once_and_8080_fetched_then_a_live_change_opens_80
         f" {float(str(acknowledged['seconds'])):.2f} s (dom0's count); from the test's write:"
         f" natvm's log line {logged:.1f} s, the page on port 80 {fetched:.1f} s",
     )
+
+
+def change_rules(netvm: NetVm, *rules: tuple[str, str], expect: str) -> None:
+    """Write rule keys then the empty /qubes-firewall/<ip>, as qubes-core-admin does, and wait
+    for natvm's line `expect` (from its console)."""
+    clients = netvm.require()
+    mark = len(clients.console.lines)
+    change = {"write": [*map(list, rules), [FIREWALL, ""]]}
+    acknowledged = qubesdb(clients, "send", FOLDER, json.dumps(change))
+    assert acknowledged["acknowledged"] is True, acknowledged
+    clients.console.wait_for(
+        lambda line: line.source == NETVM and line.text == expect,
+        f"natvm's line {expect!r}",
+        EFFECT_TIMEOUT,
+        NETVM,
+        mark,
+    )
+
+
+def test_a_rule_set_that_does_not_parse_leaves_the_one_in_force_and_names_its_key(
+    netvm: NetVm, port_8080: int
+) -> None:
+    clients = netvm.require()
+    before = fetch(clients, port_8080)[0], fetch(clients, 80)[0]
+    bad = f"{FIREWALL}/0000"
+    change_rules(
+        netvm,
+        (bad, "action=drop proto=tcp dstports=eighty"),
+        expect=f"natvm: qubesdb: {bad}: dstports 'eighty' is not a number from 1 to 65535;"
+        " the previous rules stay",
+    )
+    assert (fetch(clients, port_8080)[0], fetch(clients, 80)[0]) == before
+
+
+def test_specialtarget_dns_lets_dns_through_a_drop_policy_and_nothing_else(
+    netvm: NetVm, services: Services, port_8080: int
+) -> None:
+    """Qubes' "DNS only" firewall: accept specialtarget=dns, policy drop. The query to Qubes'
+    virtual server reaches dnsmasq on the WAN side from natvm's uplink address (QubesDB's);
+    a page does not come."""
+    clients = netvm.require()
+    in_force = f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy drop"
+    change_rules(
+        netvm,
+        (f"{FIREWALL}/0000", "action=accept specialtarget=dns"),
+        (f"{FIREWALL}/policy", "drop"),
+        expect=in_force,
+    )
+    try:
+        answer = clients.run(A, f"timeout 20 nslookup -type=a {services.dns_name} 10.139.1.1")
+        assert answer.status == 0, answer.text
+        assert any(services.dns_answer in line for line in answer.lines), answer.text
+        queries = services.dnsmasq_log.read_text()
+        assert f"query[A] {services.dns_name} from {UPLINK}" in queries, queries
+        status, output, took = fetch(clients, port_8080)
+        assert status != 0 and "No route to host" in output and took < 10, (status, output)
+    finally:
+        change_rules(
+            netvm,
+            (f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80"),
+            (f"{FIREWALL}/policy", "accept"),
+            expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept",
+        )
