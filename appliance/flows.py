@@ -315,6 +315,7 @@ class FlowTable:
         self._heap: list[tuple[float, Session]] = []
         self._resting: deque[tuple[float, int, int]] = deque()  # (free at, proto, port)
         self._resting_ports: set[tuple[int, int]] = set()
+        self.reserved: set[tuple[int, int]] = set()  # (proto, port) of the appliance's own
         t = settings.timeouts
         self._timeouts = {UDP: t.udp, ICMP: t.icmp_query}
         self._tcp_established, self._tcp_transitory = t.tcp_established, t.tcp_transitory
@@ -601,10 +602,21 @@ class FlowTable:
         self.by_external[proto].put(ext_port, mapping)
         return mapping
 
+    def reserve(self, proto: int) -> int | None:
+        """An external port of the allocator's range for the appliance's own use (its DNS
+        queries), never given to a mapping; chosen at random like a mapping's (RFC 6056).
+        None if none is free."""
+        wanted = self.allocator.rng.randint(self.settings.port_first, self.settings.port_last)
+        port = self.allocator.choose(wanted, lambda port: self._port_free(proto, port))
+        if port is not None:
+            self.reserved.add((proto, port))
+        return port
+
     def _port_free(self, proto: int, port: int) -> bool:
         return (
             self.by_external[proto].get(port) is None
             and (proto, port) not in self._resting_ports
+            and (proto, port) not in self.reserved
             and self._forward_for_external(proto, port) is None
         )
 

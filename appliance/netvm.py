@@ -48,6 +48,14 @@ and qubes-antispoof.nft; qubes-mirage-firewall client_eth.ml and firewall.ml):
                  flow the table no longer holds go at `tick`). No upstream server:
                  "dns-no-upstream". Anything else to those addresses: "not-dns". ICMP errors
                  about such a query are not translated back.
+  dsthost        the host names of the rule sets in force are natvm's own to resolve
+                 (appliance/resolver.py, the state machine; Qubes: "dsthost needs a DNS lookup
+                 from the net VM"): at `tick` its queries leave from the WAN address and a UDP
+                 port reserved in the flow table (`resolver_port`) to the upstream servers, and
+                 a UDP packet from the uplink to that port is the resolver's, taken before the
+                 NAT sees it; what it does not take is counted ("dns-mismatched",
+                 "dns-malformed"). Each outcome is put in force (`resolve_host`) and noted for
+                 the shell's log (`notes`).
   detach         the client's flows, neighbour entry and DNS records go; other clients' stay.
 """
 
@@ -58,6 +66,7 @@ from ipaddress import IPv4Address
 from appliance.addresses import is_special
 from appliance.checksum import word
 from appliance.config import ApplianceConfig
+from appliance.dnsquery import DnsError, DnsMismatch
 from appliance.engine import Nat
 from appliance.flows import PortAllocator
 from appliance.frames import LAN, WAN, Offload
@@ -71,15 +80,20 @@ from appliance.packet import (
     ICMP_DEST_UNREACHABLE,
     ICMP_ECHO_REQUEST,
     ICMP_ERROR_TYPES,
+    IP_MF,
     IP_OFFSET_MASK,
     TCP,
     UDP,
     Drop,
     build_arp_frame,
     build_icmp_error,
+    build_ipv4,
+    check_l4,
+    fill_l4_checksum,
     parse_arp,
     parse_ipv4,
 )
+from appliance.resolver import Outcome, Resolver
 from appliance.rewrite import rewrite_endpoint
 from appliance.rules import Action, Firewall, RuleSet
 
@@ -140,6 +154,12 @@ class NetVm:
         }
         self._upstreams = frozenset(self.dns_upstream.values())
         self.firewalls: dict[bytes, Firewall] = {}  # by client address; see `set_rules`
+        # natvm's own DNS queries for the rules' host names (appliance/resolver.py), from the
+        # WAN address and a UDP port reserved in the flow table once the first query goes.
+        self.resolver = Resolver(servers, self.table.allocator.rng)
+        self.resolver_port: int | None = None
+        self._resolver_servers = frozenset(servers)
+        self.notes: list[str] = []  # lines for the shell's log, taken by it once a second
 
     # -- clients ---------------------------------------------------------------------------
 
@@ -197,9 +217,16 @@ class NetVm:
         if rules is None:
             self.firewalls.pop(ip.packed, None)
         elif firewall is None:
-            self.firewalls[ip.packed] = Firewall(rules)
+            firewall = self.firewalls[ip.packed] = Firewall(rules)
         else:
             firewall.replace(rules)
+        if firewall is not None and rules is not None:
+            for name in rules.hosts:  # names another rule set had resolved already
+                known = self.resolver.known(name)
+                if known is not None:
+                    firewall.resolve(name, known)
+        names = set().union(*(firewall.rules.hosts for firewall in self.firewalls.values()))
+        self._note(self.resolver.want(names))
 
     def resolve_host(self, name: str, addresses: Sequence[IPv4Address]) -> None:
         """The addresses of a dsthost name, for every rule set that names it."""
@@ -207,11 +234,20 @@ class NetVm:
             if name in firewall.rules.hosts:
                 firewall.resolve(name, addresses)
 
+    def _note(self, outcomes: Sequence[Outcome]) -> None:
+        for outcome in outcomes:
+            if outcome.addresses is not None:
+                self.resolve_host(outcome.name, outcome.addresses)
+            self.notes.append(outcome.line)
+
     # -- entry points ----------------------------------------------------------------------
 
     def handle(self, port: Port, frame: bytes, now: float, l4_verified: bool = False) -> PortOutput:
         """`Nat.handle` for a frame received on `port` (`WAN` or a client's)."""
         if port == WAN:
+            if self.resolver_port is not None and self._is_dns_answer(frame):
+                self._dns_answer(frame, now, not l4_verified)
+                return []
             return self._to_ports(self.nat.handle(WAN, frame, now, l4_verified))
         inner = self._from_client(port, frame, False, now)
         if not isinstance(inner, bytes):
@@ -222,6 +258,9 @@ class NetVm:
         self, port: Port, frame: bytes, now: float, offload: Offload
     ) -> PortOffloadOutput:
         """`Nat.handle_offload` for a frame received on `port` (`WAN` or a client's)."""
+        if port == WAN and self.resolver_port is not None and self._is_dns_answer(frame):
+            self._dns_answer(frame, now, False)  # a partial checksum: nothing to verify
+            return []
         if port != WAN:
             inner = self._from_client(port, frame, True, now)
             if not isinstance(inner, bytes):
@@ -240,8 +279,9 @@ class NetVm:
         return [(WAN, frame) for side, frame in self.nat.start(now) if side is WAN]
 
     def tick(self, now: float) -> PortOutput:
-        """Run the timers; call about once a second. Returns the frames to send."""
-        out = self._to_ports(self.nat.tick(now))
+        """Run the timers (the NAT's, the resolver's); call about once a second. Returns the
+        frames to send."""
+        out = self._to_ports(self.nat.tick(now)) + self._dns_queries(now)
         for client in self.clients.values():
             stale = [
                 key
@@ -251,6 +291,79 @@ class NetVm:
             for key in stale:
                 del client.dns[key]
         return out
+
+    # -- natvm's own DNS queries -----------------------------------------------------------
+
+    def _dns_queries(self, now: float) -> PortOutput:
+        """The resolver's queries due now, as frames on the uplink (or the ARP requests for
+        their next hop, while they wait for it)."""
+        queries, outcomes = self.resolver.poll(now)
+        self._note(outcomes)
+        if queries and self.resolver_port is None:
+            # A port of the NAT's own range, reserved in its table: `port_range` may cover
+            # every port (1-65535), so no port outside it can be counted on; reserved, the
+            # allocator never hands it to a mapping, and an answer to it is never taken for a
+            # client's. Chosen at random (RFC 5452 9.2: an off-path forger must guess it as
+            # well as the query ID), once: one port is all a few hundred names need.
+            self.resolver_port = self.table.reserve(UDP)
+            if self.resolver_port is None:
+                self.notes.append("dns: no free UDP port for natvm's queries; asked again later")
+                return []
+        if self.resolver_port is None:
+            return []
+        out: PortOutput = []
+        neighbours = self.nat.neighbours[WAN]
+        for query in queries:
+            next_hop = self.nat._wan_next_hop(query.server)
+            if next_hop is None:
+                self.counters.drop("dns-no-route")
+                continue
+            udp = (
+                self.resolver_port.to_bytes(2, "big")
+                + DNS_PORT.to_bytes(2, "big")
+                + (8 + len(query.message)).to_bytes(2, "big")
+                + b"\x00\x00"
+                + query.message
+            )
+            ip = build_ipv4(self.nat.wan_ip, query.server, UDP, udp)
+            fill_l4_checksum(ip)
+            for frame in neighbours.send(next_hop, [ip.buf], now):
+                self.counters.frames_out[WAN] += 1
+                out.append((WAN, frame))
+        return out
+
+    def _is_dns_answer(self, frame: bytes) -> bool:
+        """Whether a frame from the uplink is UDP to the resolver's port on the WAN address:
+        the resolver's, never the NAT's. A fragment is not (its answer fits 512 bytes)."""
+        if len(frame) < ETH_HEADER_LEN + 28 or frame[12:14] != _IPV4 or frame[23] != UDP:
+            return False
+        if word(frame, 20) & (IP_MF | IP_OFFSET_MASK) or frame[30:34] != self.nat.wan_ip:
+            return False
+        start = ETH_HEADER_LEN + (frame[14] & 0x0F) * 4
+        return len(frame) >= start + 8 and word(frame, start + 2) == self.resolver_port
+
+    def _dns_answer(self, frame: bytes, now: float, verify: bool) -> None:
+        """Give a DNS answer to the resolver, and what comes of it to the rules; a packet it
+        does not take is counted as dropped ("dns-mismatched", "dns-malformed", or the
+        codec's reason)."""
+        self.counters.frames_in[WAN] += 1
+        try:
+            ip = parse_ipv4(bytearray(memoryview(frame)[ETH_HEADER_LEN:]))
+            check_l4(ip, verify_checksum=verify)
+            if ip.src not in self._resolver_servers or word(ip.buf, ip.header_len) != DNS_PORT:
+                raise Drop("dns-mismatched")
+            outcome = self.resolver.receive(ip.src, bytes(ip.buf[ip.header_len + 8 :]), now)
+        except Drop as drop:
+            self.counters.drop(drop.reason)
+            return
+        except DnsMismatch:
+            self.counters.drop("dns-mismatched")
+            return
+        except DnsError:
+            self.counters.drop("dns-malformed")
+            return
+        if outcome is not None:
+            self._note([outcome])
 
     # -- from a client ---------------------------------------------------------------------
 

@@ -15,9 +15,10 @@ and natvm follows it:
   dst6       refused: natvm's clients are IPv4 (Qubes' agent also refuses dst6 for an IPv4
              client: "dst6 rule found for IPv4 address").
   dsthost    a name, resolved by the net VM. The rule keeps the name; the addresses come from
-             the shell (`Firewall.resolved`). Until they do, an accept rule with the name
-             matches nothing and a drop rule matches every destination: an unresolved name
-             errs towards dropping (Qubes' agent drops everything when a name fails to resolve).
+             natvm's own resolver (appliance/resolver.py, through `Firewall.resolve`). Until
+             they do, an accept rule with the name matches nothing and a drop rule matches
+             every destination: an unresolved name errs towards dropping (Qubes' agent drops
+             everything when a name fails to resolve).
   dstports   `a-b` (or one port), 1..65535; with proto tcp or udp, that protocol's
              destination port; without proto, TCP or UDP to those ports (the agent writes a
              tcp and a udp rule). With proto icmp it is an error.
@@ -91,7 +92,7 @@ class RuleSet:
 
     @property
     def hosts(self) -> frozenset[str]:
-        """The names of dsthost rules: what the shell must resolve."""
+        """The names of dsthost rules: what the net VM must resolve."""
         return frozenset(rule.dsthost for rule in self.rules if rule.dsthost is not None)
 
 
@@ -206,7 +207,7 @@ class Firewall:
         self.resolved = {name: self.resolved[name] for name in rules.hosts & self.resolved.keys()}
 
     def resolve(self, name: str, addresses: Iterable[IPv4Address]) -> None:
-        """The addresses of a dsthost name (from the shell's resolver)."""
+        """The addresses of a dsthost name (from the net VM's resolver)."""
         self.resolved[name] = frozenset(address.packed for address in addresses)
 
     def decide(

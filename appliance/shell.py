@@ -593,6 +593,14 @@ class NetVmShell(Shell[str]):
     ) -> None:
         super().__init__(netvm, {WAN: uplink[0]}, log, stats_interval, {WAN: uplink[1]})
         self.netvm, self.buffer_size = netvm, buffer_size
+        self.add_ticker(self.log_notes)
+
+    def log_notes(self) -> None:
+        """Log what the engine noted (its resolver's outcomes)."""
+        notes = self.netvm.notes
+        for line in notes:
+            self.log(line)
+        notes.clear()
 
     def attach(self, ifname: str, ip: IPv4Address, mac: bytes) -> None:
         """Serve the client with address `ip` and MAC `mac` on interface `ifname`; raises

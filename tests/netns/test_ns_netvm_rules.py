@@ -70,10 +70,12 @@ def nat(
     assert status == 0, f"exit status {status} on SIGTERM:\n" + "\n".join(appliance.output())
 
 
-def fetch(topology: NetVmTopology, ns: str, port: int) -> tuple[int, str, float]:
+def fetch(
+    topology: NetVmTopology, ns: str, port: int, server: str = SERVER_A
+) -> tuple[int, str, float]:
     """curl's exit status, its error line and how long it took."""
     started = time.monotonic()
-    url = f"http://{SERVER_A}:{port}/index.html"
+    url = f"http://{server}:{port}/index.html"
     out = topology.run(ns, "curl", "-sS", "--max-time", "20", url, check=False)
     return out.returncode, out.stderr.strip() or out.stdout, time.monotonic() - started
 

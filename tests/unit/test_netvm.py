@@ -6,6 +6,7 @@ from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
+from scapy.layers.dns import DNS, DNSRR
 from scapy.layers.inet import ICMP, IP, TCP, UDP, IPerror, TCPerror
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import Packet
@@ -21,6 +22,7 @@ from appliance.rules import Action, RuleSet, parse_rule_set
 from tests.unit.nat_harness import (
     GATEWAY_MAC,
     SERVER,
+    SERVER2,
     WAN_IP,
     WAN_MAC,
     assert_checksums_valid,
@@ -522,3 +524,116 @@ def test_a_dsthost_rule_uses_the_addresses_given_for_its_name(clients: Clients) 
     assert clients.one(A, syn(A, 443), A)[ICMP].code == 13  # not resolved yet: nothing matches
     clients.netvm.resolve_host("server.example", [IPv4Address(SERVER)])
     assert clients.one(A, syn(A, 443, sport=40001), WAN)[IP].dst == SERVER
+
+
+# -- dsthost names: natvm's own DNS queries ---------------------------------------------------
+
+
+def dns_query_out(clients: Clients, server: str = DNS1) -> Ether:
+    """The one frame natvm's tick sends: its DNS query, checked to leave as its own."""
+    out = [(port, Ether(frame)) for port, frame in clients.netvm.tick(clients.now)]
+    assert len(out) == 1 and out[0][0] == WAN, out
+    query = out[0][1]
+    assert_checksums_valid(query)
+    assert (query.src, query.dst) == (WAN_MAC, GATEWAY_MAC)
+    assert (query[IP].src, query[IP].dst, query[UDP].dport) == (WAN_IP, server, 53)
+    assert query[UDP].sport == clients.netvm.resolver_port
+    return query
+
+
+def gateway_arp_reply(config: ApplianceConfig) -> Ether:
+    gateway = config.wan.gateway
+    assert gateway is not None
+    return Ether(dst=WAN_MAC, src=GATEWAY_MAC) / ARP(
+        op=2, hwsrc=GATEWAY_MAC, psrc=str(gateway), hwdst=WAN_MAC, pdst=WAN_IP
+    )
+
+
+def dns_answer(query: Ether, *addresses: str, **fields: object) -> Packet:
+    asked = DNS(bytes(query[UDP].payload))
+    records = [DNSRR(rrname=asked.qd[0].qname, type="A", ttl=600, rdata=a) for a in addresses]
+    dns = DNS(id=asked.id, qr=1, rd=1, ra=1, qd=asked.qd, an=records)
+    for name, value in fields.items():
+        setattr(dns, name, value)
+    return IP(src=DNS1, dst=WAN_IP) / UDP(sport=53, dport=query[UDP].sport) / dns
+
+
+def test_a_dsthost_name_is_resolved_by_natvm_itself(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("drop", "action=accept proto=tcp dsthost=server.example")
+    )
+    query = dns_query_out(clients)
+    asked = DNS(bytes(query[UDP].payload))
+    assert (asked.rd, asked.qd[0].qname, asked.qd[0].qtype) == (1, b"server.example.", 1)
+    clients.nothing(WAN, dns_answer(query, SERVER))  # taken by the resolver, not the NAT
+    assert clients.netvm.notes == ["dns: server.example -> 198.51.100.10 (ttl 600 s)"]
+    assert clients.one(A, syn(A, 443), WAN)[IP].dst == SERVER
+    assert clients.one(A, syn(A, 443, dst=SERVER2), A)[ICMP].code == 13
+    assert clients.netvm.counters.drops.get("filtered", 0) == 0
+    assert clients.netvm.tick(clients.now + 599) == []  # asked again when its TTL runs out
+    clients.now += 600
+    clients.nothing(WAN, gateway_arp_reply(clients.netvm.config))  # long since forgotten
+    assert DNS(bytes(dns_query_out(clients)[UDP].payload)).qd[0].qname == b"server.example."
+
+
+def test_a_rule_set_naming_a_resolved_name_gets_its_addresses_at_once(clients: Clients) -> None:
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=s.ex"))
+    clients.nothing(WAN, dns_answer(dns_query_out(clients), SERVER))
+    clients.netvm.set_rules(IPv4Address(ip_of(B)), rules("drop", "action=accept dsthost=s.ex"))
+    assert clients.netvm.tick(clients.now) == []  # nothing to ask
+    assert clients.one(B, syn(B, 443), WAN)[IP].dst == SERVER
+
+
+def test_answers_natvm_did_not_ask_for_are_counted_and_change_nothing(clients: Clients) -> None:
+    clients.netvm.set_rules(
+        IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=server.example")
+    )
+    query = dns_query_out(clients)
+    forged = dns_answer(query, SERVER2)
+    forged[DNS].id ^= 1
+    clients.nothing(WAN, forged)
+    from_elsewhere = dns_answer(query, SERVER2)
+    from_elsewhere[IP].src = SERVER2
+    clients.nothing(WAN, from_elsewhere)
+    wrong_port = dns_answer(query, SERVER2)
+    wrong_port[UDP].sport = 5353
+    clients.nothing(WAN, wrong_port)
+    assert clients.dropped("dns-mismatched") == 3
+    cut = bytes(dns_answer(query, SERVER)[DNS])[:20]  # its ID, then nothing whole
+    garbled = IP(src=DNS1, dst=WAN_IP) / UDP(sport=53, dport=query[UDP].sport) / cut
+    clients.nothing(WAN, garbled)
+    assert clients.dropped("dns-malformed") == 1
+    assert clients.netvm.notes == []
+    clients.nothing(WAN, dns_answer(query, SERVER))  # the real answer still counts
+    assert clients.netvm.notes == ["dns: server.example -> 198.51.100.10 (ttl 600 s)"]
+
+
+def test_the_resolvers_port_is_never_a_mappings(clients: Clients) -> None:
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("accept", "action=drop dsthost=x.ex"))
+    port = dns_query_out(clients)[UDP].sport
+    out = clients.one(B, IP(src=ip_of(B), dst=SERVER) / UDP(sport=port, dport=7) / b"q", WAN)
+    assert out[UDP].sport != port  # port preservation gives way to the reservation
+    assert (UDP_PROTO, port) in clients.netvm.table.reserved
+
+
+def test_no_answer_is_asked_again_of_the_other_server_then_logged(clients: Clients) -> None:
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=s.ex"))
+    for server in (DNS1, DNS2, DNS1):
+        dns_query_out(clients, server)
+        clients.now += 2.0
+    assert clients.netvm.tick(clients.now) == []
+    assert clients.netvm.notes == [
+        f"dns: s.ex: failed after 3 tries (no answer from {DNS1}); again in 10 s"
+    ]
+
+
+def test_without_dns_servers_one_line_says_the_names_stay_unresolved(
+    netvm_config: ApplianceConfig,
+) -> None:
+    clients = Clients(replace(netvm_config, nat=replace(netvm_config.nat, dns_servers=())))
+    clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=s.ex"))
+    clients.netvm.set_rules(IPv4Address(ip_of(B)), rules("drop", "action=accept dsthost=t.ex"))
+    assert clients.netvm.tick(clients.now) == []
+    assert clients.netvm.notes == [
+        "dns: no upstream DNS servers (nat.dns_servers): dsthost rules stay unresolved"
+    ]

@@ -12,7 +12,7 @@ from scapy.layers.l2 import ARP, Ether
 from appliance.config import ApplianceConfig, apply_overrides
 from appliance.frames import WAN
 from appliance.netvm import NetVm
-from appliance.shell import NO_VNET_HDR, Shell
+from appliance.shell import NO_VNET_HDR, NetVmShell, Shell
 from tests.unit.nat_harness import WAN_MAC, mac_bytes
 
 CLIENT_MAC, PORT_MAC = "00:16:3e:5e:6c:0a", "fe:ff:ff:ff:ff:ff"
@@ -66,3 +66,18 @@ def test_a_port_added_by_a_reader_is_served_until_a_reader_stops_the_loop(
     shell.close()
     os.close(events)
     os.close(wake)
+
+
+def test_what_the_engine_notes_is_logged_once_a_second(demo_config: ApplianceConfig) -> None:
+    config = apply_overrides(demo_config, {"natvm.netvm": ["1"]})
+    netvm = NetVm(config, mac_bytes(WAN_MAC))
+    wan, wan_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    openings, openings_peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    lines: list[str] = []
+    shell = NetVmShell(netvm, (wan, openings), lines.append, 60, 1 << 16)
+    netvm.notes.append("dns: s.example -> 192.0.2.10 (ttl 60 s)")
+    for tick in shell._tickers:  # what the loop calls once a second
+        tick()
+    assert lines == ["dns: s.example -> 192.0.2.10 (ttl 60 s)"] and netvm.notes == []
+    for sock in (wan, wan_peer, openings, openings_peer):
+        sock.close()
