@@ -12,7 +12,8 @@ the test changes the rule in QubesDB as qubes-core-admin does (the rule, then th
 of /qubes-firewall/<ip>) and port 80 is fetched without a restart. Reported: the time from the
 write to natvm's acknowledgement, to its log line, and to the first page. Then a rule set that
 does not parse (natvm names the key, and what A can fetch stays as it was), and Qubes' "DNS
-only" set (accept specialtarget=dns, policy drop: A's query is answered, its fetch refused).
+only" set (accept specialtarget=dns, policy drop: A's query is answered, its fetch refused),
+and a dsthost rule (natvm resolves the name itself; A fetches from that address only).
 """
 
 from __future__ import annotations
@@ -240,6 +241,44 @@ def test_specialtarget_dns_lets_dns_through_a_drop_policy_and_nothing_else(
         queries = services.dnsmasq_log.read_text()
         assert f"query[A] {services.dns_name} from {UPLINK}" in queries, queries
         status, output, took = fetch(clients, port_8080)
+        assert status != 0 and "No route to host" in output and took < 10, (status, output)
+    finally:
+        change_rules(
+            netvm,
+            (f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80"),
+            (f"{FIREWALL}/policy", "accept"),
+            expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept",
+        )
+
+
+def test_a_dsthost_rule_lets_through_what_natvm_resolved_the_name_to_and_nothing_else(
+    netvm: NetVm, services: Services
+) -> None:
+    """accept proto=tcp dsthost=<name>, policy drop: natvm asks the WAN side's dnsmasq itself
+    (from its uplink address, QubesDB's), and A fetches from the address it got, not from
+    another server."""
+    clients = netvm.require()
+    mark = len(clients.console.lines)
+    change_rules(
+        netvm,
+        (f"{FIREWALL}/0000", f"action=accept proto=tcp dsthost={services.dns_name}"),
+        (f"{FIREWALL}/policy", "drop"),
+        expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy drop",
+    )
+    try:
+        resolved = f"dns: {services.dns_name} -> {services.dns_answer} (ttl 60 s)"
+        clients.console.wait_for(
+            lambda line: line.source == NETVM and line.text == resolved,
+            f"natvm's line {resolved!r}",
+            EFFECT_TIMEOUT,
+            NETVM,
+            mark,
+        )
+        queries = services.dnsmasq_log.read_text()
+        assert f"query[A] {services.dns_name} from {UPLINK}" in queries, queries
+        page = clients.run(A, f"timeout 20 wget -q -O - http://{services.dns_answer}/index.html")
+        assert page.status == 0 and services.wan_index.decode().strip() in page.text, page.text
+        status, output, took = fetch(clients, 80)
         assert status != 0 and "No route to host" in output and took < 10, (status, output)
     finally:
         change_rules(
