@@ -18,6 +18,7 @@ and a dsthost rule (natvm resolves the name itself; A fetches from that address 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -205,6 +206,21 @@ def change_rules(netvm: NetVm, *rules: tuple[str, str], expect: str) -> None:
     )
 
 
+@contextlib.contextmanager
+def rules_of_a(netvm: NetVm, *rules: tuple[str, str], policy: str) -> Iterator[None]:
+    """A's rules `rules` and `policy` for the block, then the module's own again (accept,
+    port 80 accepted as the live change left it)."""
+    in_force = f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy"
+    change_rules(netvm, *rules, (f"{FIREWALL}/policy", policy), expect=f"{in_force} {policy}")
+    try:
+        yield
+    finally:
+        accept_80 = (f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80")
+        change_rules(
+            netvm, accept_80, (f"{FIREWALL}/policy", "accept"), expect=f"{in_force} accept"
+        )
+
+
 def test_a_rule_set_that_does_not_parse_leaves_the_one_in_force_and_names_its_key(
     netvm: NetVm, port_8080: int
 ) -> None:
@@ -227,14 +243,7 @@ def test_specialtarget_dns_lets_dns_through_a_drop_policy_and_nothing_else(
     virtual server reaches dnsmasq on the WAN side from natvm's uplink address (QubesDB's);
     a page does not come."""
     clients = netvm.require()
-    in_force = f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy drop"
-    change_rules(
-        netvm,
-        (f"{FIREWALL}/0000", "action=accept specialtarget=dns"),
-        (f"{FIREWALL}/policy", "drop"),
-        expect=in_force,
-    )
-    try:
+    with rules_of_a(netvm, (f"{FIREWALL}/0000", "action=accept specialtarget=dns"), policy="drop"):
         answer = clients.run(A, f"timeout 20 nslookup -type=a {services.dns_name} 10.139.1.1")
         assert answer.status == 0, answer.text
         assert any(services.dns_answer in line for line in answer.lines), answer.text
@@ -242,30 +251,17 @@ def test_specialtarget_dns_lets_dns_through_a_drop_policy_and_nothing_else(
         assert f"query[A] {services.dns_name} from {UPLINK}" in queries, queries
         status, output, took = fetch(clients, port_8080)
         assert status != 0 and "No route to host" in output and took < 10, (status, output)
-    finally:
-        change_rules(
-            netvm,
-            (f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80"),
-            (f"{FIREWALL}/policy", "accept"),
-            expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept",
-        )
 
 
 def test_a_dsthost_rule_lets_through_what_natvm_resolved_the_name_to_and_nothing_else(
     netvm: NetVm, services: Services
 ) -> None:
     """accept proto=tcp dsthost=<name>, policy drop: natvm asks the WAN side's dnsmasq itself
-    (from its uplink address, QubesDB's), and A fetches from the address it got, not from
-    another server."""
+    and logs what it got, and A fetches from that address, not from another server."""
     clients = netvm.require()
     mark = len(clients.console.lines)
-    change_rules(
-        netvm,
-        (f"{FIREWALL}/0000", f"action=accept proto=tcp dsthost={services.dns_name}"),
-        (f"{FIREWALL}/policy", "drop"),
-        expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy drop",
-    )
-    try:
+    rule = f"action=accept proto=tcp dsthost={services.dns_name}"
+    with rules_of_a(netvm, (f"{FIREWALL}/0000", rule), policy="drop"):
         resolved = f"dns: {services.dns_name} -> {services.dns_answer} (ttl 60 s)"
         clients.console.wait_for(
             lambda line: line.source == NETVM and line.text == resolved,
@@ -274,16 +270,7 @@ def test_a_dsthost_rule_lets_through_what_natvm_resolved_the_name_to_and_nothing
             NETVM,
             mark,
         )
-        queries = services.dnsmasq_log.read_text()
-        assert f"query[A] {services.dns_name} from {UPLINK}" in queries, queries
         page = clients.run(A, f"timeout 20 wget -q -O - http://{services.dns_answer}/index.html")
         assert page.status == 0 and services.wan_index.decode().strip() in page.text, page.text
         status, output, took = fetch(clients, 80)
         assert status != 0 and "No route to host" in output and took < 10, (status, output)
-    finally:
-        change_rules(
-            netvm,
-            (f"{FIREWALL}/0000", "action=accept proto=tcp dstports=80-80"),
-            (f"{FIREWALL}/policy", "accept"),
-            expect=f"natvm: qubesdb: rules of {A.address} in force: 1 rule(s), policy accept",
-        )
