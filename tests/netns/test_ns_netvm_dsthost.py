@@ -5,14 +5,12 @@ address, with no kernel IP stack to send it."""
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Iterator
 
 import pytest
 
-from tests.netns.test_ns_netvm import netvm_config
-from tests.netns.test_ns_netvm_rules import fetch
+from tests.netns.test_ns_netvm_rules import fetch, netvm_with_rules
 from tests.support.fixtures import services_fixture
 from tests.support.routers import HostAppliance
 from tests.support.services import DNS_NAME, Services
@@ -46,18 +44,7 @@ def nat(
     topology: NetVmTopology, services: Services, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HostAppliance]:
     """The appliance with the one client and its rules; dnsmasq runs before it starts."""
-    folder = tmp_path_factory.mktemp("dsthost")
-    config = netvm_config(folder / "ops-config.json")
-    rules = folder / "rules.json"
-    rules.write_text(json.dumps(RULES))
-    client, vif = topology.clients[0], topology.vifs[0]
-    arguments = ["--firewall", f"{client.address}={rules}"]
-    arguments += ["--client", f"{vif}={client.address},{client.mac}"]
-    appliance = HostAppliance(topology, config, arguments)
-    appliance.start()
-    yield appliance
-    status = appliance.stop()
-    assert status == 0, f"exit status {status} on SIGTERM:\n" + "\n".join(appliance.output())
+    yield from netvm_with_rules(topology, tmp_path_factory.mktemp("dsthost"), RULES, clients=1)
 
 
 def resolved_line(nat: HostAppliance) -> str | None:

@@ -56,12 +56,19 @@ def nat(
     topology: NetVmTopology, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[HostAppliance]:
     """The appliance with both clients, rules for the first only."""
-    folder = tmp_path_factory.mktemp("rules")
+    yield from netvm_with_rules(topology, tmp_path_factory.mktemp("rules"), RULES, clients=2)
+
+
+def netvm_with_rules(
+    topology: NetVmTopology, folder: Path, rules: dict[str, str], clients: int
+) -> Iterator[HostAppliance]:
+    """natvm in netvm mode with the topology's first `clients` clients, `rules` (QubesDB's
+    keys under /qubes-firewall/<ip>/) for the first; stopped cleanly after the yield."""
     config = netvm_config(folder / "ops-config.json")
-    rules = folder / "rules.json"
-    rules.write_text(json.dumps(RULES))
-    arguments = ["--firewall", f"{topology.clients[0].address}={rules}"]
-    for vif, client in zip(topology.vifs, topology.clients, strict=True):
+    rules_file = folder / "rules.json"
+    rules_file.write_text(json.dumps(rules))
+    arguments = ["--firewall", f"{topology.clients[0].address}={rules_file}"]
+    for vif, client in list(zip(topology.vifs, topology.clients, strict=True))[:clients]:
         arguments += ["--client", f"{vif}={client.address},{client.mac}"]
     appliance = HostAppliance(topology, config, arguments)
     appliance.start()
