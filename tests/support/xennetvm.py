@@ -65,6 +65,21 @@ def machine_failure(console: xenboot.Console, since: int) -> str:
     return ""
 
 
+# What the dom0's xenconsole says when the domain whose console it relays is gone.
+CONSOLE_GONE = "xenconsole: Could not read tty from store"
+
+
+def natvm_lost_to_machine(console: xenboot.Console, name: str = "natvm") -> str:
+    """The machine's failure that took natvm, if natvm's domain is gone (its console's last
+    line is xenconsole's) and the machine failed a guest after natvm's last READY: every later
+    check of the module's machine then fails for that, not for natvm. Else ""."""
+    own = [index for index, line in enumerate(console.lines) if line.source == name]
+    if not own or CONSOLE_GONE not in console.lines[own[-1]].text:
+        return ""
+    ready = [index for index in own if console.lines[index].text.startswith("READY")]
+    return machine_failure(console, ready[-1] if ready else 0)
+
+
 def machine_failed(console: xenboot.Console, since: int) -> None:
     """Mark the running test as an expected failure if the nested machine failed a guest
     since `since`: a check cannot tell anything about natvm then. (A check's own failure is
