@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from image import deploy, xenboot
+from image import deploy, xenboot, xenclient
 from image.dom0 import xlcfg
 from image.xenclient import ClientVm
 from tests.support.routers import stats_counter
@@ -69,15 +69,25 @@ def machine_failure(console: xenboot.Console, since: int) -> str:
 CONSOLE_GONE = "xenconsole: Could not read tty from store"
 
 
-def natvm_lost_to_machine(console: xenboot.Console, name: str = "natvm") -> str:
-    """The machine's failure that took natvm, if natvm's domain is gone (its console's last
-    line is xenconsole's) and the machine failed a guest after natvm's last READY: every later
-    check of the module's machine then fails for that, not for natvm. Else ""."""
-    own = [index for index, line in enumerate(console.lines) if line.source == name]
-    if not own or CONSOLE_GONE not in console.lines[own[-1]].text:
-        return ""
-    ready = [index for index in own if console.lines[index].text.startswith("READY")]
-    return machine_failure(console, ready[-1] if ready else 0)
+def guest_lost_to_machine(console: xenboot.Console) -> str:
+    """The machine's failure that took a guest (natvm or a client) for good, if one's domain is
+    gone (its console's last line is xenconsole's) and the machine failed a guest after that
+    guest's last READY: every later check of the module's machine that needs it fails for
+    that, not for natvm. Else ""."""
+    last: dict[str, int] = {}  # guest -> index of its last console line
+    ready: dict[str, int] = {}  # guest -> index of its last READY line
+    for index, line in enumerate(console.lines):
+        if line.source in ("xen", "dom0"):
+            continue
+        last[line.source] = index
+        if line.text.startswith(("READY", xenclient.READY_LINE)):
+            ready[line.source] = index
+    for guest, index in last.items():
+        if CONSOLE_GONE in console.lines[index].text:
+            failure = machine_failure(console, ready.get(guest, 0))
+            if failure:
+                return failure
+    return ""
 
 
 def machine_failed(console: xenboot.Console, since: int) -> None:

@@ -165,8 +165,8 @@ CONSOLE_AT_START = pytest.StashKey[tuple[xenboot.Console, int]]()
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A check that failed while the nested machine failed a guest (its console says so:
-    `xennetvm.MACHINE_FAILURES`), or after the machine took natvm itself down earlier in the
-    module (natvm's domain gone, `xennetvm.natvm_lost_to_machine`), is reported as an expected
+    `xennetvm.MACHINE_FAILURES`), or after the machine took a guest down for good earlier in
+    the module (its domain gone, `xennetvm.guest_lost_to_machine`), is reported as an expected
     failure naming the crash, since it says nothing about natvm; every other failure stays a
     failure."""
     outcome = yield
@@ -174,7 +174,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     started = item.stash.get(CONSOLE_AT_START, None)
     if report.when != "call" or not report.failed or started is None:
         return
-    failure = xennetvm.machine_failure(*started) or xennetvm.natvm_lost_to_machine(started[0])
+    failure = xennetvm.machine_failure(*started) or xennetvm.guest_lost_to_machine(started[0])
     if failure:
         report.outcome = "skipped"
         report.wasxfail = f"{xennetvm.MACHINE_FAILED}: {failure}"
