@@ -35,6 +35,10 @@ def progress(name: str, seconds: float) -> None:
     print(f"  {name:<12} {seconds:6.2f} s", flush=True)
 
 
+def kernel_progress(line: str) -> None:
+    print(f"  kernel: {line}", flush=True)
+
+
 def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.Build:
     started = time.monotonic()
     out = image_build.REFERENCE_OUTPUT if reference else image_build.OUTPUT
@@ -42,18 +46,19 @@ def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.
     print(f"building {what} into {out}", flush=True)
     try:
         vm = deploy.deployment(load_config(config), out)
-        b = image_build.Build(config, vm, out=out, reference=reference)
+        b = image_build.Build(config, vm, out=out, reference=reference, say=kernel_progress)
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
     size = (b.out / "initramfs").stat().st_size
+    assert b.kernel is not None
+    kernel_size = b.kernel.vmlinuz.stat().st_size
     print(
-        f"built in {time.monotonic() - started:.1f} s: initramfs {size / 2**20:.2f} MiB, "
-        f"kernel {b.kernel_release}",
+        f"built in {time.monotonic() - started:.1f} s: vmlinuz {kernel_size / 2**20:.2f} MiB "
+        f"(kernel {b.kernel.release}{', cached' if b.kernel.cached else ''}), "
+        f"initramfs {size / 2**20:.2f} MiB",
         flush=True,
     )
-    if b.xen_missing:
-        print(f"warning: the kernel lacks {', '.join(b.xen_missing)}: no Xen/Qubes boot")
     return b
 
 

@@ -1,8 +1,8 @@
 """PID 1 in the image: the duties an init system would have, then the appliance itself.
 
 Theory of operation: the kernel runs /init (a Python script) with the console as stdio; it calls
-`main`, which mounts /proc, /sys and /dev, loads the kernel modules listed in load order at
-build time (`finit_module`, as there is no modprobe), waits for the NICs, names the first WAN
+`main`, which mounts /proc, /sys and /dev (the kernel has every driver built in: there are no
+modules to load), waits for the NICs, names the first WAN
 and the second LAN (by bus address order: PCI under QEMU, vif number under Xen), brings them up
 with *no* IP configuration and sysctls that keep the kernel's own stack off them, reads the baked
 ops-config.json with `natvm.*` overrides from the kernel command line, and runs the appliance
@@ -45,7 +45,6 @@ from appliance.config import ConfigError
 from appliance.xenstore import XENBUS_DEVICE, Xenstore
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
-MODULE_LIST = Path("/etc/natvm/modules")
 NIC_WAIT_SECONDS = 30.0
 NIC_ROLES = ("WAN", "LAN")  # in bus order
 REBOOT_DELAY_SECONDS = 3.0
@@ -64,9 +63,7 @@ _MOUNTS = (
     ("cgroup2", "/sys/fs/cgroup", "cgroup2"),  # the NAT's memory limit (appliance/memcg.py)
 )
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
-_SYS_FINIT_MODULE = 313  # x86_64
 _RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
-_EEXIST, _ENODEV = 17, 19
 
 # Written before a NIC goes up: no IPv6 (no SLAAC, DAD or router solicitations), never answer
 # ARP, never forward or answer ICMP. The NICs have no address, so this is a second fence.
@@ -109,32 +106,6 @@ def mount_filesystems() -> None:
         flags = _MS_NOSUID | (0 if fstype == "devtmpfs" else _MS_NODEV | _MS_NOEXEC)
         result = libc.mount(source.encode(), target.encode(), fstype.encode(), flags, None)
         _check(result, f"mount {fstype} on {target}")
-
-
-def load_module(path: str) -> str:
-    """Load one .ko; returns "loaded", "present" (built in or loaded) or "no device"."""
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        result = _libc().syscall(_SYS_FINIT_MODULE, fd, b"", 0)
-    finally:
-        os.close(fd)
-    if result == 0:
-        return "loaded"
-    error = ctypes.get_errno()
-    if error == _EEXIST:
-        return "present"
-    if error == _ENODEV:  # xen-netfront outside Xen
-        return "no device"
-    raise InitError(f"loading {path}: {os.strerror(error)}")
-
-
-def load_modules(listing: Path = MODULE_LIST) -> list[str]:
-    """Load every module listed (dependencies first); returns the names loaded."""
-    loaded = []
-    for path in listing.read_text().split():
-        if load_module(path) == "loaded":
-            loaded.append(Path(path).stem)
-    return loaded
 
 
 _PCI_ADDRESS = re.compile(r"[0-9a-f]{4}:[0-9a-f]{2}:[0-9a-f]{2}\.[0-7]")
@@ -218,11 +189,10 @@ def memory_breakdown(meminfo: str, status: str) -> str:
 
 
 # The rootfs is a tmpfs: every file of the initramfs stays in RAM for the VM's life. Once PID 1
-# has imported its modules (all at module level) and loaded the kernel modules, their bytecode
-# and .ko files are never read again, so deleting them returns their pages (2.3 MiB, over half
-# of what is left free in a 76 MiB guest). Only files of modules already in `sys.modules` go:
-# anything imported later still finds its file. Mapped files (python3.11, .so) would stay
-# pinned while mapped, so they are left alone.
+# has imported its modules (all at module level), their bytecode is never read again, so
+# deleting it returns its pages (2.2 MiB, 7 % of a 32 MiB guest). Only files of modules already
+# in `sys.modules` go: anything imported later still finds its file. Mapped files (python3.11,
+# .so) would stay pinned while mapped, so they are left alone.
 RELEASABLE_ROOTS = ("/usr/lib/python3.11/", "/opt/natvm/")
 
 
@@ -398,9 +368,8 @@ def boot(program: Program) -> None:
     """PID 1's duties, then `program` as a supervised child; returns when it stops cleanly."""
     mount_filesystems()
     log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
-    log(f"modules loaded: {' '.join(load_modules()) or 'none'}")
     config = load_configuration()
-    done_with = [*MODULE_LIST.read_text().split(), *releasable_files(list(sys.modules.values()))]
+    done_with = releasable_files(list(sys.modules.values()))
     freed = release_files(done_with)
     log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
     start: Callable[[], None]

@@ -5,8 +5,11 @@ Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deploym
 the outputs depends on the time, the host or the build directory, so a rebuild from the same lock
 and sources is byte-identical, and build/ works wherever it is copied.
 
-`Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel and
-appliance, plus nft, the nftables modules and an /init of its own that makes Linux the NAT
+The kernel is natvm's own (image/kbuild.py: Debian's source, tinyconfig and image/kernel/, all
+built in), built once and then taken from the cache.
+
+`Build(reference=True)` (`invoke build --reference`) writes build/reference/: the same kernel plus
+netfilter and nftables, the same appliance, nft and an /init of its own that makes Linux the NAT
 (image/reference.py), the kernel-NAT baseline of `invoke bench --vm`. It has no deployment files:
 it is a benchmark tool, not a product.
 """
@@ -22,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from image import cpio, debs, deploy, initramfs, kconfig, lock, qemu
+from image import cpio, debs, deploy, initramfs, kbuild, lock, qemu
 from image.lock import Pin
 
 _Context = TypeVar("_Context")
@@ -40,33 +43,37 @@ class Build:
     config: Path
     vm: deploy.Deployment
     out: Path = OUTPUT
-    source: Path = SOURCE
+    tree: Path = SOURCE  # natvm's source tree
     pins: list[Pin] = field(default_factory=list)
     root: Path = Path()
-    kernel_release: str = ""
-    xen_missing: list[str] = field(default_factory=list)
+    source: Pin | None = None  # the kernel source package
+    kernel: kbuild.Kernel | None = None
     contents: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, int] = field(default_factory=dict)
-    reference: bool = False  # the kernel-NAT reference image (nft, nftables modules)
+    reference: bool = False  # the kernel-NAT reference image (nft, a kernel with nftables)
+    say: Callable[[str], None] = print  # progress within a step (the kernel build's)
+
+    @property
+    def fragments(self) -> tuple[str, ...]:
+        return kbuild.REFERENCE if self.reference else kbuild.PRODUCT
 
 
 def packages(b: Build) -> None:
     pinned = lock.load()
     b.pins = lock.reference_pins(pinned) if b.reference else lock.product_pins(pinned)
+    b.source = lock.source_pin(pinned)
     b.root = debs.extract(b.pins)
 
 
 def kernel(b: Build) -> None:
-    vmlinuz = sorted((b.root / "boot").glob("vmlinuz-*"))[0]
-    b.kernel_release = vmlinuz.name.removeprefix("vmlinuz-")
-    b.xen_missing = kconfig.check(b.root / "boot" / f"config-{b.kernel_release}")
-    shutil.copyfile(vmlinuz, b.out / "vmlinuz")
+    assert b.source is not None, "the packages step pins the source"
+    b.kernel = kbuild.build(b.source, b.fragments, b.say)
+    shutil.copyfile(b.kernel.vmlinuz, b.out / "vmlinuz")
 
 
 def _category(path: str) -> str:
     """What an initramfs entry is, for the report of what takes the space."""
     for prefix, name in (
-        ("lib/modules", "kernel modules"),
         ("usr/bin", "python3.11 binary"),
         ("usr/sbin/nft", "nft (reference image)"),
         ("opt/natvm/image", "kernel-NAT program (reference image)"),
@@ -81,10 +88,10 @@ def _category(path: str) -> str:
 
 def image(b: Build) -> None:
     with tempfile.TemporaryDirectory(prefix="natvm-pyc-") as scratch:
-        inputs = initramfs.Inputs(b.root, b.source, b.config, Path(scratch), b.reference)
+        inputs = initramfs.Inputs(b.root, b.tree, b.config, Path(scratch), b.reference)
         entries = initramfs.entries(inputs)
     archive = cpio.archive(entries)
-    (b.out / "initramfs").write_bytes(initramfs.compress(archive))
+    (b.out / "initramfs").write_bytes(initramfs.compress_zstd(archive))
     counts: Counter[str] = Counter()
     for entry in {e.path: e for e in entries}.values():
         counts[_category(entry.path)] += len(entry.data)
@@ -127,15 +134,25 @@ def _sha256(path: Path) -> str:
 
 
 def manifest(b: Build) -> None:
+    assert b.kernel is not None and b.source is not None, "the kernel step ran"
     sums = {name: _sha256(b.out / name) for name in outputs(b)}
     document = {
         "name": deploy.NAME,
-        "kernel": {"release": b.kernel_release, "xen_options_missing": b.xen_missing},
+        "kernel": {
+            "release": b.kernel.release,
+            "source": {"name": b.source.name, "version": b.source.version},
+            "fragments": [f"image/kernel/{name}" for name in b.fragments],
+            "options": kbuild.fragment_options(b.fragments),
+        },
         "packages": [{"name": p.name, "version": p.version, "sha256": p.sha256} for p in b.pins],
         "files": {
             name: {"sha256": s, "size": (b.out / name).stat().st_size} for name, s in sums.items()
         },
-        "initramfs": {"compression": "gzip -9", **b.sizes, "contents": b.contents},
+        "initramfs": {
+            "compression": f"zstd {' '.join(initramfs.ZSTD_ARGS[:2])}",
+            **b.sizes,
+            "contents": b.contents,
+        },
     }
     (b.out / "manifest.json").write_text(json.dumps(document, indent=2) + "\n")
     (b.out / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for n, s in sums.items()))

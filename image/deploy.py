@@ -25,7 +25,7 @@ from image.dom0 import xlcfg
 
 NAME = "natvm"
 XEN_MACS = ("00:16:3e:4e:41:01", "00:16:3e:4e:41:02")  # Xen's OUI; WAN, LAN
-XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet", *qemu.LEAN)  # LEAN: see qemu.py
+XEN_CMDLINE = ("console=hvc0", "panic=-1", "quiet")
 # A Qubes net VM serves client vifs (netvm mode), and has no LAN for the baked port forward.
 NETVM_WORDS = ("natvm.netvm=1", "natvm.forward=none")
 QUBES_KERNEL_DIR = "/var/lib/qubes/vm-kernels"

@@ -17,6 +17,10 @@ LOCK_FILE = Path(__file__).with_name("packages.lock")
 # (virtio, Xen PVH and netfront, no bare-metal drivers), has a third of the generic kernel's
 # .bss (5.4 vs 17.3 MiB, resident for the VM's life): 12.3 MiB more for the guest.
 KERNEL_META = "linux-image-cloud-amd64"
+# natvm's own kernel is built from Debian's source of that kernel's upstream version
+# (image/kbuild.py); the cloud kernel itself boots only the Xen tier's clients, and its generic
+# flavour the tier's dom0.
+SOURCE_PREFIX = "linux-source-"
 PACKAGES = (
     "python3.11-minimal",  # /usr/bin/python3.11
     "libpython3.11-minimal",  # the core stdlib (os, socket, struct, ...)
@@ -66,7 +70,7 @@ XEN_HOST_PACKAGES = (
     "libuuid1",
     "libgcc-s1",  # libgcc_s.so.1: glibc dlopens it when xl's threads exit, no DT_NEEDED names it
 )
-# Only in the Xen tier's client VMs (image/xenclient.py), with the product's kernel: a shell and
+# Only in the Xen tier's client VMs (image/xenclient.py), with natvm's own kernel: a shell and
 # the network tools (ip, ping, wget, nslookup) in one static binary. Test equipment too.
 CLIENT_PACKAGES = ("busybox-static",)
 # The hypervisor and the toolstack talk through interfaces private to one Xen release: their
@@ -83,8 +87,10 @@ class Pin:
 
     @property
     def deb_name(self) -> str:
-        """The file name `apt-get download` gives the package (':' in versions becomes %3a)."""
-        return f"{self.name}_{self.version.replace(':', '%3a')}_amd64.deb"
+        """The file name `apt-get download` gives the package (':' in versions becomes %3a);
+        the kernel source is the one architecture-independent package."""
+        arch = "all" if self.name.startswith(SOURCE_PREFIX) else "amd64"
+        return f"{self.name}_{self.version.replace(':', '%3a')}_{arch}.deb"
 
 
 def parse(text: str) -> list[Pin]:
@@ -123,9 +129,15 @@ def _xen_host_only(pins: list[Pin]) -> set[str]:
     return only | ({dom0_kernel_name(kernels[0])} if kernels else set())
 
 
+def _kernels(pins: list[Pin]) -> set[str]:
+    """Names of the kernel packages: the images build their own kernel from the source."""
+    return {p.name for p in pins if p.name.startswith(("linux-image-", SOURCE_PREFIX))}
+
+
 def product_pins(pins: list[Pin]) -> list[Pin]:
-    """The pins of the product image: all but the reference image's and the test dom0's."""
-    excluded = {*REFERENCE_PACKAGES, *_xen_host_only(pins)}
+    """The pins of the product image's userland: all but the kernels, the reference image's and
+    the test dom0's."""
+    excluded = {*REFERENCE_PACKAGES, *_xen_host_only(pins), *_kernels(pins)}
     return [pin for pin in pins if pin.name not in excluded]
 
 
@@ -138,7 +150,7 @@ def _require(pins: list[Pin], names: set[str]) -> None:
 def reference_pins(pins: list[Pin]) -> list[Pin]:
     """The pins of the reference image: the product's and nft's; fails if nft is not pinned."""
     _require(pins, set(REFERENCE_PACKAGES))
-    excluded = _xen_host_only(pins)
+    excluded = {*_xen_host_only(pins), *_kernels(pins)}
     return [pin for pin in pins if pin.name not in excluded]
 
 
@@ -157,13 +169,27 @@ def xen_host_pins(pins: list[Pin]) -> list[Pin]:
 
 
 def xen_client_pins(pins: list[Pin]) -> list[Pin]:
-    """The pins of the Xen tier's client VMs: the product's kernel and busybox."""
+    """The pins of the Xen tier's client VMs: busybox (they boot natvm's own kernel)."""
     _require(pins, set(CLIENT_PACKAGES))
-    return [kernel_pin(pins), *(pin for pin in pins if pin.name in CLIENT_PACKAGES)]
+    return [pin for pin in pins if pin.name in CLIENT_PACKAGES]
+
+
+def source_name(kernel: Pin) -> str:
+    """The source package of `kernel`'s upstream version: 6.1.192-2 -> linux-source-6.1."""
+    return SOURCE_PREFIX + ".".join(kernel.version.split(".")[:2])
+
+
+def source_pin(pins: list[Pin]) -> Pin:
+    """The kernel source natvm's kernel is built from."""
+    for pin in pins:
+        if pin.name.startswith(SOURCE_PREFIX):
+            return pin
+    raise ImageError("the lock file pins no linux-source package", "run `invoke lock`")
 
 
 def kernel_pin(pins: list[Pin]) -> Pin:
-    """The product's kernel: the first linux-image pin (`refresh` writes the dom0's after it)."""
+    """Debian's cloud kernel, the first linux-image pin (`refresh` writes the dom0's after it):
+    no image boots it now; it fixes the version of the kernel source and of the dom0's kernel."""
     for pin in pins:
         if pin.name.startswith("linux-image-"):
             return pin
@@ -190,8 +216,8 @@ def _pin(name: str) -> Pin:
 
 def refresh(path: Path = LOCK_FILE) -> list[Pin]:
     """Pin the candidate versions of the kernel, `PACKAGES`, `REFERENCE_PACKAGES`,
-    `XEN_HOST_PACKAGES` and `CLIENT_PACKAGES`, and the dom0 kernel at the kernel's version;
-    write the lock, return it."""
+    `XEN_HOST_PACKAGES` and `CLIENT_PACKAGES`, and the dom0 kernel and the kernel source at the
+    kernel's version; write the lock, return it."""
     require("apt-cache", "apt")
     depends = _show(KERNEL_META)["Depends"]
     kernel = re.match(r"(linux-image-[\w.-]+)", depends)
@@ -199,11 +225,13 @@ def refresh(path: Path = LOCK_FILE) -> list[Pin]:
         raise ImageError(f"cannot find the kernel package in {KERNEL_META}'s Depends: {depends}")
     product_kernel = _pin(kernel.group(1))
     dom0_kernel = _show(dom0_kernel_name(product_kernel), product_kernel.version)
+    source = _show(source_name(product_kernel), product_kernel.version)
     names = dict.fromkeys((*PACKAGES, *REFERENCE_PACKAGES, *XEN_HOST_PACKAGES, *CLIENT_PACKAGES))
     pins = [
         product_kernel,
         *(_pin(name) for name in names),
         Pin(dom0_kernel["Package"], dom0_kernel["Version"], dom0_kernel["SHA256"]),
+        Pin(source["Package"], source["Version"], source["SHA256"]),
     ]
     path.write_text(format_pins(pins))
     return pins

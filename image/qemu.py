@@ -18,13 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
-# Kernel options that save memory, for every hypervisor (deploy.py adds them too).
-# lockdown=confidentiality: Debian's 6.1 kernel creates tracefs inodes and dentries for all its
-# trace events at boot, 8.7 MiB of slab that nothing frees (a fifth of a small guest's RAM); a
-# locked-down kernel skips tracefs. Lockdown also shuts what the appliance never uses (/dev/mem,
-# kexec, perf, BPF reads of kernel memory); module loading still works as Debian signs the .ko.
-LEAN = ("lockdown=confidentiality",)
-CMDLINE = ("console=ttyS0", "panic=-1", "quiet", *LEAN)
+CMDLINE = ("console=ttyS0", "panic=-1", "quiet")
 MACS = ("52:54:00:4e:41:01", "52:54:00:4e:41:02")  # WAN, LAN: locally administered
 ROLES = ("wan", "lan")
 KVM_PROBE_SECONDS = 5.0

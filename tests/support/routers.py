@@ -225,14 +225,19 @@ class KernelNat:
 
 
 def tier_machine(
-    images: Path, topology: Topology, accel: str, *extra_cmdline: str, no_reboot: bool = False
+    images: Path,
+    topology: Topology,
+    accel: str,
+    *extra_cmdline: str,
+    no_reboot: bool = False,
+    memory_mib: int = 128,
 ) -> qemu.Machine:
     """The VM tier's machine: the kernel and initramfs in `images` on the topology's taps,
-    128 MiB and one CPU as ops-config.json has them."""
+    128 MiB (unless told) and one CPU as ops-config.json has them."""
     return qemu.Machine(
         images / "vmlinuz",
         images / "initramfs",
-        memory_mib=128,
+        memory_mib=memory_mib,
         cpus=1,
         taps=(topology.appliance_wan, topology.appliance_lan),
         accel=accel,
