@@ -1,7 +1,11 @@
-"""natvm in the smallest guest it boots in: it forwards, and it survives the VM tier's UDP
-floods both ways (issue 13). The figure is bisected with this file: in a guest 2 MiB smaller the
-kernel cannot unpack the initramfs (its files, 13.8 MB, and the compressed archive must fit at
-once), and Python finds half its standard library missing."""
+"""natvm in the smallest guests (issue 13), bisected with this file: it boots, forwards and
+comes through the VM tier's UDP floods both ways.
+
+- 48 MiB: the smallest that boots. In 46 MiB the kernel cannot unpack the initramfs (its files,
+  13.8 MB, and the compressed archive must fit at once) and Python finds half its standard
+  library missing. Under the floods the NAT child's memory cgroup (the 8 MiB floor) kills it,
+  PID 1 starts it again, and it forwards after.
+- 56 MiB: the smallest where the floods kill nothing (at 48 MiB they killed the child twice)."""
 
 from pathlib import Path
 
@@ -20,21 +24,31 @@ topology = topology_fixture("module", "small-", Attach.TAP)
 services = services_fixture("module")
 
 SMALLEST_GUEST_MIB = 48
+SMALLEST_UNHARMED_MIB = 56
 
 
+@pytest.mark.parametrize(
+    ("memory_mib", "restarts_allowed"), [(SMALLEST_GUEST_MIB, True), (SMALLEST_UNHARMED_MIB, False)]
+)
 def test_the_smallest_guest_boots_forwards_and_takes_udp_floods(
-    topology: Topology, services: Services, image: Build, accel: str, tmp_path: Path
+    topology: Topology,
+    services: Services,
+    image: Build,
+    accel: str,
+    tmp_path: Path,
+    memory_mib: int,
+    restarts_allowed: bool,
 ) -> None:
-    machine = tier_machine(
-        image.out, topology, accel, no_reboot=True, memory_mib=SMALLEST_GUEST_MIB
-    )
+    machine = tier_machine(image.out, topology, accel, no_reboot=True, memory_mib=memory_mib)
     vm = VmAppliance(topology, machine, tmp_path / "monitor.sock")
     try:
         vm.start()
         memory = [line for line in vm.output() if line.startswith("natvm: memory: ")]
-        print(f"-m {SMALLEST_GUEST_MIB}: " + " | ".join(memory))
+        print(f"-m {memory_mib}: " + " | ".join(memory))
         traffic.check_ping_lan_to_wan(topology)
-        traffic.check_udp_flood(topology, vm, services)
-        assert not [line for line in vm.output() if "restart" in line], vm.output()[-10:]
+        traffic.check_udp_flood(topology, vm, services)  # the VM up, and forwarding after
+        restarts = [line for line in vm.output() if "; restart " in line]
+        print(f"-m {memory_mib}: {len(restarts)} NAT child restart(s) under the floods")
+        assert restarts_allowed or not restarts, restarts
     finally:
         vm.stop()
