@@ -70,7 +70,7 @@ XEN_HOST_PACKAGES = (
     "libuuid1",
     "libgcc-s1",  # libgcc_s.so.1: glibc dlopens it when xl's threads exit, no DT_NEEDED names it
 )
-# Only in the Xen tier's client VMs (image/xenclient.py), with natvm's own kernel: a shell and
+# Only in the Xen tier's client VMs (image/xenclient.py), with the cloud kernel: a shell and
 # the network tools (ip, ping, wget, nslookup) in one static binary. Test equipment too.
 CLIENT_PACKAGES = ("busybox-static",)
 # The hypervisor and the toolstack talk through interfaces private to one Xen release: their
@@ -169,9 +169,9 @@ def xen_host_pins(pins: list[Pin]) -> list[Pin]:
 
 
 def xen_client_pins(pins: list[Pin]) -> list[Pin]:
-    """The pins of the Xen tier's client VMs: busybox (they boot natvm's own kernel)."""
+    """The pins of the Xen tier's client VMs: Debian's cloud kernel and busybox."""
     _require(pins, set(CLIENT_PACKAGES))
-    return [pin for pin in pins if pin.name in CLIENT_PACKAGES]
+    return [kernel_pin(pins), *(pin for pin in pins if pin.name in CLIENT_PACKAGES)]
 
 
 def source_name(kernel: Pin) -> str:
@@ -189,7 +189,8 @@ def source_pin(pins: list[Pin]) -> Pin:
 
 def kernel_pin(pins: list[Pin]) -> Pin:
     """Debian's cloud kernel, the first linux-image pin (`refresh` writes the dom0's after it):
-    no image boots it now; it fixes the version of the kernel source and of the dom0's kernel."""
+    only the Xen tier's clients boot it; it fixes the version of the kernel source and of the
+    dom0's kernel."""
     for pin in pins:
         if pin.name.startswith("linux-image-"):
             return pin

@@ -1,8 +1,11 @@
 """The Xen tier's client VM: what a Qubes client qube is to its net VM, as small as boots.
 
 Test equipment, not product (built by `invoke build --xen-host` into build/xen-host/client/):
-it boots natvm's own kernel (xen-netfront is built in) with a tiny initramfs, busybox-static
-(pinned in image/packages.lock). Its /init is a busybox shell script that does
+Debian's cloud kernel (pinned in image/packages.lock; natvm boots its own) and a tiny
+initramfs, busybox-static and the kernel's xen-netfront with its dependencies. Not natvm's own
+kernel: under the nested Xen here, clients booting it were triple-faulted at Xen's VM entry in
+most runs of the tier (the emulator's nested-SVM fault, see tests/support/xenclients.py), and a
+client is equipment the tier must be able to count on. Its /init is a busybox shell script that does
 what Qubes' setup-ip does in a client: eth0 gets the client's /32 (`client_ip=` on the kernel
 command line; the kernel hands `key=value` words without a dot to init's environment), the
 gateway (`client_gw=`, the net VM's address) gets netback's MAC fe:ff:ff:ff:ff:ff pinned in the
@@ -12,24 +15,28 @@ READY_LINE, turns the console's echo off, then runs each line that comes in on i
 (hvc0: the dom0 writes to the domain's console pty) as a shell command; the tests make each
 command print a marker with its exit status.
 
-Output: client/initramfs (byte-identical from build to build, as the images); the kernel is the
-one the dom0 already has for natvm.
+Outputs: client/vmlinuz, client/initramfs (byte-identical from build to build, as the images).
 `ClientVm.xl_config` is a client's xl configuration: one vif, `backend=<net VM>,ip=<address>`.
 """
 
 from dataclasses import dataclass
 from pathlib import Path
 
-from image import cpio, initramfs
+from image import cpio, initramfs, kmod
 from image.dom0.xlcfg import quote
 
 BUSYBOX = "bin/busybox"
+MODULE_LIST = "etc/client/modules"
+MODULES = ("xen_netfront",)
 READY_LINE = "CLIENT READY"
 DNS = "10.139.1.1"  # Qubes' first virtual DNS server, which the net VM translates
 NETBACK_MAC = "fe:ff:ff:ff:ff:ff"  # xen-netback's vif MAC, the gateway's MAC for every client
 NIC_WAIT_TENTHS = 300
-# As Qubes' small client qubes have, and twice what natvm's kernel needs to boot busybox. (With
-# Debian's cloud kernel 48 MiB failed in xl: the kernel's segment was 46 MiB.)
+# The cloud kernel with lockdown holds less at boot (see MEMORY_MIB).
+LEAN = ("lockdown=confidentiality",)
+# xl loads the kernel into the domain's memory before it boots: at 48 MiB that fails ("segment
+# kernel too large (0x2e00 > 0x3000 - 0x1000 pages)"), the kernel's segment being 46 MiB; at
+# 72 MiB without lockdown the kernel panics while booting ("System is deadlocked on memory").
 MEMORY_MIB = 96
 INIT = f"""#!/bin/busybox sh
 # The Xen tier's client VM (see image/xenclient.py): a Qubes-style /32 on eth0, then the
@@ -39,6 +46,7 @@ export PATH=/bin
 fail() {{ echo "client: fatal: $*"; poweroff -f; }}
 mount -t proc proc /proc && mount -t sysfs sysfs /sys && mount -t devtmpfs devtmpfs /dev \\
   || fail "mounts"
+for ko in $(cat /{MODULE_LIST}); do insmod "$ko" || fail "insmod $ko"; done
 [ -n "$client_ip" ] && [ -n "$client_gw" ] || fail "client_ip= and client_gw= are not set"
 # What Qubes' setup-ip does when a vif appears; a command of its own, for a vif attached again.
 # (busybox's `ip neigh` only shows and flushes: its `arp -s` pins the gateway's MAC.)
@@ -75,10 +83,23 @@ def _skeleton() -> list[cpio.Entry]:
     ]
 
 
+def _modules(root: Path) -> list[cpio.Entry]:
+    order = kmod.load_order(kmod.modules_dir(root), MODULES)
+    paths = [str(ko.relative_to(root)) for ko in order]
+    return [
+        cpio.file(MODULE_LIST, "".join(f"/{p}\n" for p in paths).encode()),
+        *(cpio.file(p, (root / p).read_bytes()) for p in paths),
+    ]
+
+
 def archive(root: Path) -> bytes:
-    """The client's initramfs, zstd as natvm's kernel unpacks it, from the busybox package."""
+    """The client's initramfs, compressed, from the extracted kernel and busybox packages."""
     busybox = cpio.file(BUSYBOX, (root / BUSYBOX).read_bytes(), 0o755)
-    return initramfs.compress_zstd(cpio.archive([*_skeleton(), busybox]))
+    return initramfs.compress(cpio.archive([*_skeleton(), busybox, *_modules(root)]))
+
+
+def vmlinuz(root: Path) -> bytes:
+    return sorted((root / "boot").glob("vmlinuz-*"))[0].read_bytes()
 
 
 @dataclass(frozen=True)
@@ -99,7 +120,7 @@ class ClientVm:
 
     def xl_config(self, kernel: str, ramdisk: str) -> str:
         """An xl configuration (PVH, console hvc0) booting `kernel` and `ramdisk` (dom0 paths)."""
-        words = ("console=hvc0", "panic=-1", "quiet")
+        words = ("console=hvc0", "panic=-1", "quiet", *LEAN)
         cmdline = (*words, f"client_ip={self.address}", f"client_gw={self.gateway}")
         lines = [
             f"name = {quote(self.name)}",

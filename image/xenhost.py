@@ -12,9 +12,9 @@ so two builds are byte-identical):
              xenconsoled, xenconsole, xen-init-dom0, xenstore-read/-write, vchan-socket-proxy
              and their libraries,
              the kernel modules a dom0 backend needs, xl.conf and the vif hotplug script
-  client/initramfs
-             the client VMs of the net VM tests (image/xenclient.py): a busybox initramfs for
-             natvm's own kernel
+  client/vmlinuz, client/initramfs
+             the client VMs of the net VM tests (image/xenclient.py): Debian's cloud kernel and
+             a busybox initramfs with its netfront
   SHA256SUMS, manifest.json
 The guest (natvm's build/: xen.cfg and the files it names) is not in it: image/xenboot.py appends
 it at boot as a second archive, so one dom0 boots any build of natvm.
@@ -103,7 +103,7 @@ XL_CONF = f"""vif.default.script="{VIF_SCRIPT}"
 autoballoon="off"
 lockfile="/run/xl.lock"
 """
-OUTPUTS = ("xen", "vmlinuz", "initramfs", "client/initramfs")
+OUTPUTS = ("xen", "vmlinuz", "initramfs", "client/vmlinuz", "client/initramfs")
 
 
 @dataclass
@@ -226,6 +226,7 @@ def client(h: XenHost) -> None:
     h.client_pins = lock.xen_client_pins(lock.load())
     root = debs.extract(h.client_pins)
     (h.out / "client").mkdir(exist_ok=True)
+    (h.out / "client" / "vmlinuz").write_bytes(xenclient.vmlinuz(root))
     (h.out / "client" / "initramfs").write_bytes(xenclient.archive(root))
 
 

@@ -127,15 +127,17 @@ def test_a_hypervisor_of_another_release_than_the_toolstack_is_refused() -> None
         lock.xen_host_pins(pins)
 
 
-def test_the_client_initramfs_is_busybox_and_its_init(xen_host: xenhost.XenHost) -> None:
-    compressed = (xen_host.out / "client" / "initramfs").read_bytes()
-    archive = subprocess.run(["zstd", "-dc"], input=compressed, capture_output=True, check=True)
-    found = {entry.path: entry for entry in cpio.read(archive.stdout)}
+def test_the_client_initramfs_is_busybox_its_init_and_netfront(xen_host: xenhost.XenHost) -> None:
+    archive = gzip.decompress((xen_host.out / "client" / "initramfs").read_bytes())
+    found = {entry.path: entry for entry in cpio.read(archive)}
     assert found["init"].data.startswith(b"#!/bin/busybox sh\n") and found["init"].mode & 0o111
     busybox = Elf(found[xenclient.BUSYBOX].data)
     assert busybox.interpreter() is None and busybox.needed() == []  # static: nothing else needed
-    assert not [path for path in found if path.endswith(".ko")]  # natvm's kernel has netfront
-    assert [p.name for p in xen_host.client_pins] == ["busybox-static"]
+    listed = found[xenclient.MODULE_LIST].data.decode().split()
+    assert listed[-1].endswith("/xen-netfront.ko")
+    assert all(path.lstrip("/") in found for path in listed)
+    cloud_kernel = lock.kernel_pin(lock.load())
+    assert [p.name for p in xen_host.client_pins] == [cloud_kernel.name, "busybox-static"]
 
 
 def test_the_client_init_is_valid_shell() -> None:

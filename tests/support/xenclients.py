@@ -1,6 +1,6 @@
 """Client VMs of a net VM under the Xen tier's dom0, driven through its control channel.
 
-A client (image/xenclient.py) boots the product's kernel with busybox and runs each line
+A client (image/xenclient.py) boots Debian's cloud kernel with busybox and runs each line
 written to its console as a shell command. `Clients.run` writes the command to the domain's
 console pty (the dom0 file xenconsoled names in xenstore, `console/tty`), followed by an echo of
 a marker with the command's exit status, and reads the client's console lines (which the dom0
@@ -15,17 +15,16 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from image import xenboot, xenclient
-from image.dom0 import xlcfg
-from image.dom0.init import GUEST_CFG
 from image.errors import ImageError
 
 XL = "/usr/lib/xen-4.17/bin/xl"
 XENSTORE_READ = "/usr/bin/xenstore-read"
 XENSTORE_LS = "/usr/bin/xenstore-ls"
 CLIENT_RAMDISK = "/guest/client-initramfs"
+CLIENT_KERNEL = "/guest/client-vmlinuz"  # Debian's cloud kernel (image/xenclient.py)
 BOOT_TIMEOUT = 180.0
 # A client whose boot the nested machine fails is created again, up to this many times in all.
 BOOT_ATTEMPTS = 3
@@ -76,11 +75,8 @@ class Clients:
         self.console = nested.console
         self._tokens = itertools.count(1)
         self.control.write(CLIENT_RAMDISK, (client_dir / "initramfs").read_bytes())
-        # The product's kernel, as the dom0 already has it for natvm.
-        probe = f"print(open('{GUEST_CFG}').read())"
-        shipped = self.control.run("/usr/bin/python3.11", "-c", probe)
-        # xen.cfg names it relative to its own folder (an absolute name stays as it is)
-        self.kernel = str(PurePosixPath(GUEST_CFG).parent / xlcfg.string(shipped, "kernel"))
+        self.control.write(CLIENT_KERNEL, (client_dir / "vmlinuz").read_bytes())
+        self.kernel = CLIENT_KERNEL
 
     def xl(self, *args: str, check: bool = True) -> str:
         return self.control.run(XL, *args, check=check)
