@@ -28,6 +28,10 @@ CLIENT_KERNEL = "/guest/client-vmlinuz"  # Debian's cloud kernel (image/xenclien
 BOOT_TIMEOUT = 180.0
 # A client whose boot the nested machine fails is created again, up to this many times in all.
 BOOT_ATTEMPTS = 3
+# A client whose every boot failed, at least one of them by the machine (MACHINE_FAILURES, or
+# its domain crashed and gone as soon as created), says this; one that failed otherwise does not.
+ALL_BOOTS_FAILED = "the nested machine failed its boots, tries:"
+GONE_AT_CREATE = "the domain was gone right after `xl create`"
 # What the nested machine says when a guest's emulated CPU failed under it (TCG emulating SVM
 # for Xen): Xen's "(XEN) d<domid>v0 Triple fault", seen with the guest in the kernel's PIT
 # calibration loop (quick_pit_calibrate: 100,000 port reads, each an exit to Xen), in clients
@@ -129,8 +133,11 @@ class Clients:
                 failures.append(attempt)
                 self.destroy(vm.name)
                 if len(failures) == BOOT_ATTEMPTS:
+                    signs = (*MACHINE_FAILURES, GONE_AT_CREATE)
+                    machine = any(sign in failure for failure in failures for sign in signs)
+                    verdict = ALL_BOOTS_FAILED if machine else "could not be booted, tries:"
                     raise xenboot.BootError(
-                        f"{vm.name}: the nested machine failed all {BOOT_ATTEMPTS} boots: "
+                        f"{vm.name}: {verdict} {BOOT_ATTEMPTS}: "
                         + "; ".join(failures)
                         + "\n"
                         + self.console.tails(vm.name)
@@ -147,7 +154,10 @@ class Clients:
             if VIF_NOT_PROBED not in error.message:
                 raise
             return f"xl create: {VIF_NOT_PROBED}"
-        domid = self.domid(vm.name)
+        found = self.xl("domid", vm.name, check=False).strip()
+        if not found.isdigit():  # failed as soon as created, and destroyed (xl's on_crash)
+            return GONE_AT_CREATE
+        domid = int(found)
         seen = self.wait_booted(vm, domid, mark)
         if seen.source == vm.name and seen.text.startswith(xenclient.READY_LINE):
             return Booted(vm, domid, seconds, seen.at - began, failures)

@@ -20,7 +20,7 @@ import pytest
 
 from image import xenboot, xenhost
 from image.build import Build
-from tests.support import xennetvm
+from tests.support import xenclients, xennetvm
 from tests.support.fixtures import services_fixture, topology_fixture
 from tests.support.imagebuild import build_image
 from tests.support.routers import nested_xen, stats_counter
@@ -164,17 +164,23 @@ CONSOLE_AT_START = pytest.StashKey[tuple[xenboot.Console, int]]()
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A check that failed while the nested machine failed a guest (its console says so:
-    `xennetvm.MACHINE_FAILURES`), or after the machine took a guest down for good earlier in
-    the module (its domain gone, `xennetvm.guest_lost_to_machine`), is reported as an expected
-    failure naming the crash, since it says nothing about natvm; every other failure stays a
-    failure."""
+    """A check, or its fixtures' setup, that failed while the nested machine failed a guest
+    (its console says so: `xennetvm.MACHINE_FAILURES`), after the machine took a guest down for
+    good earlier in the module (its domain gone, `xennetvm.guest_lost_to_machine`), or because
+    the machine failed every boot of a client, is reported as an expected failure naming the
+    crash, since it says nothing about natvm; every other failure stays a failure."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     started = item.stash.get(CONSOLE_AT_START, None)
-    if report.when != "call" or not report.failed or started is None:
+    if report.when not in ("setup", "call") or not report.failed or started is None:
         return
     failure = xennetvm.machine_failure(*started) or xennetvm.guest_lost_to_machine(started[0])
+    if report.when == "setup" and call.excinfo is not None:
+        # A module's fixture that boots clients: all its tries failed by the machine. (Its
+        # error is raised again at the setup of each later check in the module.)
+        error = call.excinfo.value
+        if isinstance(error, xenboot.BootError) and xenclients.ALL_BOOTS_FAILED in str(error):
+            failure = failure or str(error).splitlines()[0]
     if failure:
         report.outcome = "skipped"
         report.wasxfail = f"{xennetvm.MACHINE_FAILED}: {failure}"
