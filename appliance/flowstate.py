@@ -28,7 +28,7 @@ from appliance.packet import TCP
 MAGIC = b"natvm-flows 1 "
 SAVED, REMOVED = 1, 2
 # kind, protocol, TCP state, internal address, internal port, external port, remote address and
-# port: 18 bytes a record.
+# port: 17 bytes a record.
 RECORD = struct.Struct("<BBB4sHH4sH")
 
 
