@@ -48,6 +48,9 @@ XEN_CMDLINE = (
 )
 DOM0_CMDLINE = ("console=hvc0", "earlyprintk=xen", "quiet")
 TAIL_LINES = 40
+# The Xen tier's client VM in the dom0 (image/xenclient.py: test equipment, beside the guest).
+CLIENT_KERNEL = "/guest/client-vmlinuz"
+CLIENT_RAMDISK = "/guest/client-initramfs"
 _ESCAPES = re.compile(r"\x1b(\[[0-9;?]*[A-Za-z]|c)")
 _GUEST_LINE = re.compile(r"^([\w.-]+)\| ?(.*)$")
 # What names the reason of a failed boot, first one seen: the dom0's init or natvm giving up, a
@@ -115,13 +118,24 @@ def guest_entries(cfg: Path) -> list[cpio.Entry]:
     return entries
 
 
+def client_entries(host: Path) -> list[cpio.Entry]:
+    """The Xen tier's client VM files (image/xenclient.py) where the tests' `xl create` finds
+    them, if the xen-host build has them: in the boot's archive, since writing the 14 MB kernel
+    through the control channel took over two minutes under TCG."""
+    files = {"vmlinuz": CLIENT_KERNEL, "initramfs": CLIENT_RAMDISK}
+    built = {host / "client" / name: inside for name, inside in files.items()}
+    return [
+        cpio.file(inside[1:], path.read_bytes()) for path, inside in built.items() if path.exists()
+    ]
+
+
 def write_dom0_initrd(host: Path, cfg: Path, target: Path) -> None:
-    """The xen-host initramfs, then the guest's archive at a 4-byte boundary (as the kernel
-    looks for the next archive's magic)."""
+    """The xen-host initramfs, then the guest's archive and the client VM's files at a 4-byte
+    boundary (as the kernel looks for the next archive's magic)."""
     base = (host / "initramfs").read_bytes()
     with target.open("wb") as out:
         out.write(base + b"\0" * (-len(base) % 4))
-        out.write(cpio.archive(guest_entries(cfg)))
+        out.write(cpio.archive([*guest_entries(cfg), *client_entries(host)]))
 
 
 def missing_outputs(host: Path) -> list[str]:

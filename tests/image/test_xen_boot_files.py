@@ -115,6 +115,20 @@ def test_the_guest_archive_follows_the_dom0s_at_a_four_byte_boundary(tmp_path: P
     assert files == {"guest/xen.cfg", "guest/vmlinuz", "guest/initramfs"}
 
 
+def test_the_client_vms_files_go_in_with_the_guests(tmp_path: Path) -> None:
+    (tmp_path / "initramfs").write_bytes(b"\x1f\x8b" + b"x" * 6)
+    (tmp_path / "vmlinuz").write_bytes(b"kernel")
+    (tmp_path / "client").mkdir()
+    (tmp_path / "client" / "vmlinuz").write_bytes(b"client kernel")
+    (tmp_path / "client" / "initramfs").write_bytes(b"client initramfs")
+    guest = deploy.Deployment(128, 1, VM.bridges, tmp_path / "vmlinuz", tmp_path / "initramfs")
+    (tmp_path / "xen.cfg").write_text(deploy.xl_config(guest))
+    xenboot.write_dom0_initrd(tmp_path, tmp_path / "xen.cfg", tmp_path / "initrd")
+    found = {e.path: e.data for e in cpio.read((tmp_path / "initrd").read_bytes()[8:])}
+    assert found[xenboot.CLIENT_KERNEL.lstrip("/")] == b"client kernel"
+    assert found[xenboot.CLIENT_RAMDISK.lstrip("/")] == b"client initramfs"
+
+
 def test_qemu_boots_xen_with_the_dom0_as_multiboot_modules() -> None:
     argv = xenboot.command(MACHINE)
     assert values(argv, "-accel") == ["tcg"] and values(argv, "-cpu") == ["qemu64,+svm,+npt"]

@@ -15,7 +15,6 @@ import re
 import shlex
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 from image import xenboot, xenclient
 from image.errors import ImageError
@@ -23,8 +22,6 @@ from image.errors import ImageError
 XL = "/usr/lib/xen-4.17/bin/xl"
 XENSTORE_READ = "/usr/bin/xenstore-read"
 XENSTORE_LS = "/usr/bin/xenstore-ls"
-CLIENT_RAMDISK = "/guest/client-initramfs"
-CLIENT_KERNEL = "/guest/client-vmlinuz"  # Debian's cloud kernel (image/xenclient.py)
 BOOT_TIMEOUT = 180.0
 # A client whose boot the nested machine fails is created again, up to this many times in all.
 BOOT_ATTEMPTS = 3
@@ -72,15 +69,14 @@ class Booted:
 class Clients:
     """Create, command, inspect and destroy client domains in the dom0 of `nested`."""
 
-    def __init__(self, nested: xenboot.NestedXen, client_dir: Path) -> None:
+    def __init__(self, nested: xenboot.NestedXen) -> None:
+        """The clients' kernel and initramfs are in the dom0 from its boot on
+        (xenboot.client_entries)."""
         assert nested.control is not None
         self.nested = nested
         self.control = nested.control
         self.console = nested.console
         self._tokens = itertools.count(1)
-        self.control.write(CLIENT_RAMDISK, (client_dir / "initramfs").read_bytes())
-        self.control.write(CLIENT_KERNEL, (client_dir / "vmlinuz").read_bytes())
-        self.kernel = CLIENT_KERNEL
 
     def xl(self, *args: str, check: bool = True) -> str:
         return self.control.run(XL, *args, check=check)
@@ -91,7 +87,7 @@ class Clients:
     def create(self, vm: xenclient.ClientVm) -> float:
         """`xl create` a client; the seconds it took (the domain boots on after it returns)."""
         cfg = f"/guest/{vm.name}.cfg"
-        self.control.write(cfg, vm.xl_config(self.kernel, CLIENT_RAMDISK))
+        self.control.write(cfg, vm.xl_config(xenboot.CLIENT_KERNEL, xenboot.CLIENT_RAMDISK))
         started = time.monotonic()
         self.xl("create", cfg)
         return time.monotonic() - started

@@ -28,7 +28,7 @@ B = ClientVm("client-b", "10.137.0.3", GATEWAY, NETVM)
 def clients(
     nested: xenboot.NestedXen, xen_host: xenhost.XenHost, request: pytest.FixtureRequest
 ) -> Iterator[Clients]:
-    made = Clients(nested, xen_host.out / "client")
+    made = Clients(nested)
     yield made
     for vm in (A, B):
         made.destroy(vm.name)

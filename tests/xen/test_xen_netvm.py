@@ -45,7 +45,7 @@ def netvm(
     services: Services,
     request: pytest.FixtureRequest,
 ) -> Iterator[NetVm]:
-    clients = Clients(nested, xen_host.out / "client")
+    clients = Clients(nested)
     since = len(nested.console.lines)
     problem = as_netvm(clients, nested)
     booted: list[Booted] = []

@@ -78,7 +78,7 @@ def netvm(
     services: Services,
     request: pytest.FixtureRequest,
 ) -> Iterator[NetVm]:
-    clients = Clients(nested, xen_host.out / "client")
+    clients = Clients(nested)
     clients.control.run(PYTHON, "-c", MAKEDIRS, FOLDER)
     clients.control.write(SERVER, Path(__file__).with_name("qubesdb_server.py").read_bytes())
     clients.control.write(DATABASE, json.dumps(ENTRIES))
