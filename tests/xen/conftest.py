@@ -134,6 +134,7 @@ def nested(
                 split = booted.wait_booted(BOOT_TIMEOUT)
             except xenboot.BootError as error:
                 pytest.fail(str(error), pytrace=False)
+            request.node.stash[MODULE_CONSOLE] = booted.console  # for the report hook
             report(request, f"Xen tier boot split ({where}): {split}")
             report(request, f"Xen tier {memory_report(booted)}")
             yield booted
@@ -160,6 +161,7 @@ def console_in_report(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 CONSOLE_AT_START = pytest.StashKey[tuple[xenboot.Console, int]]()
+MODULE_CONSOLE = pytest.StashKey[xenboot.Console]()
 
 
 @pytest.hookimpl(hookwrapper=True)
@@ -171,14 +173,19 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     crash, since it says nothing about natvm; every other failure stays a failure."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
-    started = item.stash.get(CONSOLE_AT_START, None)
-    if report.when not in ("setup", "call") or not report.failed or started is None:
+    if report.when not in ("setup", "call") or not report.failed:
         return
-    failure = xennetvm.machine_failure(*started) or xennetvm.guest_lost_to_machine(started[0])
-    if report.when == "setup" and call.excinfo is not None:
-        # A module's fixture that boots clients: all its tries failed by the machine. (Its
-        # error is raised again at the setup of each later check in the module.)
-        error = call.excinfo.value
+    failure = ""
+    if report.when == "call" and CONSOLE_AT_START in item.stash:
+        started = item.stash[CONSOLE_AT_START]
+        failure = xennetvm.machine_failure(*started) or xennetvm.guest_lost_to_machine(started[0])
+    module = item.getparent(pytest.Module)
+    if report.when == "setup" and module is not None and MODULE_CONSOLE in module.stash:
+        # A module's fixture (set up before the check's own, so the console is the module's):
+        # a guest lost for good, or a client whose every boot the machine failed. Its error is
+        # raised again at the setup of each later check in the module.
+        failure = xennetvm.guest_lost_to_machine(module.stash[MODULE_CONSOLE])
+        error = call.excinfo.value if call.excinfo is not None else None
         if isinstance(error, xenboot.BootError) and xenclients.ALL_BOOTS_FAILED in str(error):
             failure = failure or str(error).splitlines()[0]
     if failure:
