@@ -38,14 +38,11 @@ import time
 import traceback
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from appliance import config as config_module
-from appliance import linux, memcg, shell
+from appliance import driverdomain, linux, memcg, qubesdblink, shell
 from appliance.config import ConfigError
-
-if TYPE_CHECKING:
-    from appliance import qubesdblink
+from appliance.xenstore import XENBUS_DEVICE, Xenstore
 
 CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 NIC_WAIT_SECONDS = 30.0
@@ -257,12 +254,6 @@ def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     come and go (appliance/driverdomain.py). When dom0 offers QubesDB, natvm's own addresses
     and the clients' firewall rules come from it (appliance/qubesdblink.py). Interfaces created
     later inherit the `default` sysctls written here."""
-    # Imported here, not above: the net VM's modules (xenstore, vifs, QubesDB, vchan, rules)
-    # are a fifth of the appliance's import time, which a two-NIC boot would pay for nothing
-    # (under TCG, import time is most of the boot's Python part).
-    from appliance import qubesdblink
-    from appliance.xenstore import XENBUS_DEVICE, Xenstore
-
     link = None
     if os.path.exists(XENBUS_DEVICE):  # else serve_vifs says what is missing
         store = Xenstore.open()  # requests at start only: closed once the link is made
@@ -282,10 +273,8 @@ def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     shell.run_netvm(config, wan, watch=functools.partial(serve_clients, link))
 
 
-def serve_clients(link: "qubesdblink.QubesDbLink | None", served: shell.NetVmShell) -> None:
+def serve_clients(link: qubesdblink.QubesDbLink | None, served: shell.NetVmShell) -> None:
     """The sources of the net VM's clients and their rules, on the shell's loop."""
-    from appliance import driverdomain, qubesdblink  # netvm mode's: see run_net_vm
-
     driverdomain.serve_vifs(served, log)
     if link is not None:
         qubesdblink.serve_qubesdb(served, link)

@@ -41,12 +41,10 @@ main()
 
 @dataclass(frozen=True)
 class Entry:
-    """The module whose `main` /init calls; importing it (and `later`) finds the stdlib it
-    needs."""
+    """The module whose `main` /init calls; importing it also finds the stdlib it needs."""
 
     module: str
     comment: str
-    later: tuple[str, ...] = ()  # what it imports only when it needs it
 
     def init(self) -> str:
         return INIT.format(comment=self.comment, module=self.module)
@@ -55,7 +53,6 @@ class Entry:
 PRODUCT = Entry(
     "appliance.init",
     "natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).",
-    ("appliance.driverdomain", "appliance.qubesdblink"),  # net VM mode's (appliance/init.py)
 )
 REFERENCE = Entry(
     "image.reference",
@@ -121,7 +118,7 @@ def _image_path(inputs: Inputs, file: Path) -> str:
 def python(inputs: Inputs) -> list[cpio.Entry]:
     """The interpreter, its libraries, the stdlib modules and the appliance, compiled (and in
     the reference image, the reference program: found by importing it, as the stdlib is)."""
-    found = runtime.modules(inputs.root, inputs.source, (inputs.entry.module, *inputs.entry.later))
+    found = runtime.modules(inputs.root, inputs.source, (inputs.entry.module,))
     found.pop("__main__", None)  # the build's own job script (image/target_job.py), not the image's
     sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
     compiled = sorted(f for f in sources if f.suffix == ".py")
