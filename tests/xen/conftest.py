@@ -166,11 +166,12 @@ MODULE_CONSOLE = pytest.StashKey[xenboot.Console]()
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    """A check, or its fixtures' setup, that failed while the nested machine failed a guest
-    (its console says so: `xennetvm.MACHINE_FAILURES`), after the machine took a guest down for
-    good earlier in the module (its domain gone, `xennetvm.guest_lost_to_machine`), or because
-    the machine failed every boot of a client, is reported as an expected failure naming the
-    crash, since it says nothing about natvm; every other failure stays a failure."""
+    """A check that failed while the nested machine failed a guest (its console says so:
+    `xennetvm.MACHINE_FAILURES`) or after the machine took a guest down for good earlier in the
+    module (its domain gone, `xennetvm.guest_lost_to_machine`), or a module fixture's setup
+    that failed after the machine failed any guest of the module's or every boot of a client,
+    is reported as an expected failure naming the crash, since it says nothing about natvm;
+    every other failure stays a failure."""
     outcome = yield
     report = outcome.get_result()  # type: ignore[attr-defined]
     if report.when not in ("setup", "call") or not report.failed:
@@ -181,10 +182,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         failure = xennetvm.machine_failure(*started) or xennetvm.guest_lost_to_machine(started[0])
     module = item.getparent(pytest.Module)
     if report.when == "setup" and module is not None and MODULE_CONSOLE in module.stash:
-        # A module's fixture (set up before the check's own, so the console is the module's):
-        # a guest lost for good, or a client whose every boot the machine failed. Its error is
-        # raised again at the setup of each later check in the module.
-        failure = xennetvm.guest_lost_to_machine(module.stash[MODULE_CONSOLE])
+        # A module's fixture (set up before the check's own, so the console is the module's)
+        # that failed after the machine failed a guest of the module's (natvm crashed under
+        # it: xl's next step then fails before xenconsole says natvm's console is gone), or a
+        # client whose every boot the machine failed. Its error is raised again at the setup
+        # of each later check in the module.
+        failure = xennetvm.machine_failure(module.stash[MODULE_CONSOLE], 0)
         error = call.excinfo.value if call.excinfo is not None else None
         if isinstance(error, xenboot.BootError) and xenclients.ALL_BOOTS_FAILED in str(error):
             failure = failure or str(error).splitlines()[0]
