@@ -20,7 +20,7 @@ of PID 1's own duties (a bad configuration included), is logged in one line and 
 A clean stop (SIGTERM to PID 1, passed on to the child) powers the VM off.
 
 Rules: PID 1 must never hang and never exit silently. Boot entropy: /dev/urandom exists in the
-initramfs before /dev is mounted (so Python's hash seed never waits), and virtio-rng feeds the
+root filesystem before /dev is mounted (so Python's hash seed never waits), and virtio-rng feeds the
 kernel under QEMU.
 
 Everything here imports at module level: the image builder finds the stdlib modules the image
@@ -48,7 +48,7 @@ CONFIG_FILE = Path("/etc/natvm/ops-config.json")
 NIC_WAIT_SECONDS = 30.0
 NIC_ROLES = ("WAN", "LAN")  # in bus order
 REBOOT_DELAY_SECONDS = 3.0
-STATE_DIR = Path("/run/natvm")  # on the rootfs, a tmpfs: memory, gone with the VM
+STATE_DIR = Path("/run/natvm")  # a tmpfs: memory, gone with the VM
 EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexits' EX_CONFIG)
 RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 0.5, 30.0  # seconds
 STABLE_SECONDS = 30.0  # a child that lived this long is restarted at once
@@ -61,6 +61,7 @@ _MOUNTS = (
     ("sysfs", "/sys", "sysfs"),
     ("devtmpfs", "/dev", "devtmpfs"),
     ("cgroup2", "/sys/fs/cgroup", "cgroup2"),  # the NAT's memory limit (appliance/memcg.py)
+    ("tmpfs", "/run", "tmpfs"),  # the root is read-only (image/squashfs.py); STATE_DIR lives here
 )
 _MS_NOSUID, _MS_NODEV, _MS_NOEXEC = 2, 4, 8
 _RB_AUTOBOOT, _RB_POWER_OFF = 0x01234567, 0x4321FEDC
@@ -167,10 +168,11 @@ def memory_summary(meminfo: str) -> str:
     return f"{available}/{total} MiB available"
 
 
-# The /proc/meminfo fields the boot log breaks the guest's memory into: the unpacked initramfs
-# lives in the page cache (Cached, all of it Shmem on the tmpfs rootfs), the kernel's objects in
-# Slab, and the appliance's own heap is its RssAnon (its RSS also counts the mapped python3.11
-# and libraries, which are already in Shmem). MemTotal is what the kernel image left.
+# The /proc/meminfo fields the boot log breaks the guest's memory into: the files Python read from
+# the squashfs root are in the page cache (Cached, which the kernel may drop again), the squashfs
+# itself is in the RAM disk (no field of its own), tmpfs files (the flow journal) are Shmem, the kernel's
+# objects are Slab, and the appliance's own heap is its RssAnon (its RSS also counts the mapped
+# python3.11 and libraries, which are in Cached). MemTotal is what the kernel image left.
 _BREAKDOWN = ("MemTotal", "MemFree", "Cached", "Shmem", "Slab", "PageTables", "KernelStack")
 
 
@@ -186,39 +188,6 @@ def memory_breakdown(meminfo: str, status: str) -> str:
         if key in table
     ]
     return " ".join(parts) + " MiB"
-
-
-# The rootfs is a tmpfs: every file of the initramfs stays in RAM for the VM's life. Once PID 1
-# has imported its modules (all at module level), their bytecode is never read again, so
-# deleting it returns its pages (2.2 MiB, 7 % of a 32 MiB guest). Only files of modules already
-# in `sys.modules` go: anything imported later still finds its file. Mapped files (python3.11,
-# .so) would stay pinned while mapped, so they are left alone.
-RELEASABLE_ROOTS = ("/usr/lib/python3.11/", "/opt/natvm/")
-
-
-def releasable_files(
-    modules: Iterable[object], roots: tuple[str, ...] = RELEASABLE_ROOTS
-) -> list[str]:
-    """The bytecode files, under `roots`, of the imported `modules` (sys.modules values)."""
-    found = set()
-    for module in modules:
-        path = getattr(module, "__file__", None)
-        if isinstance(path, str) and path.endswith(".pyc") and path.startswith(roots):
-            found.add(path)
-    return sorted(found)
-
-
-def release_files(paths: Iterable[str]) -> int:
-    """Delete `paths` (missing ones are skipped); returns the bytes freed."""
-    freed = 0
-    for path in paths:
-        try:
-            size = os.stat(path).st_size
-            os.unlink(path)
-        except FileNotFoundError:
-            continue
-        freed += size
-    return freed
 
 
 def load_configuration() -> config_module.ApplianceConfig:
@@ -369,9 +338,6 @@ def boot(program: Program) -> None:
     mount_filesystems()
     log(f"init started {uptime():.2f} s after the kernel (python {sys.version.split()[0]})")
     config = load_configuration()
-    done_with = releasable_files(list(sys.modules.values()))
-    freed = release_files(done_with)
-    log(f"released {len(done_with)} boot-only files from the rootfs ({freed / 2**20:.1f} MiB)")
     start: Callable[[], None]
     if config.nat.netvm:  # one NIC, the uplink: the clients' vifs come later
         (uplink,) = wait_for_nics(1)

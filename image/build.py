@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from image import cpio, debs, deploy, initramfs, kbuild, lock, qemu
+from image import cpio, debs, deploy, initramfs, kbuild, lock, qemu, squashfs
 from image.lock import Pin
 
 _Context = TypeVar("_Context")
@@ -90,13 +90,12 @@ def image(b: Build) -> None:
     with tempfile.TemporaryDirectory(prefix="natvm-pyc-") as scratch:
         inputs = initramfs.Inputs(b.root, b.tree, b.config, Path(scratch), b.reference)
         entries = initramfs.entries(inputs)
-    archive = cpio.archive(entries)
-    (b.out / "initramfs").write_bytes(initramfs.compress_zstd(archive))
+    (b.out / "initramfs").write_bytes(squashfs.image(entries))
     counts: Counter[str] = Counter()
-    for entry in {e.path: e for e in entries}.values():
+    for entry in cpio.with_parents(entries):
         counts[_category(entry.path)] += len(entry.data)
     b.contents = dict(counts.most_common())
-    b.sizes["initramfs uncompressed"] = len(archive)
+    b.sizes["files"] = sum(counts.values())
 
 
 def deployment(b: Build) -> None:
@@ -149,7 +148,8 @@ def manifest(b: Build) -> None:
             name: {"sha256": s, "size": (b.out / name).stat().st_size} for name, s in sums.items()
         },
         "initramfs": {
-            "compression": f"zstd {' '.join(initramfs.ZSTD_ARGS[:2])}",
+            "format": "squashfs",
+            "compression": " ".join(squashfs.COMPRESSION),
             **b.sizes,
             "contents": b.contents,
         },

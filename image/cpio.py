@@ -57,7 +57,7 @@ def _member(entry: Entry, ino: int, mtime: int) -> bytes:
     return header + name + _pad(len(header) + len(name)) + entry.data + _pad(len(entry.data))
 
 
-def _with_parents(entries: Iterable[Entry]) -> list[Entry]:
+def with_parents(entries: Iterable[Entry]) -> list[Entry]:
     by_path = {e.path.strip("/"): e for e in entries}
     for path in list(by_path):
         parts = path.split("/")
@@ -69,7 +69,7 @@ def _with_parents(entries: Iterable[Entry]) -> list[Entry]:
 def archive(entries: Iterable[Entry], mtime: int = 0) -> bytes:
     """The newc archive of `entries` (paths relative to /), parents added, sorted, with trailer."""
     out = io.BytesIO()
-    members = _with_parents(entries)
+    members = with_parents(entries)
     for ino, entry in enumerate(members, start=1):
         out.write(_member(entry, ino, mtime))
     out.write(_member(Entry(TRAILER, 0), 0, 0))

@@ -98,6 +98,7 @@ def skeleton(inputs: Inputs) -> list[cpio.Entry]:
         cpio.directory("proc"),
         cpio.directory("sys"),
         cpio.directory("tmp", 0o1777),
+        cpio.directory("run"),  # a tmpfs's mount point (the root is read-only)
         cpio.char_device("dev/console", 5, 1),
         cpio.char_device("dev/null", 1, 3, 0o666),
         cpio.char_device("dev/urandom", 1, 9, 0o444),

@@ -49,30 +49,6 @@ def test_memory_breakdown_names_where_the_memory_went() -> None:
     )
 
 
-def test_only_bytecode_of_imported_modules_in_the_image_is_released(tmp_path: Path) -> None:
-    class Module:
-        def __init__(self, file: str | None) -> None:
-            self.__file__ = file
-
-    modules = [
-        Module("/usr/lib/python3.11/re/__init__.pyc"),
-        Module("/opt/natvm/appliance/shell.pyc"),
-        Module("/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"),
-        Module("/home/dev/natvm/appliance/shell.pyc"),  # not the image's
-        Module(None),
-        object(),  # builtins have no __file__
-    ]
-    assert init.releasable_files(modules) == [
-        "/opt/natvm/appliance/shell.pyc",
-        "/usr/lib/python3.11/re/__init__.pyc",
-    ]
-    kept, gone = tmp_path / "kept.pyc", tmp_path / "gone.pyc"
-    kept.write_bytes(b"k")
-    gone.write_bytes(b"12345")
-    assert init.release_files([str(gone), str(tmp_path / "missing.pyc")]) == 5
-    assert kept.exists() and not gone.exists()
-
-
 def test_a_childs_end_is_named_by_its_status_or_signal() -> None:
     assert init.exit_cause(0x0100) == "exited with status 1"
     assert init.exit_cause(signal.SIGKILL) == "killed by SIGKILL"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from image import build, cpio, initramfs, kconfig, lock, runtime
 from tests.image.test_image_contents import extract, run_from_image
-from tests.support.imagebuild import initramfs_archive
+from tests.support.imagebuild import rootfs_entries
 
 NFT_LIBRARIES = ("libnftables.so.1", "libnftnl.so.11", "libmnl.so.0", "libedit.so.2")
 NFT_OPTIONS = ("NF_TABLES", "NFT_NAT", "NFT_MASQ", "NFT_CT", "NF_CONNTRACK", "NF_NAT")
@@ -16,7 +16,7 @@ REFERENCE_PROGRAM = f"{runtime.APP_DIR}/image/reference.pyc"
 
 
 def _members(b: build.Build) -> dict[str, cpio.Entry]:
-    return {m.path: m for m in cpio.read(initramfs_archive(b))}
+    return {m.path: m for m in rootfs_entries(b)}
 
 
 def _kernel_options(b: build.Build) -> dict[str, str]:
@@ -66,7 +66,7 @@ def test_the_product_image_has_no_reference_userland(built: build.Build) -> None
 def test_the_reference_nft_runs_from_the_images_own_files(
     built_reference: build.Build, tmp_path: Path
 ) -> None:
-    extract(initramfs_archive(built_reference), tmp_path)
+    extract(rootfs_entries(built_reference), tmp_path)
     argv = run_from_image(tmp_path, initramfs.NFT, "--version")
     version = subprocess.run(argv, env={}, capture_output=True, text=True, check=True).stdout
     assert version.startswith("nftables v1.")

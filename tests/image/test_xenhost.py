@@ -12,7 +12,7 @@ from image import build, cpio, lock, runtime, xenclient, xenhost
 from image.elf import Elf
 from image.errors import ImageError
 from tests.image.test_image_contents import extract
-from tests.support.imagebuild import initramfs_archive
+from tests.support.imagebuild import rootfs_entries
 
 MULTIBOOT_MAGIC = 0x1BADB002
 MULTIBOOT_SEARCH = 8192  # the header must sit in the image's first 8 KiB
@@ -101,7 +101,7 @@ def test_nothing_of_the_dom0_enters_the_product(built: build.Build) -> None:
     assert "xen-hypervisor-4.17-amd64" in only_dom0 and lock.dom0_kernel_name(pins[0]) in only_dom0
     manifest = (built.out / "manifest.json").read_text()
     assert not [name for name in only_dom0 if f'"{name}"' in manifest]
-    paths = [entry.path for entry in cpio.read(initramfs_archive(built))]
+    paths = [entry.path for entry in rootfs_entries(built)]
     # the dom0's xenstore is its daemon, library and tools; natvm's own client of the protocol
     # (appliance/xenstore.py) is product code, as xen-netback is (a net VM's vifs); busybox is the
     # client VMs'

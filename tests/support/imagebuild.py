@@ -1,10 +1,9 @@
 """Building the image from tests: into a directory of the test's own, from ops-config.json."""
 
-import subprocess
 from pathlib import Path
 
 from appliance.config import load_config
-from image import build, deploy
+from image import build, cpio, deploy, squashfs
 from tests.support import CONFIG
 
 
@@ -17,7 +16,6 @@ def build_image(out: Path, reference: bool = False) -> build.Build:
     return b
 
 
-def initramfs_archive(b: build.Build) -> bytes:
-    """The built image's initramfs, uncompressed (with the zstd tool, as Python has none)."""
-    compressed = (b.out / "initramfs").read_bytes()
-    return subprocess.run(["zstd", "-dc"], input=compressed, capture_output=True, check=True).stdout
+def rootfs_entries(b: build.Build) -> list[cpio.Entry]:
+    """The files of the built image's root filesystem (build/initramfs, a squashfs)."""
+    return squashfs.read((b.out / "initramfs").read_bytes())
