@@ -13,8 +13,11 @@ Without a cgroup the same flood would run the whole guest out of memory, and the
 killer (the child's oom_score_adj is 1000) would pick the child only once nothing was left.
 
 The limit: what the guest has available when PID 1 is about to start the NAT (MemAvailable:
-MemTotal less the kernel, the initramfs on the tmpfs rootfs and PID 1), less a reserve of
-MemTotal / 8 for the kernel's own allocations under a flood (its receive buffers can hold up to
+MemTotal less the kernel, the root filesystem's RAM disk and PID 1), less the files processes
+have mapped (Mapped: python3.11 and its libraries, read from the root filesystem into the page
+cache; MemAvailable counts them as reclaimable, but a NAT that grew into them would have them
+read and decompressed again at every turn), less a reserve of MemTotal / 8 for the kernel's own
+allocations under a flood (its receive buffers can hold up to
 about 15 % of MemTotal: appliance/shell.py, socket_buffer_size), and never less than
 `MIN_LIMIT`, what a child needs to start and forward (in a guest that small the reserve is not
 there to keep, and the global OOM killer is the guard).
@@ -33,7 +36,8 @@ def nat_memory_limit(meminfo: str) -> int:
     """The NAT child's memory.max in bytes, from /proc/meminfo read just before it starts."""
     fields = dict(line.split(":", 1) for line in meminfo.splitlines() if ":" in line)
     total, available = (int(fields[key].split()[0]) * 1024 for key in ("MemTotal", "MemAvailable"))
-    return max(MIN_LIMIT, available - total // KERNEL_RESERVE_DIVISOR)
+    mapped = int(fields.get("Mapped", "0").split()[0]) * 1024
+    return max(MIN_LIMIT, available - mapped - total // KERNEL_RESERVE_DIVISOR)
 
 
 def create_nat_cgroup(

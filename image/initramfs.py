@@ -1,8 +1,8 @@
 """The initramfs: the appliance, the Python runtime it needs, config, /init.
 
-Assembled in small steps, each returning cpio entries; `archive` sorts and writes them
-deterministically; natvm's images are compressed with zstd (`compress_zstd`), the Xen tier's
-dom0 and clients, which boot Debian's kernels, with gzip (`compress`).
+Assembled in small steps, each returning cpio entries. natvm's images write them as a squashfs
+(image/squashfs.py: the root filesystem, read-only); the Xen tier's dom0 and clients, which boot
+Debian's kernels, as a gzip'd cpio initramfs (`cpio.archive`, `compress`).
 Layout in the image:
   /init                       a Python script: hands over to appliance.init (PID 1 duties)
   /sbin/poweroff              a Python script: SIGTERM to PID 1 (hypervisor shutdown requests)
@@ -19,13 +19,11 @@ the appliance (see image/reference.py). natvm's own initramfs holds none of it.
 
 import gzip
 import os
-import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from image import cpio, runtime
-from image.command import require
 from image.elf import Elf
 
 CONFIG_PATH = "etc/natvm/ops-config.json"
@@ -169,16 +167,3 @@ def entries(inputs: Inputs) -> list[cpio.Entry]:
 
 def compress(archive: bytes) -> bytes:
     return gzip.compress(archive, compresslevel=9, mtime=0)
-
-
-# zstd level 19 with a 1 MiB window: 22 % smaller than gzip -9 and unpacked several times as
-# fast under TCG (README: the image figures). The kernel unpacks the initramfs as a stream and
-# allocates the whole window for it at boot, so the window is kept small for small guests
-# (level 19's own 8 MiB window saves 3 % more). The zstd CLI's output depends only on the level,
-# the window and its version: the build stays byte-identical.
-ZSTD_ARGS = ("-19", "--zstd=wlog=20", "-q", "-c")
-
-
-def compress_zstd(archive: bytes) -> bytes:
-    zstd = require("zstd", "zstd")
-    return subprocess.run([zstd, *ZSTD_ARGS], input=archive, capture_output=True, check=True).stdout

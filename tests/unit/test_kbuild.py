@@ -48,7 +48,8 @@ def test_the_fragment_asks_for_what_the_image_uses() -> None:
     options = kbuild.fragment_options(kbuild.PRODUCT)
     for name in ("VIRTIO_NET", "VIRTIO_PCI", "XEN_PVH", "XEN_NETDEV_FRONTEND",
                  "XEN_NETDEV_BACKEND", "XEN_DEV_EVTCHN", "XEN_GNTDEV", "PACKET", "MEMCG",
-                 "DEVTMPFS", "SERIAL_8250_CONSOLE", "HVC_XEN", "BLK_DEV_RAM", "SQUASHFS"):  # fmt: skip
+                 "DEVTMPFS", "SERIAL_8250_CONSOLE", "HVC_XEN", "BLK_DEV_RAM",
+                 "SQUASHFS"):  # fmt: skip
         assert options[f"CONFIG_{name}"] == "y", name
 
 

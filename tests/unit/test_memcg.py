@@ -7,10 +7,10 @@ from appliance import memcg
 MIB = 1 << 20
 
 
-def meminfo(total_mib: float, available_mib: float) -> str:
+def meminfo(total_mib: float, available_mib: float, mapped_mib: float = 0) -> str:
     return (
         f"MemTotal: {int(total_mib * 1024)} kB\nMemFree: 1 kB\n"
-        f"MemAvailable: {int(available_mib * 1024)} kB\n"
+        f"MemAvailable: {int(available_mib * 1024)} kB\nMapped: {int(mapped_mib * 1024)} kB\n"
     )
 
 
@@ -22,6 +22,12 @@ def test_the_limit_is_what_is_available_less_an_eighth_of_the_guest() -> None:
     # The smallest guest that boots (-m 77) has no eighth to spare: the floor, and the global
     # OOM killer as the guard.
     assert memcg.nat_memory_limit(meminfo(45, 6)) == memcg.MIN_LIMIT
+
+
+def test_the_mapped_files_stay_outside_the_limit() -> None:
+    # -m 64 with the squashfs root: python3.11 and its libraries mapped, 6.2 MiB of the page
+    # cache MemAvailable counts as reclaimable.
+    assert round(memcg.nat_memory_limit(meminfo(53.7, 29.7, 6.2)) / MIB, 1) == 16.8
 
 
 def test_the_cgroup_is_made_limited_and_entered(tmp_path: Path) -> None:
