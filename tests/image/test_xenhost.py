@@ -85,7 +85,7 @@ def test_the_dom0_programs_run_from_its_own_libraries(
     xen_host: xenhost.XenHost, tmp_path: Path
 ) -> None:
     """Each program starts (prints its usage) with the dom0's loader and libraries only."""
-    extract(gzip.decompress((xen_host.out / "initramfs").read_bytes()), tmp_path)
+    extract(list(cpio.read(gzip.decompress((xen_host.out / "initramfs").read_bytes()))), tmp_path)
     libraries = ":".join(str(tmp_path / d) for d in runtime.LIBDIRS)
     loader = str(tmp_path / runtime.LOADER)
     for program in xenhost.PROGRAMS:

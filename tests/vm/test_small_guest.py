@@ -23,8 +23,8 @@ pytestmark = pytest.mark.vm
 topology = topology_fixture("module", "small-", Attach.TAP)
 services = services_fixture("module")
 
-SMALLEST_GUEST_MIB = 48
-SMALLEST_UNHARMED_MIB = 56
+SMALLEST_GUEST_MIB = 40
+SMALLEST_UNHARMED_MIB = 48
 
 
 @pytest.mark.parametrize(
