@@ -25,8 +25,8 @@ def test_the_limit_is_what_is_available_less_an_eighth_of_the_guest() -> None:
 
 
 def test_the_mapped_files_stay_outside_the_limit() -> None:
-    # -m 64 with the squashfs root: python3.11 and its libraries mapped, 6.2 MiB of the page
-    # cache MemAvailable counts as reclaimable.
+    # python3.11 and its libraries mapped from the squashfs root: 6.2 MiB of page cache that
+    # MemAvailable counts as reclaimable, and that the NAT must not grow into.
     assert round(memcg.nat_memory_limit(meminfo(53.7, 29.7, 6.2)) / MIB, 1) == 16.8
 
 
