@@ -40,8 +40,8 @@ pytestmark = pytest.mark.vm
 topology = topology_fixture("module", "flood-", Attach.TAP)
 services = services_fixture("module")
 
-# 64 MiB (natvm's own kernel): a limit of 18.5 MiB when the NAT starts, which about 40,000
-# sessions fill (at 128 MiB the limit, 74 MiB, holds the default max_flows).
+# 64 MiB (natvm's own kernel): a limit of 19.5 MiB when the NAT starts, which about 42,000
+# sessions fill (at 128 MiB the limit, about 73 MiB, holds the default max_flows).
 MEMORY_MIB = 64
 SIZE, RATE = 24 << 20, "2M"  # about 100 s at RATE, longer while the flood takes the CPU
 FLOOD_RATE = 800  # frames/s: a little above the new flows/s the NAT takes under TCG (~600)
