@@ -17,8 +17,8 @@ MemTotal less the kernel, the root filesystem's RAM disk and PID 1), less the fi
 have mapped (Mapped: python3.11 and its libraries, read from the root filesystem into the page
 cache; MemAvailable counts them as reclaimable, but a NAT that grew into them would have them
 read and decompressed again at every turn), less a reserve of MemTotal / 8 for the kernel's own
-allocations under a flood (its receive buffers can hold up to
-about 15 % of MemTotal: appliance/shell.py, socket_buffer_size), and never less than
+allocations under a flood (its receive buffers can hold up to about 15 % of MemTotal:
+appliance/shell.py, socket_buffer_size), and never less than
 `MIN_LIMIT`, what a child needs to start and forward (in a guest that small the reserve is not
 there to keep, and the global OOM killer is the guard).
 """

@@ -65,7 +65,7 @@ def image(entries: Iterable[cpio.Entry]) -> bytes:
     mksquashfs = require("mksquashfs", PACKAGE)
     with tempfile.TemporaryDirectory(prefix="natvm-rootfs-") as scratch:
         tree, out = Path(scratch) / "root", Path(scratch) / "rootfs.squashfs"
-        tree.mkdir(mode=0o755)
+        tree.mkdir()
         os.chmod(tree, 0o755)  # the root directory's mode, whatever the umask
         devices = _write_tree(entries, tree)
         pseudo = [arg for line in devices for arg in ("-p", line)]
@@ -74,8 +74,8 @@ def image(entries: Iterable[cpio.Entry]) -> bytes:
 
 
 def read(blob: bytes) -> list[cpio.Entry]:
-    """The entries of a squashfs, sorted by path (for tests and the build report). Device nodes
-    are read from unsquashfs's listing, so this needs no root either."""
+    """The entries of a squashfs, sorted by path (for tests). Device nodes are read from
+    unsquashfs's listing, so this needs no root either."""
     unsquashfs = require("unsquashfs", PACKAGE)
     with tempfile.TemporaryDirectory(prefix="natvm-rootfs-") as scratch:
         image_file, tree = Path(scratch) / "rootfs.squashfs", Path(scratch) / "root"
@@ -89,10 +89,11 @@ def read(blob: bytes) -> list[cpio.Entry]:
             check=False,
         )
         found = list(devices)
+        device_paths = {device.path for device in devices}
         for path in sorted(tree.rglob("*")):
             name = str(path.relative_to(tree))
             mode = path.lstat().st_mode
-            if any(d.path == name for d in devices):
+            if name in device_paths:
                 continue
             if stat.S_ISLNK(mode):
                 found.append(cpio.Entry(name, mode, os.readlink(path).encode()))

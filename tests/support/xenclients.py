@@ -35,6 +35,13 @@ GONE_AT_CREATE = "the domain was gone right after `xl create`"
 # and in natvm alike; or a guest kernel's panic "stack guard page was hit". Not a sign of
 # anything natvm did: an out-of-memory panic or a Python traceback is not among them.
 MACHINE_FAILURES = ("Triple fault", "stack guard page was hit")
+
+
+def is_machine_failure(text: str) -> bool:
+    """Whether a console line or a boot's failure says the nested machine failed a guest."""
+    return any(sign in text for sign in MACHINE_FAILURES)
+
+
 # What `xl create` says when the vif's backend (netback in the net VM) did not reach InitWait
 # within libxl's fixed 10 s: nested TCG on a loaded machine exceeds it at times (a fresh-clone CI
 # run here, client B). The domain is gone then; the client is created again, as after a failure.
@@ -101,7 +108,7 @@ class Clients:
 
         def failed(line: xenboot.Line) -> bool:
             ours = line.source == vm.name or f"d{domid}v" in line.text
-            return ours and any(sign in line.text for sign in MACHINE_FAILURES)
+            return ours and is_machine_failure(line.text)
 
         return self.console.wait_for(
             lambda line: ready(line) or failed(line),
@@ -129,8 +136,10 @@ class Clients:
                 failures.append(attempt)
                 self.destroy(vm.name)
                 if len(failures) == BOOT_ATTEMPTS:
-                    signs = (*MACHINE_FAILURES, GONE_AT_CREATE)
-                    machine = any(sign in failure for failure in failures for sign in signs)
+                    machine = any(
+                        is_machine_failure(failure) or GONE_AT_CREATE in failure
+                        for failure in failures
+                    )
                     verdict = ALL_BOOTS_FAILED if machine else "could not be booted, tries:"
                     raise xenboot.BootError(
                         f"{vm.name}: {verdict} {BOOT_ATTEMPTS}: "

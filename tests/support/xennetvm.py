@@ -19,7 +19,7 @@ from image.dom0 import xlcfg
 from image.xenclient import ClientVm
 from tests.support.routers import stats_counter
 from tests.support.topology import SERVER_A
-from tests.support.xenclients import CONNECTED, MACHINE_FAILURES, XL, Booted, Clients
+from tests.support.xenclients import CONNECTED, XL, Booted, Clients, is_machine_failure
 
 NETVM = "natvm"  # xen.cfg's name
 GATEWAY = "10.137.0.1"  # the net VM's address as its clients see it (Qubes' netvm gateway)
@@ -60,7 +60,7 @@ MACHINE_FAILED = "the nested machine failed a guest, the check says nothing"
 def machine_failure(console: xenboot.Console, since: int) -> str:
     """The first console line since `since` that says the nested machine failed a guest."""
     for line in console.lines[since:]:
-        if any(sign in line.text for sign in MACHINE_FAILURES):
+        if is_machine_failure(line.text):
             return f"{line.source}: {line.text.strip()}"
     return ""
 

@@ -167,7 +167,7 @@ MODULE_CONSOLE = pytest.StashKey[xenboot.Console]()
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
     """A check that failed while the nested machine failed a guest (its console says so:
-    `xennetvm.MACHINE_FAILURES`) or after the machine took a guest down for good earlier in the
+    `xenclients.MACHINE_FAILURES`) or after the machine took a guest down for good earlier in the
     module (its domain gone, `xennetvm.guest_lost_to_machine`), or a module fixture's setup
     that failed after the machine failed any guest of the module's or every boot of a client,
     is reported as an expected failure naming the crash, since it says nothing about natvm;
