@@ -6,7 +6,7 @@ appliance's config parser reads it): memory, CPUs, the bridges of the WAN and LA
 as the image's init maps them.
 
 libvirt.xml names no build directory, so it works wherever build/ is copied: libvirt needs
-absolute kernel and initrd paths, so the file holds `@BUILD_DIR@` where its folder's path goes, and
+absolute kernel and disk paths, so the file holds `@BUILD_DIR@` where its folder's path goes, and
 libvirt-define.sh, beside it, puts in the path of the folder it is in and runs `virsh define`.
 xen.cfg names vmlinuz and initramfs relative to itself, and xen-create.sh, beside it, runs
 `xl create` with their absolute paths as overrides (image/dom0/xlcfg.py says why: xl's restart on
@@ -90,13 +90,14 @@ def _element(parent: ET.Element, tag: str, text: str = "", **attributes: str) ->
 
 LIBVIRT_NOTE = f"""
   natvm's libvirt domain. {BUILD_DIR} stands for the absolute path of this file's folder (libvirt
-  needs absolute kernel and initrd paths): libvirt-define.sh, in the same folder, puts it in and
+  needs absolute kernel and disk paths): libvirt-define.sh, in the same folder, puts it in and
   runs virsh define. The folder must be readable by libvirt's QEMU user (libvirt-qemu on Debian).
 """
 
 
 def libvirt_xml(vm: Deployment) -> str:
-    """A libvirt domain: direct kernel boot, two virtio NICs on bridges, serial console."""
+    """A libvirt domain: direct kernel boot, the root filesystem on a read-only virtio disk, two
+    virtio NICs on bridges, serial console."""
     domain = ET.Element("domain", type=LIBVIRT_TYPES["kvm"])
     _element(domain, "name", NAME)
     _element(domain, "memory", str(vm.memory_mib), unit="MiB")
@@ -104,11 +105,16 @@ def libvirt_xml(vm: Deployment) -> str:
     os_ = _element(domain, "os")
     _element(os_, "type", "hvm", arch="x86_64", machine="pc")
     _element(os_, "kernel", f"{BUILD_DIR}/vmlinuz")
-    _element(os_, "initrd", f"{BUILD_DIR}/initramfs")
     _element(os_, "cmdline", qemu.kernel_cmdline())
     for event, action in (("poweroff", "destroy"), ("reboot", "restart"), ("crash", "restart")):
         _element(domain, f"on_{event}", action)
     devices = _element(domain, "devices")
+    # The root filesystem as a read-only virtio disk, as qemu.command attaches it.
+    disk = _element(devices, "disk", type="file", device="disk")
+    _element(disk, "driver", name="qemu", type="raw")
+    _element(disk, "source", file=f"{BUILD_DIR}/initramfs")
+    _element(disk, "target", dev="vda", bus="virtio")
+    _element(disk, "readonly")
     for bridge, mac in zip(vm.bridges, qemu.MACS, strict=True):
         interface = _element(devices, "interface", type="bridge")
         _element(interface, "source", bridge=bridge)

@@ -15,14 +15,19 @@ from image.dom0 import init, xlcfg
 VM = deploy.Deployment(128, 1, ("br-up", "br-down"), Path("/k/vmlinuz"), Path("/k/initramfs"))
 
 
-def test_libvirt_domain_boots_the_kernel_directly_with_two_bridged_nics() -> None:
+def test_libvirt_domain_boots_the_kernel_directly_with_a_read_only_root_and_two_nics() -> None:
     domain = ET.fromstring(deploy.libvirt_xml(VM))
     assert domain.findtext("memory") == "128" and domain.find("memory").get("unit") == "MiB"  # type: ignore[union-attr]
     assert domain.findtext("vcpu") == "1"
     assert domain.get("type") == "kvm"
     assert domain.findtext("os/kernel") == "@BUILD_DIR@/vmlinuz"  # libvirt-define.sh fills it in
-    assert domain.findtext("os/initrd") == "@BUILD_DIR@/initramfs"
-    assert "console=ttyS0" in (domain.findtext("os/cmdline") or "")
+    assert domain.find("os/initrd") is None
+    cmdline = (domain.findtext("os/cmdline") or "").split()
+    assert {"console=ttyS0", "root=/dev/vda", "ro"} <= set(cmdline)
+    [disk] = domain.findall("devices/disk")
+    assert disk.find("source").get("file") == "@BUILD_DIR@/initramfs"  # type: ignore[union-attr]
+    assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}  # type: ignore[union-attr]
+    assert disk.find("readonly") is not None
     interfaces = domain.findall("devices/interface")
     assert [i.get("type") for i in interfaces] == ["bridge", "bridge"]
     assert [i.find("source").get("bridge") for i in interfaces] == ["br-up", "br-down"]  # type: ignore[union-attr]
@@ -46,7 +51,7 @@ def _stand_in(bin_dir: Path, name: str, body: str) -> None:
 
 def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_path: Path) -> None:
     """build/ copied elsewhere: libvirt-define.sh defines libvirt.xml with the copy's kernel and
-    initramfs, and run-qemu.sh boots them, whatever the current directory (stand-ins for virsh
+    root disk, and run-qemu.sh boots them, whatever the current directory (stand-ins for virsh
     and QEMU record what they get). Neither file names the build directory."""
     copy = tmp_path / "elsewhere" / "natvm"
     shutil.copytree(built.out, copy)
@@ -64,14 +69,16 @@ def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_
         assert (record / "virsh").read_text() == "define /dev/stdin\n"
         domain = ET.parse(record / "domain.xml").getroot()
         assert domain.get("type") == domain_type
-        for element, name in (("os/kernel", "vmlinuz"), ("os/initrd", "initramfs")):
-            assert Path(domain.findtext(element) or "") == copy.resolve() / name
+        kernel = Path(domain.findtext("os/kernel") or "")
+        disk = Path(domain.find("devices/disk/source").get("file") or "")  # type: ignore[union-attr]
+        assert (kernel, disk) == (copy.resolve() / "vmlinuz", copy.resolve() / "initramfs")
 
     subprocess.run([copy / "run-qemu.sh"], cwd="/", env=env, check=True)
     cwd = Path((record / "cwd").read_text().strip())
     argv = (record / "qemu").read_text().splitlines()
-    for option, name in (("-kernel", "vmlinuz"), ("-initrd", "initramfs")):
-        assert cwd / argv[argv.index(option) + 1] == copy.resolve() / name
+    assert cwd / argv[argv.index("-kernel") + 1] == copy.resolve() / "vmlinuz"
+    drive = dict(p.split("=", 1) for p in argv[argv.index("-drive") + 1].split(","))
+    assert cwd / drive["file"] == copy.resolve() / "initramfs"
 
 
 def test_xen_create_sh_from_a_copy_of_the_build_runs_the_dom0s_command_line(

@@ -31,12 +31,24 @@ def test_boots_the_image_with_its_settings() -> None:
     argv = qemu.command(MACHINE)
     assert argv[0] == qemu.QEMU
     assert values(argv, "-kernel") == ["/b/vmlinuz"]
-    assert values(argv, "-initrd") == ["/b/initramfs"]
+    assert not values(argv, "-initrd")
     assert values(argv, "-m") == ["96"] and values(argv, "-smp") == ["2"]
     assert values(argv, "-accel") == ["tcg"]
     assert values(argv, "-serial") == ["stdio"]
     words = values(argv, "-append")[0].split()
-    assert {"console=ttyS0", "panic=-1"} <= set(words)
+    assert {"console=ttyS0", "panic=-1", "root=/dev/vda", "ro"} <= set(words)
+
+
+def test_the_root_filesystem_is_a_read_only_virtio_disk_after_the_nics() -> None:
+    machine = qemu.Machine(Path("/b"), Path("/b,c/initramfs"), 96, 1, ("a", "b"))
+    argv = qemu.command(machine)
+    [drive] = values(argv, "-drive")
+    path, _, rest = drive.partition(",if=")  # a comma in the path is doubled
+    assert path == "file=/b,,c/initramfs"
+    drive_options = properties("if=" + rest)
+    assert drive_options == {"": "if=none", "id": "root", "format": "raw", "readonly": "on"}
+    devices = [properties(v) for v in values(argv, "-device")]
+    assert devices[-1] == {"": "virtio-blk-pci", "drive": "root"}
 
 
 def test_two_virtio_nics_on_taps_and_no_other_network() -> None:
@@ -56,12 +68,12 @@ def test_two_virtio_nics_on_taps_and_no_other_network() -> None:
 
 def test_no_reboot_only_when_asked() -> None:
     assert "-no-reboot" not in qemu.command(MACHINE)
-    machine = qemu.Machine(MACHINE.kernel, MACHINE.initrd, 96, 2, ("a", "b"), no_reboot=True)
+    machine = qemu.Machine(MACHINE.kernel, MACHINE.rootfs, 96, 2, ("a", "b"), no_reboot=True)
     assert "-no-reboot" in qemu.command(machine)
 
 
 def test_extra_kernel_arguments_are_appended() -> None:
     machine = qemu.Machine(
-        MACHINE.kernel, MACHINE.initrd, 96, 1, ("a", "b"), extra_cmdline=("natvm.mtu=1400",)
+        MACHINE.kernel, MACHINE.rootfs, 96, 1, ("a", "b"), extra_cmdline=("natvm.mtu=1400",)
     )
     assert values(qemu.command(machine), "-append")[0].endswith("natvm.mtu=1400")
