@@ -173,9 +173,9 @@ def memory_summary(meminfo: str) -> str:
 
 # The /proc/meminfo fields the boot log breaks the guest's memory into: the files Python read from
 # the squashfs root are in the page cache (Cached, which the kernel may drop again), the squashfs
-# itself in the RAM disk (no field of its own), the flow journal on /run in Shmem, the kernel's
-# objects in Slab, and the appliance's own heap is its RssAnon (its RSS also counts the mapped
-# python3.11 and libraries, which are in Cached). MemTotal is what the kernel image left.
+# itself, under Xen, in the RAM disk (no field of its own), the flow journal on /run in Shmem, the
+# kernel's objects in Slab, and the appliance's own heap is its RssAnon (its RSS also counts the
+# mapped python3.11 and libraries, which are in Cached). MemTotal is what the kernel image left.
 _BREAKDOWN = ("MemTotal", "MemFree", "Cached", "Shmem", "Slab", "PageTables", "KernelStack")
 
 

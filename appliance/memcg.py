@@ -12,11 +12,11 @@ the cgroup), PID 1, and the next child, which PID 1 starts and which restores th
 Without a cgroup the same flood would run the whole guest out of memory, and the global OOM
 killer (the child's oom_score_adj is 1000) would pick the child only once nothing was left.
 
-The limit: what the guest has available when PID 1 is about to start the NAT (MemAvailable:
-MemTotal less the kernel, the root filesystem's RAM disk and PID 1), less the files processes
+The limit: what the guest has available when PID 1 is about to start the NAT (MemAvailable: MemTotal
+less the kernel, PID 1 and, under Xen, the root filesystem's RAM disk), less the files processes
 have mapped (Mapped: python3.11 and its libraries, read from the root filesystem into the page
-cache; MemAvailable counts them as reclaimable, but a NAT that grew into them would have them
-read and decompressed again at every turn), less a reserve of MemTotal / 8 for the kernel's own
+cache; MemAvailable counts them as reclaimable, but a NAT that grew into them would have them read
+and decompressed again at every turn), less a reserve of MemTotal / 8 for the kernel's own
 allocations under a flood (its receive buffers can hold up to about 15 % of MemTotal:
 appliance/shell.py, socket_buffer_size), and never less than
 `MIN_LIMIT`, what a child needs to start and forward (in a guest that small the reserve is not

@@ -2,11 +2,11 @@
 
 Why not an initramfs: the kernel unpacks an initramfs whole into memory at boot and keeps every
 file there for good (13.8 MB for natvm's), which set the smallest guest natvm could run in. The
-squashfs goes in the same place, as the initrd the boot loader hands over (QEMU's `-initrd`, xl's
-`ramdisk`, Qubes' `initramfs`); the kernel copies it, still compressed, into a RAM disk and
-mounts it as the root (its built-in command line says `root=/dev/ram0`, image/kernel/). Python
-then decompresses only the blocks it reads, into the page cache, which the kernel may drop again
-under memory pressure.
+squashfs is a read-only virtio disk under QEMU (image/qemu.py), and under Xen and Qubes the initrd
+the boot loader hands over (xl's `ramdisk`, Qubes' `initramfs`), which the kernel copies, still
+compressed, into a RAM disk and mounts as the root (its built-in command line says
+`root=/dev/ram0`, image/kernel/). Python then decompresses only the blocks it reads, into the
+page cache, which the kernel may drop again under memory pressure.
 
 Rules: the entries are written into a scratch folder, device nodes as mksquashfs pseudo files (so
 the build needs no root), and mksquashfs's output depends only on the files, these options and
