@@ -1,12 +1,10 @@
 """The Linux calls natvm makes on its network interfaces: ifreq packing, link flags, ethtool
 features and sysctls. An I/O module, for the shell (a host process) and init (PID 1) alike.
 
-Every call names the interface and takes a socket of its own: an AF_UNIX datagram socket, not
-the AF_INET one ip(8) and ethtool(8) use, as natvm's kernel has no IP stack (the kernel hands an
-interface ioctl that a socket's family does not know to the device layer). These run a few times
-at start-up, never per frame, so the extra socket costs nothing and no caller has to have one.
-Failures are the OSError of the ioctl; a name that cannot fit a struct ifreq is a ValueError
-before any call is made.
+Every call names the interface and takes a socket of its own (an AF_INET datagram socket, as
+ip(8) and ethtool(8) use): these run a few times at start-up, never per frame, so the extra
+socket costs nothing and no caller has to have one. Failures are the OSError of the ioctl; a
+name that cannot fit a struct ifreq is a ValueError before any call is made.
 """
 
 import ctypes
@@ -35,8 +33,8 @@ def ifreq(name: str, payload: bytes = b"") -> bytes:
 
 
 def ioctl(request: int, argument: bytes) -> bytes:
-    """`request` on a fresh AF_UNIX datagram socket; returns the kernel's copy of `argument`."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+    """`request` on a fresh AF_INET datagram socket; returns the kernel's copy of `argument`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         return fcntl.ioctl(sock, request, argument)
 
 
