@@ -113,7 +113,7 @@ def libvirt_xml(vm: Deployment) -> str:
     disk = _element(devices, "disk", type="file", device="disk")
     _element(disk, "driver", name="qemu", type="raw")
     _element(disk, "source", file=f"{BUILD_DIR}/initramfs")
-    _element(disk, "target", dev="vda", bus="virtio")
+    _element(disk, "target", dev=qemu.ROOT_DISK, bus="virtio")
     _element(disk, "readonly")
     for bridge, mac in zip(vm.bridges, qemu.MACS, strict=True):
         interface = _element(devices, "interface", type="bridge")

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
-CMDLINE = ("console=ttyS0", "panic=-1", "quiet", "root=/dev/vda", "ro")
+ROOT_DISK = "vda"  # the first virtio disk: the root filesystem, here and in libvirt.xml
+CMDLINE = ("console=ttyS0", "panic=-1", "quiet", f"root=/dev/{ROOT_DISK}", "ro")
 MACS = ("52:54:00:4e:41:01", "52:54:00:4e:41:02")  # WAN, LAN: locally administered
 ROLES = ("wan", "lan")
 KVM_PROBE_SECONDS = 5.0
