@@ -9,18 +9,21 @@ under ``ManifestPassthrough.nat``. Other ops keys (Args, Env, Files, ...) are ac
 but unknown keys inside a NIC or under ``nat`` are errors: a typo must not quietly become a default.
 Empty strings and ``CPUs: 0`` mean "not set", as in the Go structs ops writes.
 
-``parse_config`` walks the ``json.loads`` result once, top-down, into frozen dataclasses. Each
+``parse_config`` walks the ``json.loads`` result once, top-down, into immutable records
+(NamedTuples: unlike frozen dataclasses they cost no generated code at import, which under TCG
+was a noticeable part of the appliance's boot). Each
 reader gets the dotted path of the value it reads, and every problem raises ``ConfigError`` whose
 message starts with that path and shows the value; nothing else escapes, so the caller prints one
 line instead of a traceback. Cross-field rules (gateway inside the WAN subnet, forwards into the
 LAN, disjoint subnets and forward ranges) are checked as soon as both fields are parsed.
 
-Each key under ``ManifestPassthrough.nat`` is one declaration, on the field of ``NatSettings`` (or
-``Timeouts``) it fills: ``setting(default, kind, word, help)``. Its kind (``Integer(576, 9000)``,
-``Seconds(120.0, "RFC 4787 REQ-5")``, ...) reads and checks the JSON value, writes it back, turns
-``natvm.*`` words into a JSON value and states the bounds the README's tables repeat. The file's
-valid keys, their defaults, ``to_document`` and the kernel words are all derived from these
-declarations, so a new key is one field.
+Each key under ``ManifestPassthrough.nat`` is one declaration, ``Setting(name, kind, word, help)``,
+in the ``Section`` of the settings record whose field (default included) it fills: ``NatSettings``
+or ``Timeouts``. Its kind (``Integer(576, 9000)``, ``Seconds(120.0, "RFC 4787 REQ-5")``, ...)
+reads and checks the JSON value, writes it back, turns ``natvm.*`` words into a JSON value and
+states the bounds the README's tables repeat. The file's valid keys, their order, ``to_document``
+and the kernel words are all derived from these declarations, so a new key is a field and its
+``Setting``.
 
 Kernel command-line words ``natvm.KEY=VALUE`` (``override_keys()``) override single settings.
 ``apply_overrides`` writes them into the document that ``to_document`` rebuilds from a parsed
@@ -33,10 +36,9 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
-from typing import Any, Generic, NoReturn, TypeVar
+from typing import Any, Generic, NamedTuple, NoReturn, TypeVar
 
 
 class ConfigError(ValueError):
@@ -62,8 +64,7 @@ class Protocol(StrEnum):
     UDP = "udp"
 
 
-@dataclass(frozen=True)
-class PortForward:
+class PortForward(NamedTuple):
     protocol: Protocol
     external_first: int  # external port range, inclusive
     external_last: int
@@ -243,8 +244,7 @@ def _scalar(word: str) -> object:
 # --- kinds of keys: how a key's value is read, written, given on the kernel command line ----------
 
 
-@dataclass(frozen=True)
-class _Context:
+class _Context(NamedTuple):
     """What a key's reader may consult beside its own value."""
 
     lan: IPv4Interface  # port forwards lead into the LAN
@@ -253,6 +253,8 @@ class _Context:
 
 class Kind(Generic[_T]):
     """A type of key: reads and checks its JSON value, writes it back, reads its kernel words."""
+
+    __slots__ = ()
 
     def read(self, value: object, path: str, context: _Context) -> _T:
         """The checked value; ConfigError naming path if the file's value is invalid."""
@@ -271,11 +273,12 @@ class Kind(Generic[_T]):
         return ""
 
 
-@dataclass(frozen=True)
 class Integer(Kind[int]):
-    low: int
-    high: int
-    at_most: str = ""  # an earlier key of the same object this one may not exceed
+    __slots__ = ("at_most", "high", "low")
+
+    def __init__(self, low: int, high: int, at_most: str = "") -> None:
+        self.low, self.high = low, high
+        self.at_most = at_most  # an earlier key of the same object this one may not exceed
 
     def read(self, value: object, path: str, context: _Context) -> int:
         number = _int(value, path, self.low, self.high)
@@ -288,10 +291,12 @@ class Integer(Kind[int]):
         return f"{self.low}..{self.at_most or self.high}"
 
 
-@dataclass(frozen=True)
 class Seconds(Kind[float]):
-    minimum: float
-    reason: str  # where the minimum comes from
+    __slots__ = ("minimum", "reason")
+
+    def __init__(self, minimum: float, reason: str) -> None:
+        self.minimum = minimum
+        self.reason = reason  # where the minimum comes from
 
     def read(self, value: object, path: str, context: _Context) -> float:
         if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
@@ -309,9 +314,11 @@ class Seconds(Kind[float]):
         return f"≥ {self.minimum:g} ({self.reason})"
 
 
-@dataclass(frozen=True)
 class Choice(Kind[_E]):
-    choices: type[_E]
+    __slots__ = ("choices",)
+
+    def __init__(self, choices: type[_E]) -> None:
+        self.choices = choices
 
     def read(self, value: object, path: str, context: _Context) -> _E:
         return _choice(value, path, self.choices)
@@ -323,7 +330,6 @@ class Choice(Kind[_E]):
         return ", ".join(self.choices)
 
 
-@dataclass(frozen=True)
 class Boolean(Kind[bool]):
     def read(self, value: object, path: str, context: _Context) -> bool:
         if not isinstance(value, bool):
@@ -336,7 +342,6 @@ class Boolean(Kind[bool]):
         return values[-1] == "1"
 
 
-@dataclass(frozen=True)
 class PortRange(Kind[tuple[int, int]]):
     def read(self, value: object, path: str, context: _Context) -> tuple[int, int]:
         return _port_range(value, path)
@@ -348,7 +353,6 @@ class PortRange(Kind[tuple[int, int]]):
         return "1..65535"
 
 
-@dataclass(frozen=True)
 class PortForwards(Kind[tuple[PortForward, ...]]):
     def read(self, value: object, path: str, context: _Context) -> tuple[PortForward, ...]:
         forwards: list[PortForward] = []
@@ -387,7 +391,6 @@ class PortForwards(Kind[tuple[PortForward, ...]]):
 _MAX_DNS_SERVERS = 2  # one for each of the addresses Qubes clients send DNS to
 
 
-@dataclass(frozen=True)
 class DnsServers(Kind[tuple[IPv4Address, ...]]):
     """Upstream DNS servers: a JSON array of addresses; on the command line IP[,IP] or 'none'."""
 
@@ -404,17 +407,33 @@ class DnsServers(Kind[tuple[IPv4Address, ...]]):
         return [] if values[-1] == "none" else values[-1].split(",")
 
 
-@dataclass(frozen=True)
-class Section(Kind[_T]):
-    """A JSON object whose keys are declared with setting() on a frozen dataclass's fields."""
+class Setting(NamedTuple):
+    """One JSON key of a settings record, declared in the record's Section."""
 
-    cls: type[_T]
+    name: str  # the JSON key; by default also the field it fills
+    kind: Kind[Any]
+    word: str | None  # the natvm.* kernel word that overrides it, if any
+    help: str  # one line, for override_keys()
+    fills: tuple[str, ...] = ()  # the fields its value spreads over; (name,) unless given
+    default: object = None  # its fields' default, as read() returns it (set by Section)
+
+
+class Section(Kind[_T]):
+    """A JSON object whose keys fill the fields of a settings record (a NamedTuple whose every
+    field has a default), one Setting each, in the file's order."""
+
+    __slots__ = ("cls", "keys")
+
+    def __init__(self, cls: type[_T], *keys: Setting) -> None:
+        self.cls = cls
+        defaults = cls()
+        filled = [key._replace(fills=key.fills or (key.name,)) for key in keys]
+        self.keys = tuple(key._replace(default=_value_of(defaults, key)) for key in filled)
 
     def read(self, value: object, path: str, context: _Context) -> _T:
-        keys = _settings(self.cls)
-        obj = _object(value, path, [each.name for each in keys])
+        obj = _object(value, path, [each.name for each in self.keys])
         values: dict[str, Any] = {}
-        for each in keys:
+        for each in self.keys:
             # an absent key takes its default through the same check: a default may clash with
             # another key's value (max_flows_per_host with a small max_flows)
             given = obj[each.name] if each.name in obj else each.kind.write(each.default)
@@ -423,39 +442,7 @@ class Section(Kind[_T]):
         return self.cls(**values)
 
     def write(self, value: _T) -> object:
-        return {each.name: each.kind.write(_value_of(value, each)) for each in _settings(self.cls)}
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One JSON key of a settings object, declared with setting() on the field it fills."""
-
-    kind: Kind[Any]
-    word: str | None  # the natvm.* kernel word that overrides it, if any
-    help: str  # one line, for override_keys()
-    name: str = ""  # the JSON key; the field's name unless given
-    fills: tuple[str, ...] = ()  # the fields its value spreads over; the field's own unless given
-    default: object = None  # its fields' default, as read() returns it (set by _settings)
-
-
-_SETTING = "natvm.setting"  # the key of a field's metadata that holds its Setting
-
-
-def setting(default: _T, kind: Kind[_T], word: str | None, help: str) -> _T:
-    """A dataclass field that is a JSON key of kind, overridden by the kernel word `word`."""
-    return field(default=default, metadata={_SETTING: Setting(kind, word, help)})
-
-
-def _settings(cls: type[Any]) -> list[Setting]:
-    """The keys declared on cls's fields, in order, their name, fills and default filled in."""
-    keys, defaults = [], cls()
-    for each in fields(cls):
-        if _SETTING in each.metadata:
-            declared: Setting = each.metadata[_SETTING]
-            fills = declared.fills or (each.name,)
-            named = replace(declared, name=declared.name or each.name, fills=fills)
-            keys.append(replace(named, default=_value_of(defaults, named)))
-    return keys
+        return {each.name: each.kind.write(_value_of(value, each)) for each in self.keys}
 
 
 def _value_of(settings: object, key: Setting) -> object:
@@ -466,125 +453,137 @@ def _value_of(settings: object, key: Setting) -> object:
 # --- the settings ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Timeouts:
+class Timeouts(NamedTuple):
     """Idle timeouts in seconds, each at least the minimum its RFC sets."""
 
-    udp: float = setting(
-        300.0, Seconds(120.0, "RFC 4787 REQ-5"), "natvm.timeout.udp", "UDP mapping idle timeout, s"
-    )
-    tcp_established: float = setting(
-        7440.0,
+    udp: float = 300.0
+    tcp_established: float = 7440.0
+    tcp_transitory: float = 240.0
+    icmp_query: float = 60.0
+
+
+_TIMEOUTS = Section(
+    Timeouts,
+    Setting(
+        "udp", Seconds(120.0, "RFC 4787 REQ-5"), "natvm.timeout.udp", "UDP mapping idle timeout, s"
+    ),
+    Setting(
+        "tcp_established",
         Seconds(7440.0, "RFC 5382 REQ-5"),
         "natvm.timeout.tcp_established",
         "established TCP idle timeout, s",
-    )
-    tcp_transitory: float = setting(
-        240.0,
+    ),
+    Setting(
+        "tcp_transitory",
         Seconds(240.0, "RFC 5382 REQ-5"),
         "natvm.timeout.tcp_transitory",
         "opening/closing TCP idle timeout, s",
-    )
-    icmp_query: float = setting(
-        60.0,
+    ),
+    Setting(
+        "icmp_query",
         Seconds(60.0, "RFC 5508 REQ-2"),
         "natvm.timeout.icmp_query",
         "ICMP query (echo) mapping timeout, s",
-    )
+    ),
+)
 
 
-@dataclass(frozen=True)
-class NatSettings:
-    """ManifestPassthrough.nat: each key one setting(default, kind, word, help), in file order."""
+class NatSettings(NamedTuple):
+    """ManifestPassthrough.nat, each field filled by one of the keys declared in _NAT below."""
 
-    # one JSON key, port_range ("1024-65535"), fills both ends of the range
-    port_first: int = field(
-        default=1024,
-        metadata={
-            _SETTING: Setting(
-                PortRange(),
-                "natvm.ports",
-                "external ports for mappings, FIRST[-LAST]",
-                name="port_range",
-                fills=("port_first", "port_last"),
-            )
-        },
-    )
+    port_first: int = 1024  # one JSON key, port_range ("1024-65535"), fills both ends
     port_last: int = 65535
-    # setting() returns a dataclasses.Field, as field() does: ruff's RUF009 cannot see that
-    filtering: Filtering = setting(  # noqa: RUF009
-        Filtering.ADDRESS_DEPENDENT, Choice(Filtering), "natvm.filtering", "inbound filtering"
-    )
-    timeouts: Timeouts = setting(Timeouts(), Section(Timeouts), None, "idle timeouts")  # noqa: RUF009
-    port_forwards: tuple[PortForward, ...] = setting(
-        (),
+    filtering: Filtering = Filtering.ADDRESS_DEPENDENT
+    timeouts: Timeouts = Timeouts()
+    port_forwards: tuple[PortForward, ...] = ()
+    max_flows: int = 65536
+    max_flows_per_host: int = 4096
+    # every IPv4 host accepts 576-octet datagrams (RFC 791); 9000 is a jumbo frame
+    mtu: int = 1500
+    ping_on_wan: bool = False
+    # a freed external port rests this long before a new mapping gets it
+    port_reuse_delay: float = 120.0
+    # After a frame, keep polling the NICs without sleeping for this long (Linux's
+    # net.core.busy_poll, for the appliance): no wake-up latency, for a CPU kept busy.
+    busy_poll_us: int = 0
+    # A Qubes-style net VM (appliance/netvm.py): clients attach at run time, each on an
+    # interface of its own with one address inside Nics[1]'s subnet, whose own address is the
+    # gateway they use (Qubes' /qubes-netvm-gateway).
+    netvm: bool = False
+    # Where DNS that netvm clients send to 10.139.1.1 and 10.139.1.2 goes (the first and the
+    # second server; the first for both if only one is given); none: such DNS is dropped.
+    dns_servers: tuple[IPv4Address, ...] = ()
+
+
+_NAT = Section(
+    NatSettings,
+    Setting(
+        "port_range",
+        PortRange(),
+        "natvm.ports",
+        "external ports for mappings, FIRST[-LAST]",
+        fills=("port_first", "port_last"),
+    ),
+    Setting("filtering", Choice(Filtering), "natvm.filtering", "inbound filtering"),
+    Setting("timeouts", _TIMEOUTS, None, "idle timeouts"),
+    Setting(
+        "port_forwards",
         PortForwards(),
         "natvm.forward",
         "port forward PROTO:PORT[-LAST]:LAN_HOST:LAN_PORT, repeatable, replaces the file's "
         "forwards ('none': no forwards)",
-    )
-    max_flows: int = setting(
-        65536, Integer(1, _MAX_FLOWS), "natvm.max_flows", "most flows in the table"
-    )
-    max_flows_per_host: int = setting(
-        4096,
+    ),
+    Setting("max_flows", Integer(1, _MAX_FLOWS), "natvm.max_flows", "most flows in the table"),
+    Setting(
+        "max_flows_per_host",
         Integer(1, _MAX_FLOWS, at_most="max_flows"),
         "natvm.max_flows_per_host",
         "most flows per LAN host",
-    )
-    # every IPv4 host accepts 576-octet datagrams (RFC 791); 9000 is a jumbo frame
-    mtu: int = setting(1500, Integer(576, 9000), "natvm.mtu", "MTU of both NICs")
-    ping_on_wan: bool = setting(
-        False, Boolean(), "natvm.ping_on_wan", "answer pings on the WAN: 0 or 1"
-    )
-    # a freed external port rests this long before a new mapping gets it
-    port_reuse_delay: float = setting(
-        120.0, Seconds(120.0, "RFC 6888 REQ-8"), None, "rest of a freed external port, s"
-    )
-    # After a frame, keep polling the NICs without sleeping for this long (Linux's
-    # net.core.busy_poll, for the appliance): no wake-up latency, for a CPU kept busy.
-    busy_poll_us: int = setting(
-        0,
+    ),
+    Setting("mtu", Integer(576, 9000), "natvm.mtu", "MTU of both NICs"),
+    Setting("ping_on_wan", Boolean(), "natvm.ping_on_wan", "answer pings on the WAN: 0 or 1"),
+    Setting(
+        "port_reuse_delay",
+        Seconds(120.0, "RFC 6888 REQ-8"),
+        None,
+        "rest of a freed external port, s",
+    ),
+    Setting(
+        "busy_poll_us",
         Integer(0, 1_000_000),
         "natvm.busy_poll_us",
         "microseconds to keep polling after a frame (0: sleep at once)",
-    )
-    # A Qubes-style net VM (appliance/netvm.py): clients attach at run time, each on an
-    # interface of its own with one address inside Nics[1]'s subnet, whose own address is the
-    # gateway they use (Qubes' /qubes-netvm-gateway).
-    netvm: bool = setting(
-        False,
+    ),
+    Setting(
+        "netvm",
         Boolean(),
         "natvm.netvm",
         "serve client VMs on interfaces attached at run time (Qubes-style net VM): 0 or 1",
-    )
-    # Where DNS that netvm clients send to 10.139.1.1 and 10.139.1.2 goes (the first and the
-    # second server; the first for both if only one is given); none: such DNS is dropped.
-    dns_servers: tuple[IPv4Address, ...] = setting(
-        (),
+    ),
+    Setting(
+        "dns_servers",
         DnsServers(),
         "natvm.dns",
         "upstream DNS servers for netvm clients, IP[,IP] ('none': no DNS)",
-    )
+    ),
+)
 
 
-_NAT = Section(NatSettings)
-
-
-@dataclass(frozen=True)
-class Nic:
+class Nic(NamedTuple):
     address: IPv4Interface  # IPAddress + NetMask
     gateway: IPv4Address | None  # inside the NIC's subnet; only the WAN NIC has one
     bridge: str | None  # BridgeName: used only by the host side to attach the VM's NIC
 
 
-@dataclass(frozen=True)
-class ApplianceConfig:
+_DEFAULT_MEMORY_MIB, _DEFAULT_CPUS = 128, 1
+
+
+class ApplianceConfig(NamedTuple):
     wan: Nic  # RunConfig.Nics[0]
     lan: Nic  # RunConfig.Nics[1]
     nat: NatSettings
-    memory_mib: int = 128  # RunConfig.Memory
-    cpus: int = 1  # RunConfig.CPUs
+    memory_mib: int = _DEFAULT_MEMORY_MIB  # RunConfig.Memory
+    cpus: int = _DEFAULT_CPUS  # RunConfig.CPUs
 
 
 # --- reading --------------------------------------------------------------------------------------
@@ -632,7 +631,7 @@ def _nics(run: Mapping[str, object]) -> tuple[Nic, Nic]:
 
 def _memory(value: object, path: str) -> int:
     if value == "":
-        return ApplianceConfig.memory_mib
+        return _DEFAULT_MEMORY_MIB
     match = _MEMORY.fullmatch(value) if isinstance(value, str) else None
     if match is None or int(match[1]) == 0:
         _fail(path, value, "is not a memory size like '128m' or '1G' (MiB without a suffix)")
@@ -651,7 +650,7 @@ def parse_config(document: object) -> ApplianceConfig:
         lan=lan,
         nat=_NAT.read(nat, "ManifestPassthrough.nat", _Context(lan.address, {})),
         memory_mib=_memory(run.get("Memory", ""), "RunConfig.Memory"),
-        cpus=_int(run.get("CPUs", 0), "RunConfig.CPUs", 0, 1024) or ApplianceConfig.cpus,
+        cpus=_int(run.get("CPUs", 0), "RunConfig.CPUs", 0, 1024) or _DEFAULT_CPUS,
     )
 
 
@@ -769,18 +768,20 @@ _NIC_OVERRIDES: dict[str, _Override] = {
 }
 
 
-def _leaves(cls: type[Any], where: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], Setting]]:
-    """The keys of cls and of the sections inside it, each with the JSON keys that lead to it."""
-    for each in _settings(cls):
+def _leaves(
+    section: Section[Any], where: tuple[str, ...]
+) -> Iterator[tuple[tuple[str, ...], Setting]]:
+    """The keys of section and of the sections in it, each with the JSON keys that lead to it."""
+    for each in section.keys:
         if isinstance(each.kind, Section):
-            yield from _leaves(each.kind.cls, (*where, each.name))
+            yield from _leaves(each.kind, (*where, each.name))
         else:
             yield (*where, each.name), each
 
 
 def nat_keys() -> dict[str, Setting]:
     """The keys under ManifestPassthrough.nat in file order, by dotted name: "timeouts.udp"."""
-    return {".".join(where): each for where, each in _leaves(NatSettings, ())}
+    return {".".join(where): each for where, each in _leaves(_NAT, ())}
 
 
 def _nat_override(where: tuple[str, ...], declared: Setting) -> _Override:
@@ -793,7 +794,7 @@ def _nat_override(where: tuple[str, ...], declared: Setting) -> _Override:
 
 
 _OVERRIDES = _NIC_OVERRIDES | {
-    each.word: _nat_override(where, each) for where, each in _leaves(NatSettings, ()) if each.word
+    each.word: _nat_override(where, each) for where, each in _leaves(_NAT, ()) if each.word
 }
 
 

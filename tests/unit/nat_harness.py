@@ -2,7 +2,6 @@
 checksum oracle. (A module of its own, not conftest.py: another tier's conftest would shadow it.)"""
 
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -95,7 +94,7 @@ def harness(demo_config: ApplianceConfig) -> Harness:
 
 
 def make_harness(config: ApplianceConfig, **nat_changes: object) -> Harness:
-    return Harness(replace(config, nat=replace(config.nat, **nat_changes)))
+    return Harness(config._replace(nat=config.nat._replace(**nat_changes)))
 
 
 def assert_checksums_valid(frame: Packet) -> None:

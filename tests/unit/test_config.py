@@ -1,4 +1,4 @@
-"""appliance.config: ops config.json and kernel command-line overrides -> frozen dataclasses."""
+"""appliance.config: ops config.json and kernel command-line overrides -> immutable records."""
 
 import ast
 import copy
@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from appliance import config as config_module
 from appliance.config import (
     ApplianceConfig,
     ConfigError,
@@ -93,6 +94,13 @@ def test_load_config_accepts_a_path_object_and_a_string() -> None:
 
 
 # --- defaults and accepted forms ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("section", [config_module._NAT, config_module._TIMEOUTS])
+def test_every_settings_field_is_filled_by_exactly_one_key(section: Any) -> None:
+    # the keys are declared beside the record, not on its fields: none may be left out or doubled
+    filled = [name for key in section.keys for name in key.fills]
+    assert sorted(filled) == sorted(section.cls._fields)
 
 
 def test_defaults_when_only_the_nics_are_given() -> None:
@@ -584,7 +592,7 @@ def test_round_trip_of_valid_documents(document: dict[str, Any]) -> None:
 # --- never another exception ----------------------------------------------------------------------
 
 SCHEMA_KEYS = ["RunConfig", "Nics", "IPAddress", "NetMask", "Gateway", "BridgeName", "Memory"]
-SCHEMA_KEYS += ["CPUs", "ManifestPassthrough", "nat", *NatSettings.__dataclass_fields__]
+SCHEMA_KEYS += ["CPUs", "ManifestPassthrough", "nat", *NatSettings._fields]
 SCHEMA_KEYS += [
     "port_range",
     "timeouts",
@@ -926,7 +934,6 @@ def test_module_is_pure_standard_library() -> None:
         "re",
         "stat",
         "collections",
-        "dataclasses",
         "enum",
         "ipaddress",
         "typing",

@@ -4,7 +4,6 @@ Every frame the harness gets back has had all its checksums (inner ones too) che
 scapy's recomputation (conftest.assert_checksums_valid).
 """
 
-from dataclasses import replace
 from socket import inet_aton
 
 import pytest
@@ -415,7 +414,7 @@ def test_incomplete_fragments_expire(harness: Harness) -> None:
 
 
 def test_no_gateway_means_net_unreachable(demo_config: ApplianceConfig) -> None:
-    config = replace(demo_config, wan=replace(demo_config.wan, gateway=None))
+    config = demo_config._replace(wan=demo_config.wan._replace(gateway=None))
     error = Harness(config).one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=1, dport=2), LAN)
     assert (error[ICMP].type, error[ICMP].code) == (3, 0)
 

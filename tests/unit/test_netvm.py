@@ -2,7 +2,6 @@
 and scapy as the checksum oracle (every frame that comes out has all its checksums checked)."""
 
 import random
-from dataclasses import replace
 from ipaddress import IPv4Address
 
 import pytest
@@ -256,7 +255,7 @@ def test_dns_over_tcp_is_translated_both_ways(clients: Clients) -> None:
 
 def test_only_one_upstream_serves_both_virtual_addresses(netvm_config: ApplianceConfig) -> None:
     clients = Clients(
-        replace(netvm_config, nat=replace(netvm_config.nat, dns_servers=(IPv4Address(DNS1),)))
+        netvm_config._replace(nat=netvm_config.nat._replace(dns_servers=(IPv4Address(DNS1),)))
     )
     for virtual in ("10.139.1.1", "10.139.1.2"):
         query = IP(src=ip_of(A), dst=virtual) / UDP(sport=33000, dport=53) / b"q"
@@ -276,7 +275,7 @@ def test_dns_asked_of_the_upstream_directly_keeps_its_source(clients: Clients) -
 def test_dns_without_upstream_servers_is_dropped_and_counted(
     netvm_config: ApplianceConfig,
 ) -> None:
-    clients = Clients(replace(netvm_config, nat=replace(netvm_config.nat, dns_servers=())))
+    clients = Clients(netvm_config._replace(nat=netvm_config.nat._replace(dns_servers=())))
     clients.nothing(A, IP(src=ip_of(A), dst="10.139.1.1") / UDP(sport=33333, dport=53) / b"q")
     assert clients.dropped("dns-no-upstream", A) == 1
 
@@ -630,7 +629,7 @@ def test_no_answer_is_asked_again_of_the_other_server_then_logged(clients: Clien
 def test_without_dns_servers_one_line_says_the_names_stay_unresolved(
     netvm_config: ApplianceConfig,
 ) -> None:
-    clients = Clients(replace(netvm_config, nat=replace(netvm_config.nat, dns_servers=())))
+    clients = Clients(netvm_config._replace(nat=netvm_config.nat._replace(dns_servers=())))
     clients.netvm.set_rules(IPv4Address(ip_of(A)), rules("drop", "action=accept dsthost=s.ex"))
     clients.netvm.set_rules(IPv4Address(ip_of(B)), rules("drop", "action=accept dsthost=t.ex"))
     assert clients.netvm.tick(clients.now) == []
