@@ -21,7 +21,6 @@ import socket
 import struct
 import sys
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -96,6 +95,19 @@ class ShellError(Exception):
 
 
 Log = Callable[[str], None]
+
+
+def where_raised(error: BaseException, frames: int = 3) -> str:
+    """One line: the innermost `frames` frames of error's traceback, then the error. Written out,
+    not the traceback module's: importing that (and linecache, tokenize) cost 0.1 s of every boot
+    under TCG, and the image has no sources for it to quote anyway."""
+    where = []
+    tb = error.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        where.append(f"{os.path.basename(code.co_filename)}:{tb.tb_lineno} in {code.co_name}")
+        tb = tb.tb_next
+    return " | ".join([*where[-frames:], f"{type(error).__name__}: {error}"])
 
 
 def log_line(line: str) -> None:
@@ -452,8 +464,8 @@ class Shell(Generic[P]):
                     send(handle(side, frame, now, valid))
                 else:
                     self._send_offloaded(nat.handle_offload(side, frame, now, offload))
-            except Exception:  # the appliance must outlive any frame
-                self._internal_error(side, now)
+            except Exception as error:  # the appliance must outlive any frame
+                self._internal_error(side, now, error)
 
     def _decode(self, header: bytes) -> tuple[Offload | None, bool | None]:
         """`decode_vnet_hdr`, remembered (valid None: not translatable); a bounded memo."""
@@ -486,10 +498,9 @@ class Shell(Generic[P]):
             except OSError as error:
                 self._tx_error(side, error)
 
-    def _internal_error(self, side: P, now: float) -> None:
+    def _internal_error(self, side: P, now: float, error: Exception) -> None:
         self.nat.counters.drop("internal-error")
-        detail = traceback.format_exc(limit=3).strip().replace("\n", " | ")
-        self.errors("internal", f"error: frame from {side} raised: {detail}", now)
+        self.errors("internal", f"error: frame from {side} raised: {where_raised(error)}", now)
 
     def _tx_error(self, side: P, error: OSError) -> None:
         self.tx_errors += 1

@@ -83,6 +83,25 @@ def test_a_killed_child_is_restarted_and_the_cause_logged(
     assert "natvm: appliance killed by SIGKILL; restart 1 in 0.5 s" in capfd.readouterr().out
 
 
+def test_a_child_that_fails_with_a_bug_shows_its_traceback_and_is_restarted(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+
+    def program() -> None:
+        with runs.open("a") as log:
+            log.write("run\n")
+        if len(runs.read_text().splitlines()) == 1:
+            raise RuntimeError("a bug")
+
+    init.supervise(program)
+    out, err = capfd.readouterr()
+    assert len(runs.read_text().splitlines()) == 2
+    assert "natvm: appliance failed: a bug" in out
+    assert "Traceback (most recent call last):" in err
+    assert "in program" in err and err.rstrip().endswith("RuntimeError: a bug")
+
+
 def test_a_child_that_cannot_run_is_not_restarted(
     tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
