@@ -87,7 +87,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--state-dir",
-        type=Path,
         help="directory (a tmpfs, e.g. /run/natvm) where the flows are saved as they change, "
         "and restored from at start: a restarted appliance keeps established connections",
     )

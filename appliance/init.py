@@ -36,18 +36,17 @@ import signal
 import sys
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 
 from appliance import config as config_module
 from appliance import driverdomain, linux, memcg, qubesdblink, shell
 from appliance.config import ConfigError
 from appliance.xenstore import XENBUS_DEVICE, Xenstore
 
-CONFIG_FILE = Path("/etc/natvm/ops-config.json")
+CONFIG_FILE = "/etc/natvm/ops-config.json"
 NIC_WAIT_SECONDS = 30.0
 NIC_ROLES = ("WAN", "LAN")  # in bus order
 REBOOT_DELAY_SECONDS = 3.0
-STATE_DIR = Path("/run/natvm")  # a tmpfs: memory, gone with the VM
+STATE_DIR = "/run/natvm"  # a tmpfs: memory, gone with the VM
 EXIT_FATAL = 78  # the child's exit status for "restarting cannot help" (sysexits' EX_CONFIG)
 RESTART_DELAY_FIRST, RESTART_DELAY_MAX = 0.5, 30.0  # seconds
 STABLE_SECONDS = 30.0  # a child that lived this long is restarted at once
@@ -89,7 +88,7 @@ def log(message: str) -> None:
 
 
 def uptime() -> float:
-    return float(Path("/proc/uptime").read_text().split()[0])
+    return float(linux.read_text("/proc/uptime").split()[0])
 
 
 def _libc() -> ctypes.CDLL:
@@ -130,15 +129,16 @@ def order_nics(devices: dict[str, str]) -> list[str]:
     return sorted(devices, key=lambda name: (device_key(devices[name]), device_key(name)))
 
 
-def _device_paths(sysfs: Path) -> dict[str, str]:
+def _device_paths(sysfs: str) -> dict[str, str]:
     found = {}
-    for link in sysfs.iterdir():
-        if (link / "device").exists():
-            found[link.name] = str((link / "device").resolve())
+    for name in os.listdir(sysfs):
+        device = os.path.join(sysfs, name, "device")
+        if os.path.exists(device):
+            found[name] = os.path.realpath(device)
     return found
 
 
-def wait_for_nics(count: int, sysfs: Path = Path("/sys/class/net")) -> list[str]:
+def wait_for_nics(count: int, sysfs: str = "/sys/class/net") -> list[str]:
     deadline = time.monotonic() + NIC_WAIT_SECONDS
     while True:
         devices = _device_paths(sysfs)
@@ -195,7 +195,7 @@ def memory_breakdown(meminfo: str, status: str) -> str:
 def load_configuration() -> config_module.ApplianceConfig:
     """The baked configuration with the kernel command line's natvm.* overrides."""
     baked = config_module.load_config(CONFIG_FILE)
-    overrides = config_module.parse_kernel_cmdline(Path("/proc/cmdline").read_text())
+    overrides = config_module.parse_kernel_cmdline(linux.read_text("/proc/cmdline"))
     return config_module.apply_overrides(baked, overrides)
 
 
@@ -213,9 +213,9 @@ def run_appliance(config: config_module.ApplianceConfig, wan: str, lan: str) -> 
     for name in (wan, lan):
         linux.bring_up(name)
     log(f"WAN {wan} {config.wan.address}  LAN {lan} {config.lan.address}  ({uptime():.2f} s)")
-    meminfo = Path("/proc/meminfo").read_text()
+    meminfo = linux.read_text("/proc/meminfo")
     log(f"memory: {memory_summary(meminfo)}")
-    log(f"memory: {memory_breakdown(meminfo, Path('/proc/self/status').read_text())}")
+    log(f"memory: {memory_breakdown(meminfo, linux.read_text('/proc/self/status'))}")
     shell.run(config, wan, lan, state_dir=STATE_DIR)
 
 
@@ -239,7 +239,7 @@ def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     linux.write_sysctls(nic_sysctls((wan,)))
     linux.bring_up(wan)
     log(f"WAN {wan} {config.wan.address}  netvm gateway {config.lan.address}  ({uptime():.2f} s)")
-    meminfo = Path("/proc/meminfo").read_text()
+    meminfo = linux.read_text("/proc/meminfo")
     log(f"memory: {memory_summary(meminfo)}")
     shell.run_netvm(config, wan, watch=functools.partial(serve_clients, link))
 
@@ -280,7 +280,7 @@ def _print_traceback(error: BaseException) -> None:
 def _child(program: Callable[[], None]) -> int:
     """The exit status of `program` run in the forked child."""
     try:
-        Path("/proc/self/oom_score_adj").write_text("1000")
+        linux.write_text("/proc/self/oom_score_adj", "1000")
         program()
     except BaseException as error:
         # What restarting cannot fix ends it with EXIT_FATAL (PID 1 then reboots); anything
@@ -353,7 +353,7 @@ def boot(program: Program) -> None:
     else:
         wan, lan = wait_for_nics(2)
         start = functools.partial(program, config, wan, lan)
-    nat_cgroup = memcg.create_nat_cgroup(Path("/proc/meminfo").read_text(), log)
+    nat_cgroup = memcg.create_nat_cgroup(linux.read_text("/proc/meminfo"), log)
 
     def nat() -> None:
         memcg.enter(nat_cgroup, log)

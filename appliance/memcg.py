@@ -23,10 +23,12 @@ appliance/shell.py, socket_buffer_size), and never less than
 there to keep, and the global OOM killer is the guard).
 """
 
+import os
 from collections.abc import Callable
-from pathlib import Path
 
-CGROUP_FS = Path("/sys/fs/cgroup")
+from appliance.linux import read_text, write_text
+
+CGROUP_FS = "/sys/fs/cgroup"
 NAT_CGROUP = "natvm"
 KERNEL_RESERVE_DIVISOR = 8  # MemTotal / 8 kept outside the limit
 MIN_LIMIT = 8 << 20
@@ -41,18 +43,18 @@ def nat_memory_limit(meminfo: str) -> int:
 
 
 def create_nat_cgroup(
-    meminfo: str, log: Callable[[str], None], root: Path = CGROUP_FS
-) -> Path | None:
+    meminfo: str, log: Callable[[str], None], root: str = CGROUP_FS
+) -> str | None:
     """Create the NAT's cgroup under `root` (a mounted cgroup2) with its memory limit; returns
     its directory, or None (said in one line) when the kernel offers no memory controller
     (`cgroup_disable=memory` on its command line): the NAT then runs without a limit of its
     own, with the global OOM killer as the guard, rather than the VM rebooting for good."""
-    cgroup = root / NAT_CGROUP
+    cgroup = os.path.join(root, NAT_CGROUP)
     limit = nat_memory_limit(meminfo)
     try:
-        (root / "cgroup.subtree_control").write_text("+memory")
-        cgroup.mkdir(exist_ok=True)
-        (cgroup / "memory.max").write_text(str(limit))
+        write_text(os.path.join(root, "cgroup.subtree_control"), "+memory")
+        os.makedirs(cgroup, exist_ok=True)
+        write_text(os.path.join(cgroup, "memory.max"), str(limit))
     except OSError as error:
         log(f"memory: no memory cgroup for the NAT ({error.strerror}); it runs without a limit")
         return None
@@ -60,17 +62,19 @@ def create_nat_cgroup(
     return cgroup
 
 
-def enter(cgroup: Path | None, log: Callable[[str], None]) -> None:
+def enter(cgroup: str | None, log: Callable[[str], None]) -> None:
     """Move the calling process into `cgroup` (if there is one); when the cgroup's OOM killer
     has killed in it before, say how often and what it used at its peak (why a restarted
     child's predecessor died)."""
     if cgroup is None:
         return
-    (cgroup / "cgroup.procs").write_text("0")  # "0": the writing process
+    write_text(os.path.join(cgroup, "cgroup.procs"), "0")  # "0": the writing process
     events = dict(
-        line.split() for line in (cgroup / "memory.events").read_text().splitlines() if line
+        line.split()
+        for line in read_text(os.path.join(cgroup, "memory.events")).splitlines()
+        if line
     )
     kills = int(events.get("oom_kill", 0))
     if kills:
-        peak = int((cgroup / "memory.peak").read_text())
+        peak = int(read_text(os.path.join(cgroup, "memory.peak")))
         log(f"memory: {kills} OOM kill(s) in the NAT's cgroup so far, peak {peak / 2**20:.1f} MiB")

@@ -23,7 +23,6 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
-from pathlib import Path
 from types import FrameType
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -534,7 +533,7 @@ def run(
     lan_ifname: str,
     stats_interval: float = 10.0,
     log: Log = log_line,
-    state_dir: Path | None = None,
+    state_dir: str | None = None,
 ) -> None:
     """Forward between the two interfaces until SIGTERM or SIGINT; raises ShellError.
     `state_dir`: where the flows are saved as they change and restored from at start, so that

@@ -18,27 +18,27 @@ restoring it all would get each new one killed in turn. Established TCP connecti
 
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 from appliance import flowstate
 from appliance.flows import FlowTable
+from appliance.linux import read_text
 
 FILE_NAME = "flows"
-BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
-OWN_CGROUP, CGROUP_FS = Path("/proc/self/cgroup"), Path("/sys/fs/cgroup")
+BOOT_ID = "/proc/sys/kernel/random/boot_id"
+OWN_CGROUP, CGROUP_FS = "/proc/self/cgroup", "/sys/fs/cgroup"
 SESSION_BYTES = 400  # a session in the table: 360 bytes measured with tracemalloc, and slack
 
 
 def restore_limit(
-    own_cgroup: Path = OWN_CGROUP, cgroup_fs: Path = CGROUP_FS, session_bytes: int = SESSION_BYTES
+    own_cgroup: str = OWN_CGROUP, cgroup_fs: str = CGROUP_FS, session_bytes: int = SESSION_BYTES
 ) -> int | None:
     """How many sessions to restore at most: as many as half the memory left under this
     process's cgroup v2 limit holds; None without a limit (or cgroup v2)."""
     try:
-        lines = own_cgroup.read_text().splitlines()
+        lines = read_text(own_cgroup).splitlines()
         path = next(line[len("0::/") :] for line in lines if line.startswith("0::/"))
-        limit = (cgroup_fs / path / "memory.max").read_text().strip()
-        used = int((cgroup_fs / path / "memory.current").read_text())
+        limit = read_text(os.path.join(cgroup_fs, path, "memory.max")).strip()
+        used = int(read_text(os.path.join(cgroup_fs, path, "memory.current")))
     except (OSError, StopIteration, ValueError):
         return None
     if not limit.isdigit():  # "max"
@@ -48,7 +48,7 @@ def restore_limit(
 
 def boot_id() -> str:
     try:
-        return BOOT_ID.read_text().strip()
+        return read_text(BOOT_ID).strip()
     except OSError:  # no /proc: a file then cannot be told from another boot's
         return "unknown"
 
@@ -56,8 +56,9 @@ def boot_id() -> str:
 class FlowStateFile:
     """The state file of one appliance, in `directory` (created if missing)."""
 
-    def __init__(self, directory: Path, log: Callable[[str], None]) -> None:
-        self.path = directory / FILE_NAME
+    def __init__(self, directory: str, log: Callable[[str], None]) -> None:
+        self.directory = directory
+        self.path = os.path.join(directory, FILE_NAME)
         self.log = log
         self.boot = boot_id()
         self.journal = flowstate.FlowJournal()
@@ -67,9 +68,10 @@ class FlowStateFile:
     def open(self, table: FlowTable, now: float) -> str:
         """Restore what the file holds into `table`, start saving `table`'s changes, and return
         a line saying what was restored. Raises OSError when the directory is unusable."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(self.directory, exist_ok=True)
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as file:
+                data = file.read()
         except FileNotFoundError:
             data = b""
         saved = flowstate.replay(data, self.boot)
@@ -108,8 +110,9 @@ class FlowStateFile:
 
     def _rewrite(self, table: FlowTable) -> None:
         sessions = table.all_sessions()
-        aside = self.path.with_name(FILE_NAME + ".new")
-        aside.write_bytes(flowstate.header(self.boot) + flowstate.snapshot(sessions))
+        aside = self.path + ".new"
+        with open(aside, "wb") as file:
+            file.write(flowstate.header(self.boot) + flowstate.snapshot(sessions))
         os.replace(aside, self.path)
         if self._fd >= 0:
             os.close(self._fd)

@@ -1,6 +1,5 @@
 """`invoke run`'s options and the demo hosts' addresses, taken from ops-config.json."""
 
-from dataclasses import replace
 from ipaddress import IPv4Interface
 from pathlib import Path
 
@@ -24,9 +23,9 @@ def test_the_shipped_config_gives_the_demo_its_addresses(shipped: ApplianceConfi
 
 
 def test_hosts_follow_the_subnets(shipped: ApplianceConfig) -> None:
-    wan = replace(shipped.wan, address=IPv4Interface("100.64.0.1/29"), gateway=None)
-    lan = replace(shipped.lan, address=IPv4Interface("172.16.0.10/28"))
-    hosts = demo.addresses(replace(shipped, wan=wan, lan=lan))
+    wan = shipped.wan._replace(address=IPv4Interface("100.64.0.1/29"), gateway=None)
+    lan = shipped.lan._replace(address=IPv4Interface("172.16.0.10/28"))
+    hosts = demo.addresses(shipped._replace(wan=wan, lan=lan))
     assert str(hosts.wan_host) == "100.64.0.2/29"  # no gateway: the first address not the NAT's
     assert str(hosts.lan_host) == "172.16.0.1/28"  # .10 is the NAT's own
 
@@ -42,6 +41,6 @@ def test_options_take_the_config_unless_given(shipped: ApplianceConfig) -> None:
 def test_bad_options_are_one_line_each(shipped: ApplianceConfig) -> None:
     with pytest.raises(ImageError, match="--taps takes two names"):
         demo.options(CONFIG, shipped, taps="only-one")
-    unbridged = replace(shipped, lan=replace(shipped.lan, bridge=None))
+    unbridged = shipped._replace(lan=shipped.lan._replace(bridge=None))
     with pytest.raises(ImageError, match="names no BridgeName"):
         demo.options(Path("mine.json"), unbridged, bridged=True)

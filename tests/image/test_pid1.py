@@ -32,7 +32,7 @@ def test_sysctls_keep_the_kernel_off_both_nics() -> None:
 def test_sysctls_missing_from_the_kernel_are_skipped(tmp_path: Path) -> None:
     (tmp_path / "net/ipv4/conf/eth0").mkdir(parents=True)
     (tmp_path / "net/ipv4/conf/eth0/arp_ignore").write_text("0")
-    linux.write_sysctls(init.nic_sysctls(["eth0"]), tmp_path)  # no IPv6 directory at all
+    linux.write_sysctls(init.nic_sysctls(["eth0"]), str(tmp_path))  # no IPv6 directory at all
     assert (tmp_path / "net/ipv4/conf/eth0/arp_ignore").read_text() == "8"
 
 

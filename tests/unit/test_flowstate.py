@@ -6,6 +6,7 @@ the connection's own port (finding 3: a fresh engine filters it, and a download 
 has nothing to send stalls for good).
 """
 
+import os
 from pathlib import Path
 
 from scapy.layers.inet import ICMP, IP, TCP, UDP
@@ -149,7 +150,7 @@ def test_a_packet_of_an_existing_flow_writes_nothing(demo_config: ApplianceConfi
 
 def test_the_file_is_compacted_within_bounds(demo_config: ApplianceConfig, tmp_path: Path) -> None:
     harness = Harness(demo_config)
-    state = FlowStateFile(tmp_path, print)
+    state = FlowStateFile(str(tmp_path), print)
     assert state.open(harness.nat.table, harness.now).startswith("flows: restored 0 of 0")
     for n in range(3000):  # short flows: each one a SAVED and, expired, a REMOVED record
         harness.one(LAN, IP(src=HOST, dst=SERVER) / UDP(sport=10000 + n, dport=53), WAN)
@@ -158,10 +159,10 @@ def test_the_file_is_compacted_within_bounds(demo_config: ApplianceConfig, tmp_p
         state.maintain(harness.nat.table)
     established_download(harness, HOST, 40000)
     state.flush()
-    records = (state.path.stat().st_size - len(flowstate.header(state.boot))) / 18
+    records = (os.path.getsize(state.path) - len(flowstate.header(state.boot))) / 18
     assert records <= 2 * len(harness.nat.table) + flowstate.COMPACT_SLACK
     again = Harness(demo_config, now=5000.0)
-    line = FlowStateFile(tmp_path, print).open(again.nat.table, again.now)
+    line = FlowStateFile(str(tmp_path), print).open(again.nat.table, again.now)
     assert line.startswith("flows: restored 1 of 1"), line
 
 
@@ -202,8 +203,8 @@ def test_the_restore_limit_is_half_the_memory_left_under_the_cgroups(tmp_path: P
     own.write_text("0::/natvm\n")
     (tmp_path / "natvm/memory.max").write_text("10485760\n")
     (tmp_path / "natvm/memory.current").write_text("2097152\n")
-    assert restore_limit(own, tmp_path, session_bytes=400) == (8 << 20) // 2 // 400
+    assert restore_limit(str(own), str(tmp_path), session_bytes=400) == (8 << 20) // 2 // 400
     (tmp_path / "natvm/memory.max").write_text("max\n")
-    assert restore_limit(own, tmp_path) is None
+    assert restore_limit(str(own), str(tmp_path)) is None
     own.write_text("12:memory:/old-style\n")  # cgroup v1 only: no limit known
-    assert restore_limit(own, tmp_path) is None
+    assert restore_limit(str(own), str(tmp_path)) is None

@@ -33,8 +33,9 @@ def test_the_mapped_files_stay_outside_the_limit() -> None:
 def test_the_cgroup_is_made_limited_and_entered(tmp_path: Path) -> None:
     lines: list[str] = []
     (tmp_path / "cgroup.subtree_control").write_text("")
-    cgroup = memcg.create_nat_cgroup(meminfo(92, 55), lines.append, root=tmp_path)
-    assert cgroup is not None
+    made = memcg.create_nat_cgroup(meminfo(92, 55), lines.append, root=str(tmp_path))
+    assert made == str(tmp_path / memcg.NAT_CGROUP)
+    cgroup = Path(made)
     assert (tmp_path / "cgroup.subtree_control").read_text() == "+memory"
     assert int((cgroup / "memory.max").read_text()) == memcg.nat_memory_limit(meminfo(92, 55))
     assert lines == [f"memory: the NAT's cgroup {cgroup} is limited to 43.5 MiB"]
@@ -52,7 +53,7 @@ def test_without_a_memory_controller_the_nat_runs_unlimited(tmp_path: Path) -> N
     """cgroup_disable=memory: writing +memory fails; one line, and no cgroup to enter."""
     lines: list[str] = []
     (tmp_path / "cgroup.subtree_control").mkdir()  # the write fails, as the kernel's would
-    assert memcg.create_nat_cgroup(meminfo(92, 55), lines.append, root=tmp_path) is None
+    assert memcg.create_nat_cgroup(meminfo(92, 55), lines.append, root=str(tmp_path)) is None
     assert len(lines) == 1 and lines[0].startswith("memory: no memory cgroup for the NAT (")
     memcg.enter(None, lines.append)
     assert len(lines) == 1

@@ -210,9 +210,7 @@ def test_natvm_takes_its_addresses_from_qubesdb_and_the_configuration_the_rest()
     assert str(configured.wan.gateway) == "192.0.2.1"
     assert [str(server) for server in configured.nat.dns_servers] == ["198.51.100.10"]
     assert configured.lan.address == IPv4Interface("10.137.0.1/24")
-    assert configured.nat == config.nat.__class__(
-        **{**config.nat.__dict__, "dns_servers": configured.nat.dns_servers}
-    )
+    assert configured.nat == config.nat._replace(dns_servers=configured.nat.dns_servers)
     assert logged == [
         "qubesdb: uplink 192.0.2.7/24 gateway 192.0.2.1, dns 198.51.100.10,"
         " clients' gateway 10.137.0.1"
