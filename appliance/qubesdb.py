@@ -27,9 +27,9 @@ as qubes-core-agent-linux qubesagent/firewall.py does).
 
 import struct
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from enum import IntEnum
 from ipaddress import AddressValueError, IPv4Address
+from typing import NamedTuple
 
 from appliance.rules import DROP_ALL, RuleError, RuleSet, parse_rule_set
 
@@ -62,8 +62,7 @@ class ProtocolError(Exception):
     """dom0 sent what the protocol does not allow on this link; the link is not to be trusted."""
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     type: MessageType
     path: str
     data: bytes = b""
@@ -111,19 +110,18 @@ def _checked(kind: int, raw_path: bytes, data: bytes) -> Message:
     return Message(message_type, path, data)
 
 
-@dataclass(frozen=True)
-class Synced:
+class Synced(NamedTuple):
     """The initial dump is complete: `QubesDbClient.entries` holds the whole database."""
 
+    # No fields: an empty tuple, so false. Tell an event from none with `is not None`.
 
-@dataclass(frozen=True)
-class Written:
+
+class Written(NamedTuple):
     path: str
     value: str
 
 
-@dataclass(frozen=True)
-class Removed:
+class Removed(NamedTuple):
     path: str  # as dom0 sent it: a path ending in '/' removed everything under it
     removed: tuple[str, ...]  # the paths that went
 
@@ -220,8 +218,7 @@ _HANDLERS: dict[MessageType, Callable[[QubesDbClient, Message], Event | None]] =
 # -- what natvm reads ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class NetworkKeys:
+class NetworkKeys(NamedTuple):
     """natvm's addresses as QubesDB gives them; None for a key that is absent.
 
     uplink:   /qubes-ip, /qubes-netmask, /qubes-gateway, /qubes-primary-dns,
@@ -307,8 +304,7 @@ def _prefix(netmask: IPv4Address) -> int | None:
 FIREWALL = "/qubes-firewall/"
 
 
-@dataclass(frozen=True)
-class RulesUpdate:
+class RulesUpdate(NamedTuple):
     """What to do with one client's rules: `rules` to put in force (None: keep those in
     force), and a line for the log when something went wrong."""
 

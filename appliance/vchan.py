@@ -47,7 +47,7 @@ import fcntl
 import mmap
 import os
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.xenstore import Xenstore
 
@@ -72,8 +72,7 @@ class VchanError(Exception):
     (an index pair claiming more data than the ring holds)."""
 
 
-@dataclass(frozen=True)
-class RingPlace:
+class RingPlace(NamedTuple):
     """Where one ring is: inside the shared page at `offset`, or in pages of its own whose
     grant references are `grants`."""
 
@@ -86,8 +85,7 @@ class RingPlace:
         return 1 << self.order
 
 
-@dataclass(frozen=True)
-class ClientLayout:
+class ClientLayout(NamedTuple):
     """The two rings as the client sees them: it writes the left one and reads the right."""
 
     write: RingPlace

@@ -52,7 +52,6 @@ the events that arrive meanwhile, so nothing waits for the next poll. Errors of 
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from enum import Enum
 from ipaddress import AddressValueError, IPv4Address
 from typing import NamedTuple, Protocol
@@ -79,8 +78,7 @@ class Vif(NamedTuple):
         return f"vif {self.domid}/{self.devid}"
 
 
-@dataclass(frozen=True)
-class Client:
+class Client(NamedTuple):
     """A client vif as the shell serves it."""
 
     vif: Vif
@@ -92,31 +90,26 @@ class Client:
 
 # Requests to xenstore, carried out by carry_out (or by a shell of one's own: List and Read are
 # answered through VifBackends.listed and .read, the others need no answer).
-@dataclass(frozen=True)
-class Watch:
+class Watch(NamedTuple):
     path: str
     token: str
 
 
-@dataclass(frozen=True)
-class List:
+class List(NamedTuple):
     path: str  # answer: the child names, or None if there is no such node
 
 
-@dataclass(frozen=True)
-class Read:
+class Read(NamedTuple):
     path: str  # a device's directory; answer: {key: value or None if absent} for each of keys
     keys: tuple[str, ...] = KEYS
 
 
-@dataclass(frozen=True)
-class Write:
+class Write(NamedTuple):
     path: str
     value: str
 
 
-@dataclass(frozen=True)
-class Remove:
+class Remove(NamedTuple):
     path: str  # with its subtree, and each parent left empty below `keep`, in one transaction
     keep: str
 
@@ -125,25 +118,21 @@ Request = Watch | List | Read | Write | Remove
 
 
 # Decisions for the shell.
-@dataclass(frozen=True)
-class AwaitInterface:
+class AwaitInterface(NamedTuple):
     vif: Vif
     name: str  # call interface_present(name) once it exists
 
 
-@dataclass(frozen=True)
-class Attach:
+class Attach(NamedTuple):
     client: Client  # open it, set it up, then call attached(client.vif)
 
 
-@dataclass(frozen=True)
-class Detach:
+class Detach(NamedTuple):
     client: Client
     reason: str
 
 
-@dataclass(frozen=True)
-class Dropped:
+class Dropped(NamedTuple):
     path: str  # the directory in xenstore that serves no client
     reason: str
 
@@ -153,19 +142,16 @@ Output = Request | Decision
 
 
 # What a device's keys say.
-@dataclass(frozen=True)
-class Closing:
+class Closing(NamedTuple):
     reason: str
     closed: bool  # online=0 and state 6: netback is done with it, its directory can go
 
 
-@dataclass(frozen=True)
-class Gone:
+class Gone(NamedTuple):
     reason: str = "its backend directory was removed"
 
 
-@dataclass(frozen=True)
-class Malformed:
+class Malformed(NamedTuple):
     reason: str
 
 
@@ -254,27 +240,32 @@ ATTACHED = (Phase.ATTACHING, Phase.CONNECTED)  # the shell holds the client: lea
 SERVING = (Phase.WAITING, *ATTACHED)
 
 
-@dataclass
 class Record:
-    phase: Phase
-    client: Client | None = None
-    reason: str = ""  # why it was dropped, so the same reason is not reported on every event
+    __slots__ = ("client", "phase", "reason")
+
+    def __init__(self, phase: Phase, client: Client | None = None, reason: str = "") -> None:
+        self.phase = phase
+        self.client = client
+        # Why it was dropped, so the same reason is not reported on every event.
+        self.reason = reason
 
 
-@dataclass
 class VifBackends:
     """The state machine: one Record per client vif seen, and what to read next."""
 
-    home: str  # our domain's path, /local/domain/<domid>
-    # Remove a closed backend's directory: a driver domain's duty. False where the toolstack
-    # runs in this same domain (a dom0 serving vifs itself), as libxl removes it there, after
-    # the hotplug script it runs reads the directory.
-    removes_closed: bool = True
-    records: dict[Vif, Record] = field(default_factory=dict)
-    _rescan: bool = False
-    _domains: set[int] = field(default_factory=set)  # whose device list is to be read
-    _devices: set[Vif] = field(default_factory=set)  # whose keys are to be read
-    _strays: set[str] = field(default_factory=set)  # names not numbers, reported once
+    __slots__ = ("_devices", "_domains", "_rescan", "_strays", "home", "records", "removes_closed")
+
+    def __init__(self, home: str, removes_closed: bool = True) -> None:
+        self.home = home  # our domain's path, /local/domain/<domid>
+        # Remove a closed backend's directory: a driver domain's duty. False where the toolstack
+        # runs in this same domain (a dom0 serving vifs itself), as libxl removes it there, after
+        # the hotplug script it runs reads the directory.
+        self.removes_closed = removes_closed
+        self.records: dict[Vif, Record] = {}
+        self._rescan = False
+        self._domains: set[int] = set()  # whose device list is to be read
+        self._devices: set[Vif] = set()  # whose keys are to be read
+        self._strays: set[str] = set()  # names not numbers, reported once
 
     @property
     def base(self) -> str:

@@ -25,8 +25,8 @@ import select
 import socket
 import struct
 from collections import deque
-from dataclasses import dataclass
 from enum import IntEnum
+from typing import NamedTuple
 
 HEADER = struct.Struct("<4I")  # struct xsd_sockmsg: type, req_id, tx_id, len
 PAYLOAD_MAX = 4096  # XENSTORE_PAYLOAD_MAX
@@ -78,16 +78,14 @@ class XenstoreError(Exception):
         super().__init__(f"xenstore {' '.join(filter(None, (op.name, path)))}: {name}")
 
 
-@dataclass(frozen=True)
-class Message:
+class Message(NamedTuple):
     op: int  # an Op, or a number this module does not know (kept, so it can be reported)
     req_id: int
     tx_id: int
     payload: bytes
 
 
-@dataclass(frozen=True)
-class WatchEvent:
+class WatchEvent(NamedTuple):
     path: str  # the node that changed (relative if the watch's path was)
     token: str
 
