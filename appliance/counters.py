@@ -1,21 +1,31 @@
 """The engine's counters, and the log line the shell prints of them."""
 
-from dataclasses import dataclass, field
-
 from appliance.frames import Side
 
 
-@dataclass
 class Counters:
-    frames_in: dict[Side, int] = field(default_factory=lambda: dict.fromkeys(Side, 0))
-    frames_out: dict[Side, int] = field(default_factory=lambda: dict.fromkeys(Side, 0))
-    translated: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("tcp", "udp", "icmp"), 0)
+    __slots__ = (
+        "aggregates",
+        "drops",
+        "frames_in",
+        "frames_out",
+        "icmp_errors_sent",
+        "refused",
+        "translated",
     )
-    drops: dict[str, int] = field(default_factory=dict)
-    refused: dict[str, int] = field(default_factory=dict)
-    icmp_errors_sent: int = 0
-    aggregates: int = 0  # TCP aggregates (GRO/TSO) received and translated whole
+
+    def __init__(
+        self,
+        icmp_errors_sent: int = 0,
+        aggregates: int = 0,  # TCP aggregates (GRO/TSO) received and translated whole
+    ) -> None:
+        self.frames_in: dict[Side, int] = dict.fromkeys(Side, 0)
+        self.frames_out: dict[Side, int] = dict.fromkeys(Side, 0)
+        self.translated: dict[str, int] = dict.fromkeys(("tcp", "udp", "icmp"), 0)
+        self.drops: dict[str, int] = {}
+        self.refused: dict[str, int] = {}
+        self.icmp_errors_sent = icmp_errors_sent
+        self.aggregates = aggregates
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.drops[reason] = self.drops.get(reason, 0) + count

@@ -21,8 +21,8 @@ raises anything else on any input.
 """
 
 import struct
-from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 TYPE_A, TYPE_CNAME, CLASS_IN = 1, 5, 1
 RCODE_NOERROR, RCODE_NXDOMAIN = 0, 3
@@ -48,8 +48,7 @@ class DnsMismatch(DnsError):
     not a response)."""
 
 
-@dataclass(frozen=True)
-class Response:
+class Response(NamedTuple):
     """What a response says of the question's name: its addresses (A records at the end of
     the CNAME chain, in the order given), the least TTL along the chain (0 without
     addresses), the response code, and whether the server truncated it (TC)."""

@@ -21,8 +21,6 @@ The rest, the full path, hands a `FrameContext` down from method to method: what
 the frame, and the frames to send.
 """
 
-from dataclasses import dataclass, field
-
 from appliance.addresses import Addresses, is_special
 from appliance.config import ApplianceConfig
 from appliance.counters import Counters
@@ -75,7 +73,6 @@ from appliance.segments import segment_tcp
 __all__ = ["Nat", "Offload", "OffloadOutput", "Output", "Side"]
 
 
-@dataclass(slots=True)
 class FrameContext:
     """What the full path knows of the frame it handles, and the frames it has to send (each
     counted into `counters` as it is emitted). Made by `_run` for one frame and passed down to
@@ -86,10 +83,15 @@ class FrameContext:
     TCP/UDP checksum.
     """
 
-    counters: Counters
-    offload: Offload | None = None
-    l4_verified: bool = False
-    out: OffloadOutput = field(default_factory=list)
+    __slots__ = ("counters", "l4_verified", "offload", "out")
+
+    def __init__(
+        self, counters: Counters, offload: Offload | None = None, l4_verified: bool = False
+    ) -> None:
+        self.counters = counters
+        self.offload = offload
+        self.l4_verified = l4_verified
+        self.out: OffloadOutput = []
 
     @property
     def partial(self) -> bool:

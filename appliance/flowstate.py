@@ -20,7 +20,7 @@ a file from an earlier boot is ignored, as its times and peers are another machi
 
 import struct
 from collections.abc import Iterable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from appliance.flows import FlowTable, Session, TcpState
 from appliance.packet import TCP
@@ -37,8 +37,7 @@ def header(boot_id: str) -> bytes:
     return MAGIC + boot_id.encode("ascii", "replace") + b"\n"
 
 
-@dataclass(frozen=True)
-class SavedSession:
+class SavedSession(NamedTuple):
     proto: int
     int_addr: bytes
     int_port: int

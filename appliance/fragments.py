@@ -19,7 +19,6 @@ datagram is then translated like any other and fragmented again if it does not f
 """
 
 from bisect import bisect_left
-from dataclasses import dataclass, field
 
 from appliance.packet import IP_MF, IP_OFFSET_MASK, Drop, Ipv4, fill_ip_checksum
 
@@ -28,15 +27,23 @@ _MAX_DATAGRAM = 65535
 PIECE_OVERHEAD = 100
 
 
-@dataclass(slots=True)
 class _Partial:
-    expires: float
-    header: bytes | None = None  # the header of the fragment at offset 0
-    starts: list[int] = field(default_factory=list)  # piece offsets, sorted
-    ends: list[int] = field(default_factory=list)  # each piece's end, in the same order
-    payloads: list[bytes] = field(default_factory=list)
-    total: int | None = None  # payload length, known once the last fragment is seen
-    received: int = 0
+    __slots__ = ("ends", "expires", "header", "payloads", "received", "starts", "total")
+
+    def __init__(
+        self,
+        expires: float,
+        header: bytes | None = None,  # the header of the fragment at offset 0
+        total: int | None = None,  # payload length, known once the last fragment is seen
+        received: int = 0,
+    ) -> None:
+        self.expires = expires
+        self.header = header
+        self.starts: list[int] = []  # piece offsets, sorted
+        self.ends: list[int] = []  # each piece's end, in the same order
+        self.payloads: list[bytes] = []
+        self.total = total
+        self.received = received
 
     @property
     def charge(self) -> int:

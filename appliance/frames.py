@@ -1,8 +1,8 @@
 """What the engine and the shell say of frames: the side of the appliance a frame is on, and
 what a virtio_net_hdr says of it."""
 
-from dataclasses import dataclass
 from enum import StrEnum
+from typing import Final
 
 
 class Side(StrEnum):
@@ -19,7 +19,6 @@ WAN, LAN = Side.WAN, Side.LAN
 Output = list[tuple[Side, bytes]]
 
 
-@dataclass(frozen=True, slots=True)
 class Offload:
     """What a virtio_net_hdr says of a frame, as the engine needs it (the shell encodes it).
 
@@ -30,9 +29,25 @@ class Offload:
     checksum is partial leaves, translated, with the same offload, so the kernel completes it.
     """
 
-    needs_csum: bool = False
-    gso_size: int = 0
-    ecn: bool = False
+    __slots__ = ("ecn", "gso_size", "needs_csum")
+
+    def __init__(self, needs_csum: bool = False, gso_size: int = 0, ecn: bool = False) -> None:
+        self.needs_csum: Final = needs_csum
+        self.gso_size: Final = gso_size
+        self.ecn: Final = ecn
+
+    # A value: the tests compare the offload a frame leaves with to the one it came in with,
+    # and equal offloads hash alike.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Offload):
+            return NotImplemented
+        return self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def _fields(self) -> tuple[bool, int, bool]:
+        return self.needs_csum, self.gso_size, self.ecn
 
 
 OffloadOutput = list[tuple[Side, bytes, Offload | None]]

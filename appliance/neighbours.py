@@ -17,7 +17,6 @@ an ARP packet it refuses outright raises `Drop`.
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from appliance.addresses import Subnet
 from appliance.packet import (
@@ -32,11 +31,13 @@ from appliance.packet import (
 )
 
 
-@dataclass(slots=True)
 class _Pending:
-    packets: list[bytes] = field(default_factory=list)
-    next_try: float = 0.0
-    tries: int = 0
+    __slots__ = ("next_try", "packets", "tries")
+
+    def __init__(self, next_try: float = 0.0, tries: int = 0) -> None:
+        self.packets: list[bytes] = []
+        self.next_try = next_try
+        self.tries = tries
 
 
 class Neighbours:

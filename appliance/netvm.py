@@ -60,7 +60,6 @@ and qubes-antispoof.nft; qubes-mirage-firewall client_eth.ml and firewall.ml):
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from ipaddress import IPv4Address
 
 from appliance.addresses import is_special
@@ -117,18 +116,20 @@ class ClientError(ValueError):
     """A client that cannot attach, as one line naming its port."""
 
 
-@dataclass(slots=True)
 class Client:
     """A client VM on its port: its address and MAC (the toolstack's), the port's own MAC,
     what was dropped of its frames here, and its DNS records: (protocol, client port, upstream
     address) -> the virtual DNS address the query went to."""
 
-    port: Port
-    ip: bytes
-    mac: bytes
-    port_mac: bytes
-    drops: dict[str, int] = field(default_factory=dict)
-    dns: dict[tuple[int, int, bytes], bytes] = field(default_factory=dict)
+    __slots__ = ("dns", "drops", "ip", "mac", "port", "port_mac")
+
+    def __init__(self, port: Port, ip: bytes, mac: bytes, port_mac: bytes) -> None:
+        self.port = port
+        self.ip = ip
+        self.mac = mac
+        self.port_mac = port_mac
+        self.drops: dict[str, int] = {}
+        self.dns: dict[tuple[int, int, bytes], bytes] = {}
 
     @property
     def address(self) -> IPv4Address:

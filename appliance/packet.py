@@ -8,7 +8,7 @@ here raises any other exception on any input.
 """
 
 import struct
-from dataclasses import dataclass
+from typing import Final
 
 from appliance.checksum import internet_checksum, ones_sum
 
@@ -60,18 +60,31 @@ class Drop(Exception):
         self.reason = reason
 
 
-@dataclass(slots=True)
 class Ipv4:
-    """The fields of a validated IPv4 header; the packet bytes stay in `buf`."""
+    """The fields of a validated IPv4 header; the packet bytes stay in `buf`. Made for every
+    packet of the full path: a slotted class is the cheapest record to make and to read."""
 
-    buf: bytearray
-    header_len: int
-    proto: int
-    src: bytes
-    dst: bytes
-    ttl: int
-    flags_offset: int  # the 16-bit flags + fragment offset word
-    ident: int
+    __slots__ = ("buf", "dst", "flags_offset", "header_len", "ident", "proto", "src", "ttl")
+
+    def __init__(
+        self,
+        buf: bytearray,
+        header_len: int,
+        proto: int,
+        src: bytes,
+        dst: bytes,
+        ttl: int,
+        flags_offset: int,  # the 16-bit flags + fragment offset word
+        ident: int,
+    ) -> None:
+        self.buf = buf
+        self.header_len = header_len
+        self.proto = proto
+        self.src = src
+        self.dst = dst
+        self.ttl = ttl
+        self.flags_offset = flags_offset
+        self.ident = ident
 
     @property
     def is_fragment(self) -> bool:
@@ -230,13 +243,17 @@ def ethernet_header(dst_mac: bytes, src_mac: bytes, ethertype: int) -> bytes:
     return dst_mac + src_mac + ethertype.to_bytes(2, "big")
 
 
-@dataclass(frozen=True, slots=True)
 class Arp:
-    op: int  # 1 request, 2 reply
-    sender_mac: bytes
-    sender_ip: bytes
-    target_mac: bytes
-    target_ip: bytes
+    __slots__ = ("op", "sender_ip", "sender_mac", "target_ip", "target_mac")
+
+    def __init__(
+        self, op: int, sender_mac: bytes, sender_ip: bytes, target_mac: bytes, target_ip: bytes
+    ) -> None:
+        self.op: Final = op  # 1 request, 2 reply
+        self.sender_mac: Final = sender_mac
+        self.sender_ip: Final = sender_ip
+        self.target_mac: Final = target_mac
+        self.target_ip: Final = target_ip
 
 
 ARP_REQUEST = 1

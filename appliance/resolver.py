@@ -38,8 +38,8 @@ response and returns its `Outcome`; the caller puts its addresses in force
 
 import random
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address
+from typing import NamedTuple
 
 from appliance.dnsquery import (
     RCODE_NOERROR,
@@ -57,8 +57,7 @@ MIN_TTL, MAX_TTL = 60.0, 3600.0  # s an answer is used before the name is asked 
 MAX_NAMES = 256
 
 
-@dataclass(frozen=True)
-class Query:
+class Query(NamedTuple):
     """A query to send: the DNS message for `name`, to `server` (an IPv4 address, packed)."""
 
     name: str
@@ -66,8 +65,7 @@ class Query:
     message: bytes
 
 
-@dataclass(frozen=True)
-class Outcome:
+class Outcome(NamedTuple):
     """What became of a name, as one log line; `addresses` what to put in force for it
     (None: nothing changes)."""
 
@@ -76,16 +74,28 @@ class Outcome:
     line: str
 
 
-@dataclass(slots=True)
 class _Name:
-    due: float = float("-inf")  # when the next query may go out (none outstanding)
-    query_id: int | None = None  # the outstanding query's
-    server: bytes = b""
-    deadline: float = 0.0  # when the outstanding query times out
-    tries: int = 0  # failed tries in this round
-    rounds: int = 0  # failed rounds in a row, for the back-off
-    why: str = ""  # the last failed try's reason
-    addresses: tuple[IPv4Address, ...] | None = None  # the last answer's
+    __slots__ = ("addresses", "deadline", "due", "query_id", "rounds", "server", "tries", "why")
+
+    def __init__(
+        self,
+        due: float = float("-inf"),  # when the next query may go out (none outstanding)
+        query_id: int | None = None,  # the outstanding query's
+        server: bytes = b"",
+        deadline: float = 0.0,  # when the outstanding query times out
+        tries: int = 0,  # failed tries in this round
+        rounds: int = 0,  # failed rounds in a row, for the back-off
+        why: str = "",  # the last failed try's reason
+        addresses: tuple[IPv4Address, ...] | None = None,  # the last answer's
+    ) -> None:
+        self.due = due
+        self.query_id = query_id
+        self.server = server
+        self.deadline = deadline
+        self.tries = tries
+        self.rounds = rounds
+        self.why = why
+        self.addresses = addresses
 
 
 class Resolver:

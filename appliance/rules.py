@@ -43,9 +43,9 @@ Counters: `Firewall.counts` holds the decisions per action, for one client.
 
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import StrEnum
 from ipaddress import IPv4Address, IPv4Network
+from typing import NamedTuple
 
 from appliance.packet import ICMP, TCP, UDP
 
@@ -69,8 +69,7 @@ class RuleError(ValueError):
         self.key, self.problem = key, problem
 
 
-@dataclass(frozen=True)
-class Rule:
+class Rule(NamedTuple):
     """One rule; None means "any". `dns` is specialtarget=dns."""
 
     action: Action
@@ -83,8 +82,7 @@ class Rule:
     key: str = ""  # the QubesDB key it came from, for log lines
 
 
-@dataclass(frozen=True)
-class RuleSet:
+class RuleSet(NamedTuple):
     """A client's rules in order, then the policy."""
 
     rules: tuple[Rule, ...]
@@ -192,14 +190,16 @@ def parse_rule_set(entries: Mapping[str, str], base: str = "") -> RuleSet:
     return RuleSet(tuple(rules), policy)
 
 
-@dataclass
 class Firewall:
     """One client's rules in force, the addresses of their host names, and the counts of its
     decisions per action."""
 
-    rules: RuleSet
-    resolved: dict[str, frozenset[bytes]] = field(default_factory=dict)
-    counts: dict[Action, int] = field(default_factory=lambda: dict.fromkeys(Action, 0))
+    __slots__ = ("counts", "resolved", "rules")
+
+    def __init__(self, rules: RuleSet) -> None:
+        self.rules = rules
+        self.resolved: dict[str, frozenset[bytes]] = {}
+        self.counts: dict[Action, int] = dict.fromkeys(Action, 0)
 
     def replace(self, rules: RuleSet) -> None:
         """New rules for new flows; the addresses of names still named are kept."""
