@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from appliance.init import NET_VM_MODULES
 from image import cpio, runtime
 from image.elf import Elf
 
@@ -43,6 +44,7 @@ class Entry:
 
     module: str
     comment: str
+    also: tuple[str, ...] = ()  # modules it imports only on some paths, with their stdlib
 
     def init(self) -> str:
         return INIT.format(comment=self.comment, module=self.module)
@@ -51,6 +53,7 @@ class Entry:
 PRODUCT = Entry(
     "appliance.init",
     "natvm's /init: the appliance does PID 1's duties itself (see appliance/init.py).",
+    NET_VM_MODULES,
 )
 REFERENCE = Entry(
     "image.reference",
@@ -117,7 +120,7 @@ def _image_path(inputs: Inputs, file: Path) -> str:
 def python(inputs: Inputs) -> list[cpio.Entry]:
     """The interpreter, its libraries, the stdlib modules and the appliance, compiled (and in
     the reference image, the reference program: found by importing it, as the stdlib is)."""
-    found = runtime.modules(inputs.root, inputs.source, (inputs.entry.module,))
+    found = runtime.modules(inputs.root, inputs.source, (inputs.entry.module, *inputs.entry.also))
     found.pop("__main__", None)  # the build's own job script (image/target_job.py), not the image's
     sources = {*found.values(), *(inputs.source / "appliance").rglob("*.py")}
     compiled = sorted(f for f in sources if f.suffix == ".py")

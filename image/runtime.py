@@ -20,8 +20,9 @@ STDLIB = "usr/lib/python3.11"
 LOADER = "lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"
 LIBDIRS = ("lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu")
 APP_DIR = "opt/natvm"  # where the appliance package lives in the image
-# Loaded before any code runs, or on paths the import test does not take (error reports).
-STARTUP = ("encodings.utf_8", "encodings.ascii", "encodings.latin_1", "traceback")
+# Loaded before any code runs. (Crash reports need no module: the appliance prints them with the
+# interpreter's own printer, appliance/init.py.)
+STARTUP = ("encodings.utf_8", "encodings.ascii", "encodings.latin_1")
 _JOB = Path(__file__).with_name("target_job.py")
 
 
