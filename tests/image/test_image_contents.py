@@ -5,9 +5,10 @@ import json
 import os
 import stat
 import subprocess
+import sys
 from pathlib import Path
 
-from image import build, cpio, kbuild, kconfig, runtime
+from image import build, cpio, initramfs, kbuild, kconfig, runtime
 from image.elf import Elf
 from tests.support.imagebuild import build_image, rootfs_entries
 
@@ -75,6 +76,17 @@ def test_init_is_an_executable_python_script(built: build.Build) -> None:
     assert stat.S_ISCHR(members["dev/console"].mode)
     loader = Elf(members[runtime.PYTHON].data).interpreter() or ""
     assert loader.lstrip("/") in members  # the ELF interpreter, through its symlink
+
+
+def test_init_imports_with_the_collector_off_and_runs_main_with_it_on(tmp_path: Path) -> None:
+    (tmp_path / "program.py").write_text(
+        "import gc\nIMPORTED_WITH_GC = gc.isenabled()\n"
+        "def main():\n    print(IMPORTED_WITH_GC, gc.isenabled())\n"
+    )
+    script = tmp_path / "init"
+    script.write_text(initramfs.INIT.format(comment="test", module="program"))
+    run = subprocess.run([sys.executable, "-S", str(script)], capture_output=True, text=True)
+    assert (run.returncode, run.stdout) == (0, "False True\n"), run.stderr
 
 
 def test_the_image_is_smaller_than_the_unikernel_it_competes_with(built: build.Build) -> None:

@@ -5,8 +5,8 @@ comes through the VM tier's UDP floods both ways.
   child's memory cgroup (the 8 MiB floor) kills it one to three times and PID 1 starts it again
   (the child locks its pages, so at its limit it is killed rather than left to evict its own code).
   At 31 MiB it failed 3 runs of 3 (in the last, a flood stalled the guest and iperf3's client
-  timed out after 60 s); at 30 MiB it never reaches READY: the global OOM killer kills each child as it starts,
-  PID 1 and the child's locked pages leaving nothing to run in.
+  timed out after 60 s); at 30 MiB it never reaches READY: the global OOM killer kills each
+  child as it starts, PID 1 and the child's locked pages leaving nothing to run in.
 - 36 MiB: the smallest where the floods kill nothing (3 runs, and 38 MiB once); 35 MiB had one
   kill in each of 2 runs.
 
