@@ -226,6 +226,32 @@ def bench(
 
 @task(
     help={
+        "boots": "boots of each build, in turns (default 5)",
+        "baseline": "another build's output folder (e.g. a worktree's build/) to boot side by side",
+        "memory": "guest memory in MiB (default 128)",
+    }
+)
+def bench_boot(c: Context, boots: int = 5, baseline: str = "", memory: int = 128) -> None:
+    """Boot time: QEMU start to READY and its split, medians, against a baseline build (root)."""
+    from bench import boot  # here, not above: pyroute2 and scapy slow every task
+
+    try:
+        demo.preflight("invoke bench-boot")
+        builds = {"this build": do_build(CONFIG, debug=False).out}
+        if baseline:
+            folder = Path(baseline).resolve()
+            missing = [name for name in ("vmlinuz", "initramfs") if not (folder / name).is_file()]
+            if missing:
+                hint = "give another tree's build/, made there by `invoke build`"
+                raise ImageError(f"--baseline {baseline}: no {' or '.join(missing)} there", hint)
+            builds["baseline"] = folder
+        print("\n".join(boot.run(builds, max(1, boots), memory)))
+    except (ImageError, RuntimeError) as error:
+        raise die(error, debug=False) from None
+
+
+@task(
+    help={
         "minutes": "how long to load the appliance (at least 2: the first minute is the warm-up)",
         "interval": "seconds between samples (default 5)",
     }
