@@ -46,6 +46,9 @@ class Offload:
     def __hash__(self) -> int:
         return hash(self._fields())
 
+    def __repr__(self) -> str:  # what a failed comparison in a test shows
+        return "Offload(needs_csum={}, gso_size={}, ecn={})".format(*self._fields())
+
     def _fields(self) -> tuple[bool, int, bool]:
         return self.needs_csum, self.gso_size, self.ecn
 

@@ -82,3 +82,9 @@ def test_socket_buffers_follow_memory_within_bounds(tmp_path: Path) -> None:
     assert memory_total(str(meminfo), "MemFree") == 59292 * 1024
     assert memory_total(str(meminfo), "MemAvailable") == 0  # absent
     assert memory_total(str(tmp_path / "missing")) == 0
+
+
+def test_offloads_are_values_shown_by_their_fields() -> None:
+    assert Offload(True, 1448) == Offload(True, 1448) != Offload(True, 1448, ecn=True)
+    assert len({Offload(True, 1448), Offload(True, 1448)}) == 1
+    assert repr(Offload(True, 1448)) == "Offload(needs_csum=True, gso_size=1448, ecn=False)"
