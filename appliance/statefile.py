@@ -57,7 +57,6 @@ class FlowStateFile:
     """The state file of one appliance, in `directory` (created if missing)."""
 
     def __init__(self, directory: str, log: Callable[[str], None]) -> None:
-        self.directory = directory
         self.path = os.path.join(directory, FILE_NAME)
         self.log = log
         self.boot = boot_id()
@@ -68,7 +67,7 @@ class FlowStateFile:
     def open(self, table: FlowTable, now: float) -> str:
         """Restore what the file holds into `table`, start saving `table`'s changes, and return
         a line saying what was restored. Raises OSError when the directory is unusable."""
-        os.makedirs(self.directory, exist_ok=True)
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
         try:
             with open(self.path, "rb") as file:
                 data = file.read()
