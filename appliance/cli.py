@@ -7,8 +7,9 @@ from ipaddress import IPv4Address
 from pathlib import Path
 
 from appliance.config import ConfigError, load_config
+from appliance.netvmshell import ClientSpec, NetVmShell, run_netvm
 from appliance.rules import RuleError, RuleSet, parse_rule_set
-from appliance.shell import ClientSpec, NetVmShell, ShellError, run, run_netvm
+from appliance.shell import ShellError, run
 
 
 def client_spec(text: str) -> ClientSpec:

@@ -62,7 +62,7 @@ def drain(sock: socket.socket) -> None:
 
 
 class Clients(Protocol):
-    """What the driver needs of the netvm shell (appliance.shell.NetVmShell has it)."""
+    """What the driver needs of the netvm shell (appliance.netvmshell.NetVmShell has it)."""
 
     def attach(self, ifname: str, ip: IPv4Address, mac: bytes) -> None: ...
     def detach(self, ifname: str, why: str = "") -> object: ...

@@ -30,7 +30,7 @@ Rules (RFC 4787 UDP, RFC 5382 TCP, RFC 5508 ICMP query, RFC 6888, RFC 7857):
 """
 
 import heapq
-import random
+import os
 from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
@@ -220,6 +220,27 @@ class TableFull(Exception):
         self.reason = reason
 
 
+class RandomSource(Interface):
+    """Where random choices come from: an integer in [0, stop). `random.Random` is one (tests
+    seed it); `SystemRandomSource` is the default."""
+
+    def randrange(self, stop: int, /) -> int: ...
+
+
+class SystemRandomSource:
+    """The OS's random source, drawn uniformly below `stop` (rejection sampling, as
+    `random.SystemRandom` does). Not `random.SystemRandom` itself: importing `random` took
+    30 ms of the boot under TCG, for one method."""
+
+    def randrange(self, stop: int, /) -> int:
+        bits = (stop - 1).bit_length()
+        size = (bits + 7) // 8
+        while True:
+            drawn = int.from_bytes(os.urandom(size)) >> (8 * size - bits)
+            if drawn < stop:
+                return drawn
+
+
 class PortAllocator:
     """Chooses external ports: the internal one when free, else a random free one, of the same
     parity when there is one (RFC 4787 REQ-4; refusing a flow while ports of the other parity
@@ -229,7 +250,7 @@ class PortAllocator:
     itself injected, as mirage-nat's does.
     """
 
-    def __init__(self, first: int, last: int, rng: random.Random) -> None:
+    def __init__(self, first: int, last: int, rng: RandomSource) -> None:
         self.first, self.last, self.rng = first, last, rng
 
     def choose(self, wanted: int, is_free: Callable[[int], bool]) -> int | None:
@@ -292,7 +313,7 @@ class FlowTable:
         # attacker cannot guess a mapping's port (a fixed seed handed out the same sequence at
         # every start). Tests inject a seeded allocator.
         self.allocator = allocator or PortAllocator(
-            settings.port_first, settings.port_last, random.SystemRandom()
+            settings.port_first, settings.port_last, SystemRandomSource()
         )
         self.by_internal: dict[int, Mapping] = {}  # by internal_key()
         self._forwarded_ports = frozenset(
@@ -606,7 +627,8 @@ class FlowTable:
         """An external port of the allocator's range for the appliance's own use (its DNS
         queries), never given to a mapping; chosen at random like a mapping's (RFC 6056).
         None if none is free."""
-        wanted = self.allocator.rng.randint(self.settings.port_first, self.settings.port_last)
+        first, last = self.settings.port_first, self.settings.port_last
+        wanted = first + self.allocator.rng.randrange(last - first + 1)
         port = self.allocator.choose(wanted, lambda port: self._port_free(proto, port))
         if port is not None:
             self.reserved.add((proto, port))

@@ -23,10 +23,10 @@ Rules: PID 1 must never hang and never exit silently. Boot entropy: /dev/urandom
 root filesystem before /dev is mounted (so Python's hash seed never waits), and virtio-rng feeds the
 kernel under QEMU.
 
-Everything here imports at module level, but for a net VM's Xen modules (`NET_VM_MODULES`),
-which `boot` imports only when the configuration asks for a net VM: a two-NIC appliance never
-loads them (0.1-0.2 s of its boot under TCG). The image builder finds the stdlib modules the image
-needs by importing this module and those.
+Everything here imports at module level, but for a net VM's modules (`NET_VM_MODULES`: its shell
+and engine, Xen's and QubesDB's), which `boot` imports only when the configuration asks for a net
+VM: a two-NIC appliance never loads them (0.2-0.3 s of its boot under TCG). The image builder
+finds the stdlib modules the image needs by importing this module and those.
 """
 
 import ctypes
@@ -45,10 +45,15 @@ from appliance import linux, memcg, shell
 from appliance.config import ConfigError
 
 if TYPE_CHECKING:
-    from appliance import qubesdblink
+    from appliance import netvmshell, qubesdblink
 
 # Imported by `boot` in PID 1, before the fork, so that every child shares them.
-NET_VM_MODULES = ("appliance.driverdomain", "appliance.qubesdblink", "appliance.xenstore")
+NET_VM_MODULES = (
+    "appliance.driverdomain",
+    "appliance.netvmshell",
+    "appliance.qubesdblink",
+    "appliance.xenstore",
+)
 
 CONFIG_FILE = "/etc/natvm/ops-config.json"
 NIC_WAIT_SECONDS = 30.0
@@ -233,7 +238,7 @@ def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     come and go (appliance/driverdomain.py). When dom0 offers QubesDB, natvm's own addresses
     and the clients' firewall rules come from it (appliance/qubesdblink.py). Interfaces created
     later inherit the `default` sysctls written here."""
-    from appliance import qubesdblink
+    from appliance import netvmshell, qubesdblink
     from appliance.xenstore import XENBUS_DEVICE, Xenstore
 
     link = None
@@ -252,10 +257,10 @@ def run_net_vm(config: config_module.ApplianceConfig, wan: str) -> None:
     log(f"WAN {wan} {config.wan.address}  netvm gateway {config.lan.address}  ({uptime():.2f} s)")
     meminfo = linux.read_text("/proc/meminfo")
     log(f"memory: {memory_summary(meminfo)}")
-    shell.run_netvm(config, wan, watch=functools.partial(serve_clients, link))
+    netvmshell.run_netvm(config, wan, watch=functools.partial(serve_clients, link))
 
 
-def serve_clients(link: "qubesdblink.QubesDbLink | None", served: shell.NetVmShell) -> None:
+def serve_clients(link: "qubesdblink.QubesDbLink | None", served: "netvmshell.NetVmShell") -> None:
     """The sources of the net VM's clients and their rules, on the shell's loop."""
     from appliance import driverdomain, qubesdblink
 

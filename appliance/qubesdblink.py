@@ -171,7 +171,7 @@ class QubesDbLink:
 
 
 class Served(Protocol):
-    """What `serve_qubesdb` needs of the netvm shell (appliance.shell.NetVmShell has it)."""
+    """What `serve_qubesdb` needs of the netvm shell (appliance.netvmshell.NetVmShell has it)."""
 
     @property
     def netvm(self) -> Rules: ...

@@ -36,7 +36,6 @@ response and returns its `Outcome`; the caller puts its addresses in force
                  stay unresolved (an accept rule with such a name then matches nothing).
 """
 
-import random
 from collections.abc import Iterable, Sequence
 from ipaddress import IPv4Address
 from typing import NamedTuple
@@ -49,6 +48,7 @@ from appliance.dnsquery import (
     message_id,
     parse_response,
 )
+from appliance.flows import RandomSource
 
 QUERY_TIMEOUT = 2.0  # s without an answer before the next try
 MAX_TRIES = 3  # tries per round, the servers in turn
@@ -102,7 +102,7 @@ class Resolver:
     """Names to resolve through `servers` (packed IPv4 addresses); `rng` draws query IDs."""
 
     def __init__(
-        self, servers: Sequence[bytes], rng: random.Random, max_names: int = MAX_NAMES
+        self, servers: Sequence[bytes], rng: RandomSource, max_names: int = MAX_NAMES
     ) -> None:
         self.servers, self.rng, self.max_names = tuple(servers), rng, max_names
         self.names: dict[str, _Name] = {}  # in the order first wanted
@@ -172,7 +172,7 @@ class Resolver:
     # -- transitions -----------------------------------------------------------------------
 
     def _ask(self, name: str, entry: _Name, now: float) -> Query:
-        entry.query_id = self.rng.getrandbits(16)
+        entry.query_id = self.rng.randrange(1 << 16)
         entry.server = self.servers[(entry.rounds + entry.tries) % len(self.servers)]
         entry.deadline = now + QUERY_TIMEOUT
         return Query(name, entry.server, build_query(entry.query_id, name))

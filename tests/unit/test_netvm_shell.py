@@ -12,7 +12,8 @@ from scapy.layers.l2 import ARP, Ether
 from appliance.config import ApplianceConfig, apply_overrides
 from appliance.frames import WAN
 from appliance.netvm import NetVm
-from appliance.shell import NO_VNET_HDR, NetVmShell, Shell
+from appliance.netvmshell import NetVmShell
+from appliance.shell import NO_VNET_HDR, Shell
 from tests.unit.nat_harness import WAN_MAC, mac_bytes
 
 CLIENT_MAC, PORT_MAC = "00:16:3e:5e:6c:0a", "fe:ff:ff:ff:ff:ff"

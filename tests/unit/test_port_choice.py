@@ -5,10 +5,13 @@ to `random.Random(0)`, so every start handed out 56364, 26271, 50696, 59367, 285
 """
 
 import random
+from collections import Counter
 from socket import inet_aton
 
+import pytest
+
 from appliance.config import ApplianceConfig
-from appliance.flows import FlowTable, PortAllocator
+from appliance.flows import FlowTable, PortAllocator, SystemRandomSource
 from appliance.packet import UDP
 
 SERVER = inet_aton("198.51.100.10")
@@ -37,3 +40,19 @@ def test_an_injected_allocator_makes_the_choice_repeatable(demo_config: Applianc
         return FlowTable(nat, PortAllocator(nat.port_first, nat.port_last, random.Random(7)))
 
     assert replacement_ports(table()) == replacement_ports(table())
+
+
+@pytest.mark.parametrize("stop", [1, 2, 3, 255, 256, 257, 65536])
+def test_the_system_source_draws_every_value_below_stop_and_none_above(stop: int) -> None:
+    source = SystemRandomSource()
+    drawn = {source.randrange(stop) for _ in range(20 * stop if stop < 300 else 20000)}
+    assert min(drawn) >= 0 and max(drawn) < stop
+    if stop < 300:
+        assert drawn == set(range(stop))  # each value missed in 20*stop draws: < 1e-6
+
+
+def test_the_system_source_is_uniform_where_a_modulo_would_not_be() -> None:
+    # Below 3 from 2 bits by modulo, 0 would come twice as often as 1 or 2. Each count's
+    # standard deviation is about 67: 600 off is nine of them.
+    counts = Counter(SystemRandomSource().randrange(3) for _ in range(20000))
+    assert all(abs(counts[value] - 20000 / 3) < 600 for value in range(3)), counts
