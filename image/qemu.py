@@ -29,6 +29,11 @@ CMDLINE = ("console=ttyS0", "panic=-1", "quiet", f"root=/dev/{ROOT_DISK}", "ro")
 MACS = ("52:54:00:4e:41:01", "52:54:00:4e:41:02")  # WAN, LAN: locally administered
 ROLES = ("wan", "lan")
 KVM_PROBE_SECONDS = 5.0
+# qboot, not QEMU's default SeaBIOS: a firmware that does no more than hand the kernel its tables
+# and jump to it (no option ROMs, no disk probing, no boot menu). Linux starts about 0.1 s sooner
+# under TCG (`invoke bench-boot`, 6 alternated boots each). It comes in qemu-system-data, which
+# qemu-system-x86 depends on.
+FIRMWARE = "/usr/share/qemu/qboot.rom"
 
 
 @dataclass(frozen=True)
@@ -66,6 +71,7 @@ def command(machine: Machine) -> list[str]:
         "-nodefaults",
         "-nographic",
         "-accel", machine.accel,
+        "-bios", FIRMWARE,
         "-m", str(machine.memory_mib),
         "-smp", str(machine.cpus),
         "-serial", "stdio",

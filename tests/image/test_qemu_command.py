@@ -35,6 +35,7 @@ def test_boots_the_image_with_its_settings() -> None:
     assert values(argv, "-m") == ["96"] and values(argv, "-smp") == ["2"]
     assert values(argv, "-accel") == ["tcg"]
     assert values(argv, "-serial") == ["stdio"]
+    assert values(argv, "-bios") == [qemu.FIRMWARE]
     words = values(argv, "-append")[0].split()
     assert {"console=ttyS0", "panic=-1", "root=/dev/vda", "ro"} <= set(words)
 
@@ -77,3 +78,8 @@ def test_extra_kernel_arguments_are_appended() -> None:
         MACHINE.kernel, MACHINE.rootfs, 96, 1, ("a", "b"), extra_cmdline=("natvm.mtu=1400",)
     )
     assert values(qemu.command(machine), "-append")[0].endswith("natvm.mtu=1400")
+
+
+def test_the_firmware_is_installed_with_qemu() -> None:
+    # qboot is in qemu-system-data, which the host packages' qemu-system-x86 pulls in.
+    assert Path(qemu.FIRMWARE).stat().st_size > 0
