@@ -16,9 +16,9 @@ stays unconnected, logged once: netback then never reports Connected and the too
 waits for that, says the attach failed.
 """
 
+import _socket  # not socket: see appliance/shell.py
 import errno
 import os
-import socket
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
 from typing import Protocol
@@ -34,22 +34,22 @@ NETLINK_BUFFER = 64 << 10
 
 def interface_exists(name: str) -> bool:
     try:
-        socket.if_nametoindex(name)
+        _socket.if_nametoindex(name)
     except OSError:
         return False
     return True
 
 
-def open_link_changes() -> socket.socket:
+def open_link_changes() -> _socket.socket:
     """A non-blocking netlink socket that becomes readable when any interface appears, goes,
     or changes."""
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+    sock = _socket.socket(_socket.AF_NETLINK, _socket.SOCK_RAW, _socket.NETLINK_ROUTE)
     sock.bind((0, RTMGRP_LINK))
     sock.setblocking(False)
     return sock
 
 
-def drain(sock: socket.socket) -> None:
+def drain(sock: _socket.socket) -> None:
     """Discard what `sock` holds: the messages only say "look again"."""
     while True:
         try:

@@ -29,7 +29,6 @@ VM: a two-NIC appliance never loads them (0.2-0.3 s of its boot under TCG). The 
 finds the stdlib modules the image needs by importing this module and those.
 """
 
-import ctypes
 import functools
 import gc
 import os
@@ -41,7 +40,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
 from appliance import config as config_module
-from appliance import linux, memcg, shell
+from appliance import libc, linux, memcg, shell
 from appliance.config import ConfigError
 
 if TYPE_CHECKING:
@@ -104,18 +103,12 @@ def uptime() -> float:
     return float(linux.read_text("/proc/uptime").split()[0])
 
 
-def _libc() -> ctypes.CDLL:
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _check(result: int, what: str) -> None:
     if result != 0:
-        error = ctypes.get_errno()
-        raise InitError(f"{what}: {os.strerror(error)}")
+        raise InitError(f"{what}: {os.strerror(libc.last_error())}")
 
 
 def mount_filesystems() -> None:
-    libc = _libc()
     for source, target, fstype in _MOUNTS:
         os.makedirs(target, exist_ok=True)
         flags = _MS_NOSUID | (0 if fstype == "devtmpfs" else _MS_NODEV | _MS_NOEXEC)
@@ -394,16 +387,15 @@ def boot(program: Program) -> None:
 _MCL_CURRENT, _MCL_FUTURE, _MCL_ONFAULT = 1, 2, 4
 
 
-def lock_memory(libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:
+def lock_memory(mlockall: Callable[[int], int] = libc.mlockall) -> None:
     """Lock the calling process's pages in memory as they are faulted in (see above)."""
-    libc = libc_factory()
-    if libc.mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) != 0:
-        log(f"memory: cannot lock the NAT's pages ({os.strerror(ctypes.get_errno())})")
+    if mlockall(_MCL_CURRENT | _MCL_FUTURE | _MCL_ONFAULT) != 0:
+        log(f"memory: cannot lock the NAT's pages ({os.strerror(libc.last_error())})")
 
 
-def _restart(action: int, libc_factory: Callable[[], ctypes.CDLL] = _libc) -> None:
+def _restart(action: int) -> None:
     os.sync()
-    libc_factory().reboot(action)
+    libc.reboot(action)
 
 
 def main(program: Program = run_appliance) -> None:

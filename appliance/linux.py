@@ -7,11 +7,11 @@ socket costs nothing and no caller has to have one. Failures are the OSError of 
 name that cannot fit a struct ifreq is a ValueError before any call is made.
 """
 
-import ctypes
+import _socket  # not socket: see appliance/shell.py
+import array
 import errno
 import fcntl
 import os
-import socket
 import struct
 
 # <linux/sockios.h>, <linux/if.h>, <linux/ethtool.h>
@@ -34,8 +34,11 @@ def ifreq(name: str, payload: bytes = b"") -> bytes:
 
 def ioctl(request: int, argument: bytes) -> bytes:
     """`request` on a fresh AF_INET datagram socket; returns the kernel's copy of `argument`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         return fcntl.ioctl(sock, request, argument)
+    finally:
+        sock.close()
 
 
 def bring_up(name: str) -> None:
@@ -47,14 +50,17 @@ def bring_up(name: str) -> None:
 
 def _ethtool(name: str, command: int, value: int = 0) -> int | None:
     """struct ethtool_value `command` on `name`: its value, or None if the driver has none."""
-    request = ctypes.create_string_buffer(struct.pack("II", command, value))
+    # ifreq's union holds a pointer to the struct: an array's buffer gives one without ctypes,
+    # and the kernel writes the answer there.
+    request = array.array("B", struct.pack("II", command, value))
+    address, _ = request.buffer_info()
     try:
-        ioctl(SIOCETHTOOL, ifreq(name, struct.pack("P", ctypes.addressof(request))))
+        ioctl(SIOCETHTOOL, ifreq(name, struct.pack("P", address)))
     except OSError as error:
         if error.errno in (errno.EOPNOTSUPP, errno.EINVAL, errno.EPERM):
             return None  # the driver has no such offload: nothing to turn off
         raise
-    return int(struct.unpack_from("II", request.raw)[1])
+    return int(struct.unpack_from("II", request)[1])
 
 
 def disable_lro(name: str) -> None:

@@ -6,8 +6,8 @@ Apart from appliance/shell.py so that a two-NIC appliance, which imports the she
 not import the net VM's engine (netvm, resolver, dnsquery, rules) as well.
 """
 
+import _socket  # not socket: see appliance/shell.py
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -42,7 +42,7 @@ class NetVmShell(Shell[str]):
     def __init__(
         self,
         netvm: NetVm,
-        uplink: tuple[socket.socket, socket.socket],
+        uplink: tuple[_socket.socket, _socket.socket],
         log: Log,
         stats_interval: float,
         buffer_size: int,
@@ -106,7 +106,7 @@ class NetVmShell(Shell[str]):
         if side == WAN:
             raise error
         try:
-            socket.if_nametoindex(side)
+            _socket.if_nametoindex(side)
         except OSError:
             self.detach(side, " (its interface is gone)")
             return

@@ -10,14 +10,18 @@ Two engines, one loop: `Nat` between a WAN and a LAN NIC (`run`, here), and `Net
 uplink and client interfaces that come and go (appliance/netvmshell.py, which builds on `Shell`;
 `add_reader` and `add_port` are there for it). A two-NIC appliance never imports the net VM's
 side, which costs a tenth of a second of the boot under TCG.
+
+Sockets come from `_socket`, the C module under `socket`, here and in the appliance's other
+modules: `socket`'s Python half (its enums and `selectors`, for conveniences natvm does not use)
+took 80 ms of the boot under TCG (`-X importtime` in the guest).
 """
 
+import _socket
 import array
 import contextlib
 import os
 import select
 import signal
-import socket
 import struct
 import sys
 import time
@@ -170,17 +174,17 @@ def opening_filter(openings: bool) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def _attach_filter(sock: socket.socket, program: list[tuple[int, int, int, int]]) -> None:
+def _attach_filter(sock: _socket.socket, program: list[tuple[int, int, int, int]]) -> None:
     # struct sock_fprog holds a pointer to the instructions: an array's buffer gives one without
     # ctypes; the kernel copies the program during the call.
     code = array.array("B", b"".join(_BPF.pack(*instruction) for instruction in program))
     address, _ = code.buffer_info()
-    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program), address))
+    sock.setsockopt(_socket.SOL_SOCKET, SO_ATTACH_FILTER, struct.pack("@HP", len(program), address))
 
 
 def open_interface(
     name: str, buffer_size: int, openings: bool = False
-) -> tuple[socket.socket, bytes]:
+) -> tuple[_socket.socket, bytes]:
     """An AF_PACKET socket bound to `name`, the interface up, and its MAC. Every frame on it
     carries a virtio_net_hdr (PACKET_VNET_HDR), so GRO stays on: TCP aggregates come in whole,
     checksums may be left partial, and both go out for the kernel to finish. The socket never
@@ -189,11 +193,11 @@ def open_interface(
     interface in the address it returns). `openings`: the socket for connection openings only
     (see `opening_filter`); else the one for every other frame."""
     try:
-        socket.if_nametoindex(name)
+        _socket.if_nametoindex(name)
     except OSError:
         raise ShellError(f"no network interface named {name!r}") from None
     try:
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        sock = _socket.socket(_socket.AF_PACKET, _socket.SOCK_RAW, _socket.htons(ETH_P_ALL))
     except PermissionError:
         raise ShellError("opening an AF_PACKET socket needs root (CAP_NET_RAW)") from None
     try:
@@ -253,12 +257,12 @@ def memory_total(meminfo: str = "/proc/meminfo", field: str = "MemTotal") -> int
     return 0
 
 
-def _grow_buffers(sock: socket.socket, size: int) -> None:
-    for force, plain in ((SO_RCVBUFFORCE, socket.SO_RCVBUF), (SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+def _grow_buffers(sock: _socket.socket, size: int) -> None:
+    for force, plain in ((SO_RCVBUFFORCE, _socket.SO_RCVBUF), (SO_SNDBUFFORCE, _socket.SO_SNDBUF)):
         try:
-            sock.setsockopt(socket.SOL_SOCKET, force, size)
+            sock.setsockopt(_socket.SOL_SOCKET, force, size)
         except OSError:  # without CAP_NET_ADMIN: as much as net.core.*mem_max allows
-            sock.setsockopt(socket.SOL_SOCKET, plain, size)
+            sock.setsockopt(_socket.SOL_SOCKET, plain, size)
 
 
 CARRIER_WAIT = 5.0
@@ -304,7 +308,7 @@ class Engine(Protocol[P]):
 
 class Receiver(NamedTuple, Generic[P]):
     side: P
-    sock: socket.socket
+    sock: _socket.socket
     openings: bool  # connection openings only: drained after every other socket, in small batches
 
 
@@ -312,10 +316,10 @@ class Shell(Generic[P]):
     def __init__(
         self,
         nat: Engine[P],
-        sockets: dict[P, socket.socket],
+        sockets: dict[P, _socket.socket],
         log: Log,
         stats_interval: float,
-        opening_sockets: dict[P, socket.socket] | None = None,
+        opening_sockets: dict[P, _socket.socket] | None = None,
     ) -> None:
         """`sockets` send, and receive every frame but connection openings, which come in on
         `opening_sockets` (where given) and are handled only once the others are drained."""
@@ -347,7 +351,7 @@ class Shell(Generic[P]):
         self._receivers[fd] = receiver
         self._poller.register(fd, select.POLLIN)
 
-    def add_port(self, port: P, sock: socket.socket, openings: socket.socket | None) -> None:
+    def add_port(self, port: P, sock: _socket.socket, openings: _socket.socket | None) -> None:
         """Receive and send on `port` from now on (`openings`: its socket for connection
         openings, if it has one)."""
         self.sockets[port] = sock
@@ -429,7 +433,7 @@ class Shell(Generic[P]):
     def stats_line(self) -> str:
         return self.nat.counters.line(len(self.nat.table)) + f" tx_errors={self.tx_errors}"
 
-    def _drain(self, side: P, sock: socket.socket, batch: int) -> None:
+    def _drain(self, side: P, sock: _socket.socket, batch: int) -> None:
         # Per frame this is the hot loop: names are bound once, and the clock is read once per
         # batch (a batch takes well under a millisecond; the engine's timers count seconds).
         recv_into, received, nat, send = sock.recv_into, self._received, self.nat, self._send
@@ -540,7 +544,7 @@ def run(
     if wan_ifname == lan_ifname:
         raise ShellError("the WAN and LAN interfaces must differ")
     buffer_size = socket_buffer_size(memory_total())
-    opened: list[socket.socket] = []
+    opened: list[_socket.socket] = []
     try:
         wan_sock, wan_mac = open_interface(wan_ifname, buffer_size)
         opened.append(wan_sock)

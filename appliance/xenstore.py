@@ -18,11 +18,11 @@ poll loop can watch (readable -> `receive()` -> watch events), and blocking requ
 (each waits for its reply with a timeout, queueing the events that come first).
 """
 
+import _socket  # not socket: see appliance/shell.py
 import contextlib
 import errno
 import os
 import select
-import socket
 import struct
 from collections import deque
 from enum import IntEnum
@@ -209,7 +209,7 @@ class Xenstore:
     def open(cls, path: str = XENBUS_DEVICE, timeout: float = DEFAULT_TIMEOUT) -> "Xenstore":
         """The xenbus device of a domain's kernel, or (a socket path) xenstored's socket."""
         if path.endswith("socket"):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
             try:
                 sock.connect(path)
             except OSError:

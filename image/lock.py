@@ -24,7 +24,7 @@ SOURCE_PREFIX = "linux-source-"
 PACKAGES = (
     "python3.11-minimal",  # /usr/bin/python3.11
     "libpython3.11-minimal",  # the core stdlib (os, socket, struct, ...)
-    "libpython3.11-stdlib",  # json, dataclasses, ctypes and its _ctypes extension
+    "libpython3.11-stdlib",  # json and the _ctypes extension
     "libc6",
     "zlib1g",
     "libexpat1",
