@@ -230,7 +230,7 @@ class RandomSource(Interface):
 class SystemRandomSource:
     """The OS's random source, drawn uniformly below `stop` (rejection sampling, as
     `random.SystemRandom` does). Not `random.SystemRandom` itself: importing `random` took
-    30 ms of the boot under TCG, for one method."""
+    30 ms in the guest's `-X importtime`, for one method."""
 
     def randrange(self, stop: int, /) -> int:
         bits = (stop - 1).bit_length()

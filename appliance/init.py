@@ -25,8 +25,9 @@ kernel under QEMU.
 
 Everything here imports at module level, but for a net VM's modules (`NET_VM_MODULES`: its shell
 and engine, Xen's and QubesDB's), which `boot` imports only when the configuration asks for a net
-VM: a two-NIC appliance never loads them (0.2-0.3 s of its boot under TCG). The image builder
-finds the stdlib modules the image needs by importing this module and those.
+VM: a two-NIC appliance never loads them (a tenth of a second and more in the guest's
+`-X importtime`). The image builder finds the stdlib modules the image needs by importing this
+module and those.
 """
 
 import functools

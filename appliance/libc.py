@@ -1,8 +1,8 @@
 """The C library calls natvm makes that Python's os module lacks: mount(2), mlockall(2), reboot(2).
 
 Bound with `_ctypes`, the C half of `ctypes`. `import ctypes` also runs its Python half (the C
-types and their byte-order twins, some fifty classes), which took 70 ms of the boot under TCG
-(`-X importtime` in the guest) for three calls that need none of it. What is left here is what
+types and their byte-order twins, some fifty classes), which took 70 ms in the guest's
+`-X importtime`, for three calls that need none of it. What is left here is what
 `ctypes.CDLL("libc.so.6", use_errno=True)` does for a function that returns an int.
 """
 

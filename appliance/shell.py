@@ -9,11 +9,11 @@ counted and logged (rate-limited), and the loop goes on.
 Two engines, one loop: `Nat` between a WAN and a LAN NIC (`run`, here), and `NetVm` between the
 uplink and client interfaces that come and go (appliance/netvmshell.py, which builds on `Shell`;
 `add_reader` and `add_port` are there for it). A two-NIC appliance never imports the net VM's
-side, which costs a tenth of a second of the boot under TCG.
+side, which took a tenth of a second in the guest's `-X importtime`.
 
 Sockets come from `_socket`, the C module under `socket`, here and in the appliance's other
 modules: `socket`'s Python half (its enums and `selectors`, for conveniences natvm does not use)
-took 80 ms of the boot under TCG (`-X importtime` in the guest).
+took 80 ms in the guest's `-X importtime`.
 """
 
 import _socket

@@ -31,8 +31,8 @@ ROLES = ("wan", "lan")
 KVM_PROBE_SECONDS = 5.0
 # qboot, not QEMU's default SeaBIOS: a firmware that does no more than hand the kernel its tables
 # and jump to it (no option ROMs, no disk probing, no boot menu). Linux starts about 0.1 s sooner
-# under TCG (`invoke bench-boot`, 6 alternated boots each). It comes in qemu-system-data, which
-# qemu-system-x86 depends on.
+# under TCG (6 boots each, alternated with SeaBIOS's, in two sessions). It comes in
+# qemu-system-data, which qemu-system-x86 depends on.
 FIRMWARE = "/usr/share/qemu/qboot.rom"
 
 
