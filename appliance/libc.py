@@ -10,8 +10,6 @@ import _ctypes
 import os
 from typing import Final
 
-_RTLD_NOW = os.RTLD_NOW
-
 
 class _CInt(_ctypes._SimpleCData):  # type: ignore[type-arg]  # C's int, as ctypes.c_int
     """A direct subclass of `_SimpleCData`: a call's result of this type comes back as an int."""
@@ -30,7 +28,7 @@ class _Library:
     """What `_Function` looks a name up in: the `dlopen` handle, as `_handle`."""
 
     def __init__(self, name: str) -> None:
-        self._handle = _ctypes.dlopen(name, _RTLD_NOW)
+        self._handle = _ctypes.dlopen(name, os.RTLD_NOW)
 
 
 _LIBC: Final = _Library("libc.so.6")

@@ -7,12 +7,10 @@ not import the net VM's engine (netvm, resolver, dnsquery, rules) as well.
 """
 
 import _socket  # not socket: see appliance/shell.py
-import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
 from ipaddress import IPv4Address
-from types import FrameType
 from typing import NamedTuple
 
 from appliance.config import ApplianceConfig
@@ -145,9 +143,6 @@ def run_netvm(
     netvm = NetVm(config, wan_mac)
     shell = NetVmShell(netvm, (wan_sock, wan_openings), log, stats_interval, buffer_size)
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        shell.stopping = True
-
     try:
         for client in clients:
             shell.attach(client.ifname, client.ip, client.mac)
@@ -156,8 +151,7 @@ def run_netvm(
     except ShellError:
         shell.close()
         raise
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
+    shell.stop_on_signals()
     try:
         for name in (wan_ifname, *(client.ifname for client in clients)):
             if not wait_for_carrier(name, CARRIER_WAIT):

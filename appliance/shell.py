@@ -370,6 +370,15 @@ class Shell(Generic[P]):
                 self._poller.unregister(fd)
                 sock.close()
 
+    def stop_on_signals(self) -> None:
+        """SIGTERM and SIGINT end `serve` after the frames in hand (they set `stopping`)."""
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stopping = True
+
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, stop)
+
     def close(self) -> None:
         """Close every port's sockets."""
         for port in list(self.sockets):
@@ -571,11 +580,7 @@ def run(
                 sock.close()
             raise ShellError(f"cannot keep flows in {state_dir}: {error.strerror}") from None
 
-    def stop(signum: int, frame: FrameType | None) -> None:
-        shell.stopping = True
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, stop)
+    shell.stop_on_signals()
     for name in (wan_ifname, lan_ifname):
         if not wait_for_carrier(name, CARRIER_WAIT):
             log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; forwarding anyway")
