@@ -13,7 +13,7 @@ from invoke.tasks import task
 
 from appliance.config import ConfigError, apply_overrides, load_config
 from image import build as image_build
-from image import demo, deploy, xendemo, xenhost
+from image import demo, deploy, qemu, xendemo, xenhost
 from image import lock as image_lock
 from image.errors import ImageError
 
@@ -50,13 +50,13 @@ def do_build(config: Path, debug: bool, reference: bool = False) -> image_build.
         image_build.run(b, progress)
     except (ImageError, ConfigError) as error:
         raise die(error, debug) from None
-    size = (b.out / "initramfs").stat().st_size
+    disk, size = ((b.out / name).stat().st_size for name in (qemu.ROOT_FILE, "initramfs"))
     assert b.kernel is not None
     kernel_size = b.kernel.vmlinuz.stat().st_size
     print(
         f"built in {time.monotonic() - started:.1f} s: vmlinuz {kernel_size / 2**20:.2f} MiB "
         f"(kernel {b.kernel.release}{', cached' if b.kernel.cached else ''}), "
-        f"initramfs {size / 2**20:.2f} MiB",
+        f"{qemu.ROOT_FILE} {disk / 2**20:.2f} MiB (QEMU), initramfs {size / 2**20:.2f} MiB (Xen)",
         flush=True,
     )
     return b
@@ -94,7 +94,8 @@ def build(
     reference: bool = False,
     xen_host: bool = False,
 ) -> None:
-    """Build build/vmlinuz, build/initramfs and the deployment files."""
+    """Build build/vmlinuz, build/root.qcow2 (QEMU), build/initramfs (Xen) and the deployment
+    files."""
     if xen_host:
         do_xen_host_build(debug)
         return
@@ -240,7 +241,8 @@ def bench_boot(c: Context, boots: int = 5, baseline: str = "", memory: int = 128
         builds = {"this build": do_build(CONFIG, debug=False).out}
         if baseline:
             folder = Path(baseline).resolve()
-            missing = [name for name in ("vmlinuz", "initramfs") if not (folder / name).is_file()]
+            names = ("vmlinuz", qemu.ROOT_FILE)
+            missing = [name for name in names if not (folder / name).is_file()]
             if missing:
                 hint = "give another tree's build/, made there by `invoke build`"
                 raise ImageError(f"--baseline {baseline}: no {' or '.join(missing)} there", hint)

@@ -62,7 +62,7 @@ def machine(setup: VmSetup, kind: str, taps: tuple[str, str]) -> qemu.Machine:
     images = KINDS[kind]
     return qemu.Machine(
         images / "vmlinuz",
-        images / "initramfs",
+        images / qemu.ROOT_FILE,
         setup.memory_mib,
         setup.cpus,
         taps,
@@ -73,7 +73,7 @@ def machine(setup: VmSetup, kind: str, taps: tuple[str, str]) -> qemu.Machine:
 
 
 def missing_images() -> list[str]:
-    return [str(d / name) for d in KINDS.values() for name in ("vmlinuz", "initramfs")
+    return [str(d / name) for d in KINDS.values() for name in ("vmlinuz", qemu.ROOT_FILE)
             if not (d / name).exists()]  # fmt: skip
 
 

@@ -1,7 +1,10 @@
 """`invoke build`: a flat list of named steps, each taking the one `Build` context.
 
-Outputs under build/: vmlinuz, initramfs, SHA256SUMS, manifest.json, and deployment files
-(libvirt.xml and libvirt-define.sh, xen.cfg and xen-create.sh, qubes/, run-qemu.sh). Nothing in
+Outputs under build/: vmlinuz; the root filesystem twice, the same files: root.qcow2 for QEMU and
+libvirt (an uncompressed squashfs in a qcow2 of zstd clusters, which QEMU decompresses:
+image/qcow2.py) and initramfs for Xen and Qubes (a zstd squashfs, their RAM disk); SHA256SUMS,
+manifest.json, and deployment files (libvirt.xml and libvirt-define.sh, xen.cfg and
+xen-create.sh, qubes/, run-qemu.sh). Nothing in
 the outputs depends on the time, the host or the build directory, so a rebuild from the same lock
 and sources is byte-identical, and build/ works wherever it is copied.
 
@@ -25,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
 
-from image import cpio, debs, deploy, initramfs, kbuild, lock, qemu, squashfs
+from image import cpio, debs, deploy, initramfs, kbuild, lock, qcow2, qemu, squashfs
 from image.lock import Pin
 
 _Context = TypeVar("_Context")
@@ -91,6 +94,8 @@ def image(b: Build) -> None:
         inputs = initramfs.Inputs(b.root, b.tree, b.config, Path(scratch), b.reference)
         entries = initramfs.entries(inputs)
     (b.out / "initramfs").write_bytes(squashfs.image(entries))
+    uncompressed = squashfs.image(entries, squashfs.UNCOMPRESSED)
+    (b.out / qemu.ROOT_FILE).write_bytes(qcow2.image(uncompressed))
     counts: Counter[str] = Counter()
     for entry in cpio.with_parents(entries):
         counts[_category(entry.path)] += len(entry.data)
@@ -113,7 +118,7 @@ def deployment(b: Build) -> None:
     (b.out / "qubes" / "install.sh").write_text(deploy.qubes_script(b.vm))
     # Paths relative to the script's folder, which it changes to: build/ may be copied anywhere.
     machine = qemu.Machine(
-        Path("vmlinuz"), Path("initramfs"), b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
+        Path("vmlinuz"), Path(qemu.ROOT_FILE), b.vm.memory_mib, b.vm.cpus, DEMO_TAPS
     )
     lines = qemu.format_command(qemu.command(machine))
     script = (
@@ -153,6 +158,10 @@ def manifest(b: Build) -> None:
             **b.sizes,
             "contents": b.contents,
         },
+        qemu.ROOT_FILE: {
+            "format": "qcow2 of an uncompressed squashfs",
+            "compression": f"zstd {qcow2.ZSTD[0]}, {1 << qcow2.CLUSTER_BITS} bytes a cluster",
+        },
     }
     (b.out / "manifest.json").write_text(json.dumps(document, indent=2) + "\n")
     (b.out / "SHA256SUMS").write_text("".join(f"{s}  {n}\n" for n, s in sums.items()))
@@ -160,6 +169,7 @@ def manifest(b: Build) -> None:
 
 OUTPUTS = (
     "vmlinuz",
+    qemu.ROOT_FILE,
     "initramfs",
     "libvirt.xml",
     "libvirt-define.sh",
@@ -170,7 +180,7 @@ OUTPUTS = (
     "qubes/vm-kernels/natvm/vmlinuz",
     "qubes/vm-kernels/natvm/initramfs",
 )
-REFERENCE_OUTPUTS = ("vmlinuz", "initramfs")
+REFERENCE_OUTPUTS = ("vmlinuz", qemu.ROOT_FILE)
 
 
 def outputs(b: Build) -> tuple[str, ...]:

@@ -174,7 +174,7 @@ def machine(options: Options, out: Path, accel: str) -> qemu.Machine:
     taps = options.taps or TAPS
     return qemu.Machine(
         out / "vmlinuz",
-        out / "initramfs",
+        out / qemu.ROOT_FILE,
         options.memory_mib,
         options.cpus,
         (taps[0], taps[1]),

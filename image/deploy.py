@@ -111,8 +111,8 @@ def libvirt_xml(vm: Deployment) -> str:
     devices = _element(domain, "devices")
     # The root filesystem as a read-only virtio disk, as qemu.command attaches it.
     disk = _element(devices, "disk", type="file", device="disk")
-    _element(disk, "driver", name="qemu", type="raw")
-    _element(disk, "source", file=f"{BUILD_DIR}/initramfs")
+    _element(disk, "driver", name="qemu", type="qcow2")
+    _element(disk, "source", file=f"{BUILD_DIR}/{qemu.ROOT_FILE}")
     _element(disk, "target", dev=qemu.ROOT_DISK, bus="virtio")
     _element(disk, "readonly")
     for bridge, mac in zip(vm.bridges, qemu.MACS, strict=True):

@@ -1,9 +1,10 @@
 """The QEMU command line for the image, and the choice between KVM and TCG.
 
-The root filesystem, the squashfs build/initramfs, is a read-only virtio disk (`root=/dev/vda`),
-not the initrd: an initrd is loaded by the firmware and then copied by the kernel into a RAM
-disk that holds its 4.5 MiB for the VM's life, where a disk's blocks are read only when a file
-is, into page cache the kernel can drop. (Xen and Qubes still hand it over as the initrd: the
+The root filesystem, build/root.qcow2 (an uncompressed squashfs whose clusters QEMU decompresses:
+image/qcow2.py), is a read-only virtio disk (`root=/dev/vda`), not the initrd: an initrd is
+loaded by the firmware and then copied by the kernel into a RAM disk that holds it for the VM's
+life, where a disk's blocks are read only when a file is, into page cache the kernel can drop.
+(Xen and Qubes hand the same files over as the initrd, build/initramfs, a zstd squashfs: the
 kernel's built-in command line says `root=/dev/ram0`, and `root=` here overrides it.)
 
 The VM gets exactly two NICs, virtio-net on host tap devices (WAN first, then LAN: the image
@@ -25,6 +26,7 @@ from pathlib import Path
 
 QEMU = "qemu-system-x86_64"
 ROOT_DISK = "vda"  # the first virtio disk: the root filesystem, here and in libvirt.xml
+ROOT_FILE = "root.qcow2"  # its file in build/ (image/qcow2.py)
 CMDLINE = ("console=ttyS0", "panic=-1", "quiet", f"root=/dev/{ROOT_DISK}", "ro")
 MACS = ("52:54:00:4e:41:01", "52:54:00:4e:41:02")  # WAN, LAN: locally administered
 ROLES = ("wan", "lan")
@@ -38,7 +40,7 @@ FIRMWARE = "/usr/share/qemu/qboot.rom"
 
 @dataclass(frozen=True)
 class Machine:
-    """What a QEMU run needs. `rootfs` is the squashfs image, `taps` host tap names, WAN first."""
+    """What a QEMU run needs. `rootfs` is the qcow2 root disk, `taps` host tap names, WAN first."""
 
     kernel: Path
     rootfs: Path
@@ -82,7 +84,7 @@ def command(machine: Machine) -> list[str]:
     for role, tap, mac in zip(ROLES, machine.taps, MACS, strict=True):
         argv += _nic(role, tap, mac)
     # After the NICs, so their PCI slots stay where they were.
-    argv += ["-drive", f"file={_escaped(machine.rootfs)},if=none,id=root,format=raw,readonly=on"]
+    argv += ["-drive", f"file={_escaped(machine.rootfs)},if=none,id=root,format=qcow2,readonly=on"]
     argv += ["-device", "virtio-blk-pci,drive=root"]
     if machine.no_reboot:
         argv.append("-no-reboot")

@@ -27,6 +27,8 @@ from image.command import require, run
 # zstd level 19 in 128 KiB blocks: 8 % larger than xz, and Python's start, which waits on reading
 # its files for the first time, 2-3 s faster under TCG (README: figures).
 COMPRESSION = ("-comp", "zstd", "-Xcompression-level", "19", "-b", "128K")
+# For QEMU's root disk, which QEMU decompresses itself (image/qcow2.py): nothing compressed.
+UNCOMPRESSED = ("-noI", "-noD", "-noF", "-noX", "-b", "128K")
 OPTIONS = (
     "-noappend", "-all-root", "-all-time", "0", "-mkfs-time", "0",
     "-no-xattrs", "-no-exports", "-quiet", "-no-progress",
@@ -60,7 +62,7 @@ def _write_tree(entries: Iterable[cpio.Entry], root: Path) -> list[str]:
     return devices
 
 
-def image(entries: Iterable[cpio.Entry]) -> bytes:
+def image(entries: Iterable[cpio.Entry], compression: tuple[str, ...] = COMPRESSION) -> bytes:
     """The squashfs holding `entries` (paths relative to /)."""
     mksquashfs = require("mksquashfs", PACKAGE)
     with tempfile.TemporaryDirectory(prefix="natvm-rootfs-") as scratch:
@@ -69,7 +71,7 @@ def image(entries: Iterable[cpio.Entry]) -> bytes:
         os.chmod(tree, 0o755)  # the root directory's mode, whatever the umask
         devices = _write_tree(entries, tree)
         pseudo = [arg for line in devices for arg in ("-p", line)]
-        run([mksquashfs, str(tree), str(out), *COMPRESSION, *OPTIONS, *pseudo], hint=PACKAGE)
+        run([mksquashfs, str(tree), str(out), *compression, *OPTIONS, *pseudo], hint=PACKAGE)
         return out.read_bytes()
 
 

@@ -25,7 +25,8 @@ def test_libvirt_domain_boots_the_kernel_directly_with_a_read_only_root_and_two_
     cmdline = (domain.findtext("os/cmdline") or "").split()
     assert {"console=ttyS0", "root=/dev/vda", "ro"} <= set(cmdline)
     [disk] = domain.findall("devices/disk")
-    assert disk.find("source").get("file") == "@BUILD_DIR@/initramfs"  # type: ignore[union-attr]
+    assert disk.find("source").get("file") == "@BUILD_DIR@/root.qcow2"  # type: ignore[union-attr]
+    assert disk.find("driver").attrib == {"name": "qemu", "type": "qcow2"}  # type: ignore[union-attr]
     assert disk.find("target").attrib == {"dev": "vda", "bus": "virtio"}  # type: ignore[union-attr]
     assert disk.find("readonly") is not None
     interfaces = domain.findall("devices/interface")
@@ -71,14 +72,14 @@ def test_deployment_files_work_from_a_copy_of_the_build(built: build.Build, tmp_
         assert domain.get("type") == domain_type
         kernel = Path(domain.findtext("os/kernel") or "")
         disk = Path(domain.find("devices/disk/source").get("file") or "")  # type: ignore[union-attr]
-        assert (kernel, disk) == (copy.resolve() / "vmlinuz", copy.resolve() / "initramfs")
+        assert (kernel, disk) == (copy.resolve() / "vmlinuz", copy.resolve() / "root.qcow2")
 
     subprocess.run([copy / "run-qemu.sh"], cwd="/", env=env, check=True)
     cwd = Path((record / "cwd").read_text().strip())
     argv = (record / "qemu").read_text().splitlines()
     assert cwd / argv[argv.index("-kernel") + 1] == copy.resolve() / "vmlinuz"
     drive = dict(p.split("=", 1) for p in argv[argv.index("-drive") + 1].split(","))
-    assert cwd / drive["file"] == copy.resolve() / "initramfs"
+    assert cwd / drive["file"] == copy.resolve() / "root.qcow2"
 
 
 def test_xen_create_sh_from_a_copy_of_the_build_runs_the_dom0s_command_line(

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from image import qemu
 
-MACHINE = qemu.Machine(Path("/b/vmlinuz"), Path("/b/initramfs"), 96, 2, ("tw", "tl"))
+MACHINE = qemu.Machine(Path("/b/vmlinuz"), Path("/b/root.qcow2"), 96, 2, ("tw", "tl"))
 
 
 def options(argv: list[str]) -> list[tuple[str, str | None]]:
@@ -41,13 +41,13 @@ def test_boots_the_image_with_its_settings() -> None:
 
 
 def test_the_root_filesystem_is_a_read_only_virtio_disk_after_the_nics() -> None:
-    machine = qemu.Machine(Path("/b"), Path("/b,c/initramfs"), 96, 1, ("a", "b"))
+    machine = qemu.Machine(Path("/b"), Path("/b,c/root.qcow2"), 96, 1, ("a", "b"))
     argv = qemu.command(machine)
     [drive] = values(argv, "-drive")
     path, _, rest = drive.partition(",if=")  # a comma in the path is doubled
-    assert path == "file=/b,,c/initramfs"
+    assert path == "file=/b,,c/root.qcow2"
     drive_options = properties("if=" + rest)
-    assert drive_options == {"": "if=none", "id": "root", "format": "raw", "readonly": "on"}
+    assert drive_options == {"": "if=none", "id": "root", "format": "qcow2", "readonly": "on"}
     devices = [properties(v) for v in values(argv, "-device")]
     assert devices[-1] == {"": "virtio-blk-pci", "drive": "root"}
 

@@ -236,7 +236,7 @@ def tier_machine(
     128 MiB (unless told) and one CPU as ops-config.json has them."""
     return qemu.Machine(
         images / "vmlinuz",
-        images / "initramfs",
+        images / qemu.ROOT_FILE,
         memory_mib=memory_mib,
         cpus=1,
         taps=(topology.appliance_wan, topology.appliance_lan),

@@ -33,7 +33,7 @@ class Vm:
     def __init__(self, wired: Topology, image: build.Build, *cmdline: str, memory: int = 128):
         machine = qemu.Machine(
             image.out / "vmlinuz",
-            image.out / "initramfs",
+            image.out / qemu.ROOT_FILE,
             memory,
             1,
             (wired.appliance_wan, wired.appliance_lan),

@@ -102,7 +102,7 @@ def test_a_flood_of_flows_gets_the_nat_killed_and_it_comes_back_with_its_flows(
 ) -> None:
     machine = qemu.Machine(
         image.out / "vmlinuz",
-        image.out / "initramfs",
+        image.out / qemu.ROOT_FILE,
         MEMORY_MIB,
         1,
         (topology.appliance_wan, topology.appliance_lan),

@@ -52,7 +52,7 @@ def test_the_oom_killer_takes_the_nat_child_and_pid_1_restarts_it(
 ) -> None:
     machine = qemu.Machine(
         image.out / "vmlinuz",
-        image.out / "initramfs",
+        image.out / qemu.ROOT_FILE,
         128,
         1,
         (topology.appliance_wan, topology.appliance_lan),
