@@ -241,8 +241,8 @@ def bench_boot(c: Context, boots: int = 5, baseline: str = "", memory: int = 128
         builds = {"this build": do_build(CONFIG, debug=False).out}
         if baseline:
             folder = Path(baseline).resolve()
-            names = ("vmlinuz", qemu.ROOT_FILE)
-            missing = [name for name in names if not (folder / name).is_file()]
+            disks = (folder / "vmlinuz", qemu.root_disk(folder))
+            missing = [path.name for path in disks if not path.is_file()]
             if missing:
                 hint = "give another tree's build/, made there by `invoke build`"
                 raise ImageError(f"--baseline {baseline}: no {' or '.join(missing)} there", hint)

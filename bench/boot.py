@@ -76,7 +76,7 @@ def boot(wired: Topology, images: Path, memory_mib: int, accel: str) -> Console:
     """One boot of the image in `images` on the topology's taps, its console until READY."""
     machine = qemu.Machine(
         images / "vmlinuz",
-        images / qemu.ROOT_FILE,
+        qemu.root_disk(images),
         memory_mib,
         1,
         (wired.appliance_wan, wired.appliance_lan),

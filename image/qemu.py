@@ -52,6 +52,13 @@ class Machine:
     no_reboot: bool = False  # tests: a guest crash or reboot ends QEMU instead of looping
 
 
+def root_disk(build: Path) -> Path:
+    """The root disk in a build folder: root.qcow2, or the squashfs initramfs of a build from
+    before it (what `invoke bench-boot --baseline` may be given)."""
+    qcow2 = build / ROOT_FILE
+    return qcow2 if qcow2.exists() else build / "initramfs"
+
+
 def kernel_cmdline(extra: tuple[str, ...] = ()) -> str:
     return " ".join((*CMDLINE, *extra))
 
@@ -84,7 +91,9 @@ def command(machine: Machine) -> list[str]:
     for role, tap, mac in zip(ROLES, machine.taps, MACS, strict=True):
         argv += _nic(role, tap, mac)
     # After the NICs, so their PCI slots stay where they were.
-    argv += ["-drive", f"file={_escaped(machine.rootfs)},if=none,id=root,format=qcow2,readonly=on"]
+    disk_format = "qcow2" if machine.rootfs.suffix == ".qcow2" else "raw"  # raw: a bare squashfs
+    drive = f"file={_escaped(machine.rootfs)},if=none,id=root,format={disk_format},readonly=on"
+    argv += ["-drive", drive]
     argv += ["-device", "virtio-blk-pci,drive=root"]
     if machine.no_reboot:
         argv.append("-no-reboot")

@@ -83,3 +83,15 @@ def test_extra_kernel_arguments_are_appended() -> None:
 def test_the_firmware_is_installed_with_qemu() -> None:
     # qboot is in qemu-system-data, which the host packages' qemu-system-x86 pulls in.
     assert Path(qemu.FIRMWARE).stat().st_size > 0
+
+
+def test_a_bare_squashfs_is_attached_raw_and_a_build_without_root_qcow2_offers_its_initramfs(
+    tmp_path: Path,
+) -> None:
+    """What `invoke bench-boot --baseline` boots from a build older than root.qcow2."""
+    assert qemu.root_disk(tmp_path) == tmp_path / "initramfs"
+    (tmp_path / "root.qcow2").write_bytes(b"")
+    assert qemu.root_disk(tmp_path) == tmp_path / "root.qcow2"
+    machine = qemu.Machine(Path("/b/vmlinuz"), Path("/b/initramfs"), 96, 1, ("a", "b"))
+    [drive] = values(qemu.command(machine), "-drive")
+    assert "format=raw" in drive.split(",")
