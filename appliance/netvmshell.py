@@ -18,7 +18,6 @@ from appliance.engine import Side
 from appliance.frames import WAN
 from appliance.netvm import Client, ClientError, NetVm
 from appliance.shell import (
-    CARRIER_WAIT,
     MIN_SOCKET_BUFFER,
     Log,
     Shell,
@@ -27,7 +26,7 @@ from appliance.shell import (
     memory_total,
     open_interface,
     socket_buffer_size,
-    wait_for_carrier,
+    wait_for_carriers,
 )
 
 
@@ -153,9 +152,7 @@ def run_netvm(
         raise
     shell.stop_on_signals()
     try:
-        for name in (wan_ifname, *(client.ifname for client in clients)):
-            if not wait_for_carrier(name, CARRIER_WAIT):
-                log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; going on")
+        wait_for_carriers((wan_ifname, *(client.ifname for client in clients)), log)
         shell._send(netvm.start(time.monotonic()))
         log(
             f"READY wan={wan_ifname} {config.wan.address} mac={wan_mac.hex(':')} "

@@ -25,7 +25,7 @@ import signal
 import struct
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from types import FrameType
 from typing import Generic, NamedTuple, Protocol, TypeVar
 
@@ -281,7 +281,15 @@ def wait_for_carrier(name: str, timeout: float) -> bool:
             pass  # the interface went away: reported by the first send
         if time.monotonic() >= deadline:
             return False
-        time.sleep(0.05)
+        time.sleep(0.01)  # it is READY's last wait at boot: a coarse poll would delay it
+
+
+def wait_for_carriers(names: Iterable[str], log: Log, timeout: float = CARRIER_WAIT) -> None:
+    """Wait for each link in turn (see above); one without carrier is logged, not fatal: the
+    NAT forwards once it comes up."""
+    for name in names:
+        if not wait_for_carrier(name, timeout):
+            log(f"warning: {name} has no carrier after {timeout:g} s; going on")
 
 
 # Where a frame comes in and goes out: a `Side` for `Nat`, an interface name for `NetVm`.
@@ -581,9 +589,7 @@ def run(
             raise ShellError(f"cannot keep flows in {state_dir}: {error.strerror}") from None
 
     shell.stop_on_signals()
-    for name in (wan_ifname, lan_ifname):
-        if not wait_for_carrier(name, CARRIER_WAIT):
-            log(f"warning: {name} has no carrier after {CARRIER_WAIT:.0f} s; forwarding anyway")
+    wait_for_carriers((wan_ifname, lan_ifname), log)
     shell._send(nat.start(time.monotonic()))
     log(ready_line(config, wan_ifname, lan_ifname, (wan_mac.hex(":"), lan_mac.hex(":"))))
     try:

@@ -2,7 +2,8 @@
 
 Why not an initramfs: the kernel unpacks an initramfs whole into memory at boot and keeps every
 file there for good (13.8 MB for natvm's), which set the smallest guest natvm could run in. The
-squashfs is a read-only virtio disk under QEMU (image/qemu.py), and under Xen and Qubes the initrd
+squashfs is a read-only virtio disk under QEMU (image/qemu.py), there with its blocks stored
+uncompressed in a qcow2 that QEMU decompresses (image/qcow2.py), and under Xen and Qubes the initrd
 the boot loader hands over (xl's `ramdisk`, Qubes' `initramfs`), which the kernel copies, still
 compressed, into a RAM disk and mounts as the root (its built-in command line says
 `root=/dev/ram0`, image/kernel/). Python then decompresses only the blocks it reads, into the
