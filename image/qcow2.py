@@ -3,17 +3,18 @@
 Why: under TCG the guest's kernel decompresses its squashfs at a few MB/s, and Python's start
 reads most of the root (README: figures, QEMU start to `READY`). In a qcow2 file QEMU
 decompresses each cluster itself, natively and off the guest's CPU, so the guest reads a squashfs
-that needs no decompression, and the file is as small as the zstd squashfs (every cluster at
-level 19). Xen and Qubes cannot read a qcow2 as a RAM disk: they keep the zstd squashfs
-(image/squashfs.py), the same files.
+that needs no decompression. Its frames, every cluster at zstd's level 19, take what the zstd
+squashfs takes; the qcow2's metadata adds about two and a half clusters. Xen and Qubes cannot read
+a qcow2 as a RAM disk: they keep the zstd squashfs (image/squashfs.py), the same files.
 
 The layout (qcow2 version 3, https://gitlab.com/qemu-project/qemu/-/blob/master/docs/interop/
-qcow2.txt): the header, a refcount table, a refcount block, the L1 table and the L2 tables each
-start a cluster of their own, as the format requires; the compressed clusters, which need no
-alignment, fill the rest of the file around them, so a large cluster costs no padding. A cluster
-of zeros is left unallocated (it reads as zeros). Refcounts count what `qemu-img check` counts:
-one per metadata structure in each cluster it covers, one per compressed cluster in each host
-cluster its sectors touch.
+qcow2.txt): each metadata structure starts a cluster, as the format requires. The L2 tables and
+the refcount block have theirs to themselves and the refcount table ends the file (below: what
+`qemu-img check` wants of them); the compressed clusters, which need no alignment, fill every
+other byte, the rest of the header's and the L1 table's clusters included. A cluster of zeros is
+left unallocated (it reads as zeros). Refcounts count what `qemu-img check` counts: one per
+metadata structure in each cluster it covers, one per compressed cluster in each host cluster its
+sectors touch.
 
 `layout` is pure (the frames in, the file out); `image` compresses with the zstd tool, one frame
 per cluster, in one run of it.
