@@ -33,6 +33,10 @@ def _job(root: Path, job: dict[str, object]) -> dict[str, object]:
         ":".join(str(root / d) for d in LIBDIRS),
         str(root / PYTHON),
         "-S",
+        # The bytecode it compiles keeps line numbers but not the column ranges a traceback
+        # underlines with ^^^: 9 % smaller, so less to read and unmarshal at boot and less memory.
+        "-X",
+        "no_debug_ranges",
         str(_JOB),
     ]
     env = {"PYTHONHOME": str(root / "usr"), "PYTHONHASHSEED": "0", "LC_ALL": "C.UTF-8"}

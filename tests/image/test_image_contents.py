@@ -1,11 +1,14 @@
 """What the build puts in the image: natvm's own kernel with every option its fragment asks
 for, a complete runtime, the size budget, identical rebuilds."""
 
+import ast
 import json
+import marshal
 import os
 import stat
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 from image import build, cpio, initramfs, kbuild, kconfig, runtime
@@ -103,3 +106,20 @@ def test_two_builds_are_byte_identical(built: build.Build, tmp_path: Path) -> No
     for name in build.OUTPUTS:
         assert (built.out / name).read_bytes() == (again.out / name).read_bytes(), name
     assert os.path.getsize(again.out / "manifest.json") > 0
+
+
+def test_the_bytecode_keeps_line_numbers_but_no_column_ranges(built: build.Build) -> None:
+    """Compiled with -X no_debug_ranges and -OO (image/runtime.py, image/target_job.py)."""
+    [engine] = [e for e in rootfs_entries(built) if e.path == "opt/natvm/appliance/engine.pyc"]
+    code = marshal.loads(engine.data[16:])  # after the magic, flags and source hash
+    positions = [p for c in (code, *_nested(code)) for p in c.co_positions()]
+    assert positions and all(column is None for _, _, column, _ in positions)
+    assert any(line is not None for line, _, _, _ in positions)
+    source = (build.SOURCE / "appliance" / "engine.py").read_text()
+    docstring = ast.get_docstring(ast.parse(source), clean=False)
+    assert docstring and docstring not in code.co_consts  # -OO leaves docstrings out
+
+
+def _nested(code: types.CodeType) -> list[types.CodeType]:
+    found = [c for c in code.co_consts if hasattr(c, "co_positions")]
+    return [n for c in found for n in (c, *_nested(c))]
