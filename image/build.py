@@ -93,9 +93,10 @@ def image(b: Build) -> None:
     with tempfile.TemporaryDirectory(prefix="natvm-pyc-") as scratch:
         inputs = initramfs.Inputs(b.root, b.tree, b.config, Path(scratch), b.reference)
         entries = initramfs.entries(inputs)
-    (b.out / "initramfs").write_bytes(squashfs.image(entries))
-    uncompressed = squashfs.image(entries, squashfs.UNCOMPRESSED)
-    (b.out / qemu.ROOT_FILE).write_bytes(qcow2.image(uncompressed))
+    compressions = (squashfs.COMPRESSION, squashfs.UNCOMPRESSED)
+    xen_root, qemu_root = squashfs.images(entries, compressions)
+    (b.out / "initramfs").write_bytes(xen_root)
+    (b.out / qemu.ROOT_FILE).write_bytes(qcow2.image(qemu_root))
     counts: Counter[str] = Counter()
     for entry in cpio.with_parents(entries):
         counts[_category(entry.path)] += len(entry.data)

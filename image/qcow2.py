@@ -87,17 +87,16 @@ def layout(size: int, frames: Sequence[bytes | None], cluster_bits: int = CLUSTE
         (0, _round_up(HEADER.size + 8, SECTOR)),  # the header and its empty extension list
         (cluster, l1_table + _round_up(8 * l1_size, SECTOR)),
     ]
-    placed: list[tuple[int, int] | None] = []
+    placed: dict[int, tuple[int, bytes]] = {}  # cluster index: where its frame starts, the frame
     cursor = 0
-    for frame in frames:
+    for index, frame in enumerate(frames):
         if frame is None:
-            placed.append(None)
             continue
         start = cursor
         for span_start, span_end in spans:
             if start < span_end and span_start < start + len(frame):
                 start = span_end
-        placed.append((start, len(frame)))
+        placed[index] = (start, frame)
         cursor = start + len(frame)
     refcount_table = _round_up(max(cursor, spans[-1][1]), cluster)
     end = refcount_table + SECTOR
@@ -116,9 +115,8 @@ def layout(size: int, frames: Sequence[bytes | None], cluster_bits: int = CLUSTE
     count(refcount_table, cluster)
     for offset in l2_tables:
         count(offset, cluster)
-    for where in placed:
-        if where is not None:
-            count(*_read_span(*where))
+    for start, frame in placed.values():
+        count(*_read_span(start, len(frame)))
 
     out = bytearray(end)
     out[: HEADER.size] = HEADER.pack(
@@ -129,13 +127,10 @@ def layout(size: int, frames: Sequence[bytes | None], cluster_bits: int = CLUSTE
     struct.pack_into(f">{clusters}H", out, refcount_block, *refcounts)
     for index, offset in enumerate(l2_tables):
         struct.pack_into(">Q", out, l1_table + 8 * index, offset | COPIED)
-    for index, (frame, where) in enumerate(zip(frames, placed, strict=True)):
-        if frame is None or where is None:
-            continue
-        start, length = where
-        out[start : start + length] = frame
+    for index, (start, frame) in placed.items():
+        out[start : start + len(frame)] = frame
         table, slot = divmod(index, l2_entries)
-        entry = _compressed_entry(start, length, cluster_bits)
+        entry = _compressed_entry(start, len(frame), cluster_bits)
         struct.pack_into(">Q", out, l2_tables[table] + 8 * slot, entry)
     return bytes(out)
 
@@ -146,16 +141,14 @@ def image(raw: bytes, cluster_bits: int = CLUSTER_BITS) -> bytes:
     cluster = 1 << cluster_bits
     chunks = [raw[i : i + cluster].ljust(cluster, b"\0") for i in range(0, len(raw), cluster)]
     with tempfile.TemporaryDirectory(prefix="natvm-qcow2-") as scratch:
-        names = []
-        for index, chunk in enumerate(chunks):
-            if chunk.count(0) != len(chunk):
-                name = Path(scratch) / f"{index:08}"
-                name.write_bytes(chunk)
-                names.append(str(name))
-        if names:
-            run([zstd, *ZSTD, *names], hint=PACKAGE)
+        # One file a cluster that is not all zeros; zstd writes each one's frame beside it.
+        files = {i: Path(scratch, f"{i:08}") for i, chunk in enumerate(chunks) if any(chunk)}
+        for index, path in files.items():
+            path.write_bytes(chunks[index])
+        if files:
+            run([zstd, *ZSTD, *map(str, files.values())], hint=PACKAGE)
         frames = [
-            Path(scratch, f"{index:08}.zst").read_bytes() if chunk.count(0) != len(chunk) else None
-            for index, chunk in enumerate(chunks)
+            files[i].with_suffix(".zst").read_bytes() if i in files else None
+            for i in range(len(chunks))
         ]
     return layout(len(raw), frames, cluster_bits)

@@ -19,7 +19,7 @@ import os
 import stat
 import subprocess
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from image import cpio
@@ -65,6 +65,12 @@ def _write_tree(entries: Iterable[cpio.Entry], root: Path) -> list[str]:
 
 def image(entries: Iterable[cpio.Entry], compression: tuple[str, ...] = COMPRESSION) -> bytes:
     """The squashfs holding `entries` (paths relative to /)."""
+    [blob] = images(entries, (compression,))
+    return blob
+
+
+def images(entries: Iterable[cpio.Entry], compressions: Sequence[tuple[str, ...]]) -> list[bytes]:
+    """A squashfs of `entries` in each of `compressions`, from one tree written once."""
     mksquashfs = require("mksquashfs", PACKAGE)
     with tempfile.TemporaryDirectory(prefix="natvm-rootfs-") as scratch:
         tree, out = Path(scratch) / "root", Path(scratch) / "rootfs.squashfs"
@@ -72,8 +78,12 @@ def image(entries: Iterable[cpio.Entry], compression: tuple[str, ...] = COMPRESS
         os.chmod(tree, 0o755)  # the root directory's mode, whatever the umask
         devices = _write_tree(entries, tree)
         pseudo = [arg for line in devices for arg in ("-p", line)]
-        run([mksquashfs, str(tree), str(out), *compression, *OPTIONS, *pseudo], hint=PACKAGE)
-        return out.read_bytes()
+        blobs = []
+        for compression in compressions:
+            argv = [mksquashfs, str(tree), str(out), *compression, *OPTIONS, *pseudo]
+            run(argv, hint=PACKAGE)
+            blobs.append(out.read_bytes())
+        return blobs
 
 
 def read(blob: bytes) -> list[cpio.Entry]:
